@@ -1,0 +1,181 @@
+"""Autoregressive generation with a KV cache, n candidates, stop strings, cancellation and
+token healing. The server and the evaluator both call `generate`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from model.healing import allowed_tokens
+from model.kv_cache import KVCache
+from model.sampling import sample_next
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
+
+STOP = "stop"          # end-of-text / special token / stop string / stop_text callback
+LENGTH = "length"      # max_new_tokens or the context window reached
+CANCELLED = "cancelled"
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0       # 0 → greedy
+    top_k: int = 0                 # 0 → off
+    top_p: float = 1.0             # 1 → off
+    n: int = 1                     # candidates sampled from one shared prompt
+    seed: int | None = None
+    stop: tuple[str, ...] = ()     # stop strings; the text is cut before them
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.n < 1 or not 0 < self.top_p <= 1 \
+                or self.temperature < 0 or self.top_k < 0:
+            raise ValueError(f"invalid generation settings: {self}")
+
+
+@dataclass
+class Candidate:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+@dataclass
+class GenerationResult:
+    candidates: list[Candidate]
+    prompt_tokens: int
+    reused_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    new_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.candidates[0].text
+
+
+class _Row:
+    """Per-candidate decoding state: healing constraint, text so far, stop handling."""
+
+    def __init__(self, heal: bytes):
+        self.heal_left = heal
+        self.skip = len(heal)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+        self.ids: list[int] = []
+        self.reason: str | None = None
+
+    def add(self, token_id: int, data: bytes) -> None:
+        self.ids.append(token_id)
+        if self.heal_left:
+            n = min(len(self.heal_left), len(data))
+            self.heal_left = self.heal_left[n:] if data.startswith(self.heal_left[:n]) else b""
+        if self.skip:
+            n = min(self.skip, len(data))
+            data, self.skip = data[n:], self.skip - n
+        self.text += self.decoder.decode(data)
+
+
+@torch.inference_mode()
+def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
+             config: GenerationConfig | None = None, *, cache: KVCache | None = None,
+             heal: bytes = b"", should_stop: Callable[[], bool] | None = None,
+             stop_text: Callable[[str], int | None] | None = None) -> GenerationResult:
+    """Continue `prompt_ids`.
+
+    cache:       a batch-1 KVCache to reuse (longest shared prefix) and extend; with n == 1
+                 it ends holding the prompt and the generated tokens.
+    heal:        bytes removed from the prompt by token healing; the output must start with
+                 them, and they are stripped from the returned text.
+    should_stop: polled between tokens; True ends all candidates as "cancelled".
+    stop_text:   given a candidate's text, returns an index to cut it at (and stop), or None.
+    """
+    cfg = config or GenerationConfig()
+    ctx = model.config.max_position_embeddings
+    if not prompt_ids:
+        raise ValueError("the prompt is empty; generation needs at least one token.")
+    if len(prompt_ids) >= ctx:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {ctx}")
+    max_new = min(cfg.max_new_tokens, ctx - len(prompt_ids))
+    device = model.embed_tokens.weight.device
+    if cache is None:
+        cache = model.new_cache(1)
+    if cache.batch != 1:
+        raise ValueError("generate() needs a batch-1 cache to reuse")
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    t0 = time.perf_counter()
+    reused = cache.reuse(prompt_ids)
+    tail = torch.tensor([prompt_ids[reused:]], device=device)
+    logits = model(tail, cache, last_only=True)[:, -1].float()
+    t1 = time.perf_counter()
+
+    work = cache if cfg.n == 1 else cache.expand(cfg.n)
+    logits = logits.expand(cfg.n, -1).clone()
+    rows = [_Row(heal) for _ in range(cfg.n)]
+    vocab = tok.vocab_size
+    new_tokens = 0
+    for step in range(max_new):
+        if should_stop is not None and should_stop():
+            for r in rows:
+                r.reason = r.reason or CANCELLED
+            break
+        logits[:, vocab:] = float("-inf")
+        for b, r in enumerate(rows):
+            if r.heal_left and r.reason is None:
+                allowed = allowed_tokens(tok, r.heal_left)
+                if allowed:
+                    keep = torch.full_like(logits[b], float("-inf"))
+                    idx = torch.tensor(allowed, device=logits.device)
+                    keep[idx] = logits[b, idx]
+                    logits[b] = keep
+        next_ids = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
+        next_list = next_ids.tolist()
+        for r, t in zip(rows, next_list, strict=True):
+            if r.reason is not None:
+                continue
+            if t in tok.special_ids:
+                r.reason = STOP
+                continue
+            r.add(t, tok.token_bytes(t))
+            new_tokens += 1
+            _apply_stops(r, cfg.stop, stop_text)
+        if all(r.reason is not None for r in rows) or step == max_new - 1:
+            break
+        if cfg.n == 1 and rows[0].reason is not None:
+            break
+        logits = model(next_ids[:, None], work)[:, -1].float()
+    t2 = time.perf_counter()
+
+    candidates = []
+    for r in rows:
+        if r.reason is None:
+            r.reason = LENGTH
+        candidates.append(Candidate(r.text, r.ids, r.reason))
+    return GenerationResult(candidates, len(prompt_ids), reused, t1 - t0, t2 - t1, new_tokens)
+
+
+def _apply_stops(r: _Row, stops: tuple[str, ...],
+                 stop_text: Callable[[str], int | None] | None) -> None:
+    if r.heal_left:  # still reproducing the healed prefix: nothing of the output yet
+        return
+    cut = None
+    for s in stops:
+        i = r.text.find(s)
+        if i != -1 and (cut is None or i < cut):
+            cut = i
+    if stop_text is not None:
+        j = stop_text(r.text)
+        if j is not None and (cut is None or j < cut):
+            cut = j
+    if cut is not None:
+        r.text = r.text[:cut]
+        r.reason = STOP

@@ -1,0 +1,181 @@
+"""The Llama-architecture decoder that training, evaluation and serving all share.
+
+One small class per concept, readable top to bottom. Module attribute names follow
+Hugging Face's `LlamaForCausalLM` so that its state-dict keys map by a fixed prefix
+(see `hf_key`), which is what makes our `model.safetensors` loadable by `transformers`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig
+from model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, as Llama does, then cast back."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables (the non-interleaved "rotate half" layout of HF)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hd = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        t = torch.arange(config.max_position_embeddings, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate x of shape [B, H, T, D] for positions start..start+T-1."""
+        T = x.shape[2]
+        cos = self.cos[start:start + T].to(x.dtype)
+        sin = self.sin[start:start + T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat((-x2, x1), dim=-1)
+        return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query K/V heads on scaled_dot_product_attention."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.hd = config.head_dim
+        h = config.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.hd, bias=False)
+        self.k_proj = nn.Linear(h, self.n_kv * self.hd, bias=False)
+        self.v_proj = nn.Linear(h, self.n_kv * self.hd, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=False)
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, layer: int,
+                cache: KVCache | None, start: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = rotary(q, start), rotary(k, start)
+        if cache is not None:
+            k, v = cache.update(layer, k, v, start)
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        L = k.shape[2]
+        if T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif L == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a chunk appended after cached positions: query i sees keys 0..start+i
+            mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=False)
+        self.up_proj = nn.Linear(h, i, bias=False)
+        self.down_proj = nn.Linear(i, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rotary, layer, cache, start):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, layer, cache, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """Token ids in, next-token logits out; optionally reading and extending a KVCache."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = Rotary(config)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.apply(self._init_weights)
+        # GPT-2 style: shrink the residual projections so depth does not blow up activations
+        std = config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
+        for block in self.layers:
+            nn.init.normal_(block.self_attn.o_proj.weight, std=std)
+            nn.init.normal_(block.mlp.down_proj.weight, std=std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """input_ids [B, T] → logits [B, T, vocab] (or [B, 1, vocab] with last_only).
+
+        With a cache, the ids are positions cache.length.. and their keys/values are
+        appended to it.
+        """
+        start = cache.length if cache is not None else 0
+        if start + input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {start + input_ids.shape[1]} tokens exceeds the model's "
+                f"context of {self.config.max_position_embeddings}"
+            )
+        x = self.embed_tokens(input_ids)
+        for i, block in enumerate(self.layers):
+            x = block(x, self.rotary, i, cache, start)
+        if cache is not None:
+            cache.advance(input_ids[0].tolist())
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:
+        p = self.embed_tokens.weight
+        return KVCache(self.config, batch, capacity, device=p.device, dtype=p.dtype)
+
+    @staticmethod
+    def hf_key(name: str) -> str:
+        """Our state-dict key → the Hugging Face LlamaForCausalLM key (the only mapping)."""
+        return name if name.startswith("lm_head.") else "model." + name
+
+    @staticmethod
+    def from_hf_key(name: str) -> str:
+        return name[len("model."):] if name.startswith("model.") else name

@@ -1,0 +1,165 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.checkpoint import ModelDirError, load_model_dir, save_model_dir
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_model_dir):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    return d
+
+
+def test_save_load_round_trip_is_exact(tmp_path, tiny):
+    out = save_model_dir(tmp_path / "copy", tiny.model, tiny.tokenizer, tiny.meta)
+    again = load_model_dir(out, device="cpu", dtype="float32")
+    for (n1, a), (n2, b) in zip(tiny.model.state_dict().items(),
+                                again.model.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(a, b), n1
+    assert again.tokenizer.to_str() == tiny.tokenizer.to_str()
+    assert again.meta == tiny.meta
+    assert again.config == tiny.config
+    assert sorted(p.name for p in out.iterdir()) == [
+        "codecomplete.json", "config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_bf16_save_halves_the_file(tmp_path, tiny):
+    a = save_model_dir(tmp_path / "f32", tiny.model, tiny.tokenizer, tiny.meta)
+    b = save_model_dir(tmp_path / "bf16", tiny.model, tiny.tokenizer, tiny.meta,
+                       dtype=torch.bfloat16)
+    sa = (a / "model.safetensors").stat().st_size
+    sb = (b / "model.safetensors").stat().st_size
+    assert sb < 0.55 * sa
+    assert json.loads((b / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    load_model_dir(b, device="cpu")
+
+
+def _edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def break_missing_dir(d):
+    shutil.rmtree(d)
+
+
+def break_missing_config(d):
+    (d / "config.json").unlink()
+
+
+def break_config_json(d):
+    (d / "config.json").write_text("{not json")
+
+
+def break_architecture(d):
+    _edit_json(d / "config.json", architectures=["GPT2LMHeadModel"], model_type="gpt2")
+
+
+def break_config_fields(d):
+    data = json.loads((d / "config.json").read_text())
+    del data["hidden_size"]
+    (d / "config.json").write_text(json.dumps(data))
+
+
+def break_missing_weights(d):
+    (d / "model.safetensors").unlink()
+
+
+def break_truncated_weights(d):
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def break_garbage_weights(d):
+    (d / "model.safetensors").write_bytes(b"\x80\x04pickle? no thanks" * 10)
+
+
+def break_missing_tensor(d):
+    f = d / "model.safetensors"
+    t = load_file(f)
+    t.pop("model.norm.weight")
+    save_file(t, f)
+
+
+def break_tensor_shape(d):
+    f = d / "model.safetensors"
+    t = load_file(f)
+    t["model.norm.weight"] = torch.ones(3)
+    save_file(t, f)
+
+
+def break_config_size(d):
+    _edit_json(d / "config.json", intermediate_size=96)
+
+
+def break_missing_tokenizer(d):
+    (d / "tokenizer.json").unlink()
+
+
+def break_tokenizer_json(d):
+    (d / "tokenizer.json").write_text('{"version": "1.0", "model": 3}')
+
+
+def break_tokenizer_fim(d):
+    _edit_json(d / "codecomplete.json", fim={"prefix": "<PRE>", "middle": "<MID>",
+                                               "suffix": "<SUF>"})
+
+
+def break_vocab_mismatch(d):
+    _edit_json(d / "config.json", vocab_size=512)
+
+
+def break_meta_json(d):
+    (d / "codecomplete.json").write_text("[1, 2")
+
+
+def break_meta_order(d):
+    _edit_json(d / "codecomplete.json", fim_order="middle-first")
+
+
+CASES = [
+    (break_missing_dir, "does not exist"),
+    (break_missing_config, r"config\.json is missing"),
+    (break_config_json, r"config\.json is not valid JSON"),
+    (break_architecture, r"config\.json is not a usable Llama config: unsupported architecture"),
+    (break_config_fields, r"config\.json .*missing required fields \['hidden_size'\]"),
+    (break_missing_weights, r"model\.safetensors is missing"),
+    (break_truncated_weights, r"model\.safetensors is corrupt"),
+    (break_garbage_weights, r"model\.safetensors is corrupt"),
+    (break_missing_tensor, r"model\.safetensors does not match config\.json: missing"),
+    (break_tensor_shape, r"model\.safetensors tensor model\.norm\.weight has shape \(3,\)"),
+    (break_config_size, r"model\.safetensors tensor .* has shape"),
+    (break_missing_tokenizer, r"tokenizer\.json is missing"),
+    (break_tokenizer_json, r"tokenizer\.json is not a valid tokenizers file"),
+    (break_tokenizer_fim, r"tokenizer\.json does not fit .*codecomplete\.json"),
+    (break_vocab_mismatch, r"tokenizer\.json has 1024 tokens but .*config\.json declares"),
+    (break_meta_json, r"codecomplete\.json is not valid JSON"),
+    (break_meta_order, r"codecomplete\.json is invalid: fim_order"),
+]
+
+
+@pytest.mark.parametrize(("breaker", "message"), CASES, ids=[c[0].__name__ for c in CASES])
+def test_bad_model_dirs_give_one_clear_sentence(model_dir, breaker, message):
+    breaker(model_dir)
+    with pytest.raises(ModelDirError, match=message) as info:
+        load_model_dir(model_dir, device="cpu")
+    text = str(info.value)
+    assert "\n" not in text and text.endswith(".")
+    assert str(model_dir) in text
+
+
+def test_directory_without_codecomplete_json_uses_default_fim_names(model_dir):
+    (model_dir / "codecomplete.json").unlink()
+    loaded = load_model_dir(model_dir, device="cpu")
+    assert loaded.meta.fim_order == "psm"
+
+
+def test_save_is_atomic_no_temp_files_left(tmp_path, tiny):
+    out = save_model_dir(tmp_path / "a", tiny.model, tiny.tokenizer, tiny.meta)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -1,0 +1,65 @@
+import torch
+
+from model.config import ModelConfig
+from model.generate import GenerationConfig, generate
+
+
+def test_kv_cache_logits_equal_full_forward(random_model):
+    ids = torch.randint(0, 1024, (2, 70), generator=torch.Generator().manual_seed(1))
+    full = random_model(ids)
+    cache = random_model.new_cache(batch=2)
+    parts = [random_model(ids[:, a:b], cache) for a, b in [(0, 30), (30, 31), (31, 64), (64, 70)]]
+    assert cache.length == 70
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_token_by_token_decoding_matches_full_forward(random_model):
+    ids = torch.randint(0, 1024, (1, 40), generator=torch.Generator().manual_seed(2))
+    full = random_model(ids)
+    cache = random_model.new_cache()
+    steps = [random_model(ids[:, i:i + 1], cache) for i in range(40)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_reuse_equals_recomputation(random_model, tokenizer):
+    first = tokenizer.encode("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n")
+    second = first + tokenizer.encode("    return a - b\n")
+    cfg = GenerationConfig(max_new_tokens=12)
+    cache = random_model.new_cache()
+    generate(random_model, tokenizer, first, cfg, cache=cache)
+    reused = generate(random_model, tokenizer, second, cfg, cache=cache)
+    fresh = generate(random_model, tokenizer, second, cfg)
+    assert reused.reused_tokens >= len(first) - 1
+    assert fresh.reused_tokens == 0
+    assert reused.candidates[0].token_ids == fresh.candidates[0].token_ids
+    # and the cached keys are the recomputed ones
+    c2 = random_model.new_cache()
+    random_model(torch.tensor([second]), c2)
+    n = len(second)
+    torch.testing.assert_close(cache.k[0][:, :, :n], c2.k[0][:, :, :n], atol=1e-5, rtol=1e-4)
+
+
+def test_reuse_keeps_only_the_shared_prefix(random_model):
+    cache = random_model.new_cache()
+    random_model(torch.tensor([[1, 2, 3, 4, 5]]), cache)
+    assert cache.reuse([1, 2, 9, 9]) == 2
+    assert cache.tokens == [1, 2] and cache.length == 2
+    assert cache.reuse([1, 2]) == 1  # always leaves at least one token to compute
+
+
+def test_gqa_and_untied_configs_run():
+    cfg = ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False,
+                      max_position_embeddings=64)
+    from model.transformer import Transformer
+
+    m = Transformer(cfg)
+    assert m(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 128)
+    assert cfg.num_parameters() == sum(p.numel() for p in m.parameters())
+
+
+def test_context_overflow_is_a_clear_error(random_model, tokenizer):
+    import pytest
+
+    with pytest.raises(ValueError, match="does not fit the context"):
+        generate(random_model, tokenizer, [5] * 1024)
