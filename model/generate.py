@@ -31,6 +31,7 @@ class GenerationConfig:
     n: int = 1                     # candidates sampled from one shared prompt
     seed: int | None = None
     stop: tuple[str, ...] = ()     # stop strings; the text is cut before them
+    ignore_eos: bool = False       # never end on a special token (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.n < 1 or not 0 < self.top_p <= 1 \
@@ -129,6 +130,8 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
                 r.reason = r.reason or CANCELLED
             break
         logits[:, vocab:] = float("-inf")
+        if cfg.ignore_eos:
+            logits[:, sorted(tok.special_ids)] = float("-inf")
         for b, r in enumerate(rows):
             if r.heal_left and r.reason is None:
                 allowed = allowed_tokens(tok, r.heal_left)
@@ -149,8 +152,6 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
             new_tokens += 1
             _apply_stops(r, cfg.stop, stop_text)
         if all(r.reason is not None for r in rows) or step == max_new - 1:
-            break
-        if cfg.n == 1 and rows[0].reason is not None:
             break
         logits = model(next_ids[:, None], work)[:, -1].float()
     t2 = time.perf_counter()

@@ -1,0 +1,60 @@
+"""`server --model DIR`: load a model directory and serve LSP over stdio (or TCP)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from model.checkpoint import ModelDirError, load_model_dir
+from model.paths import default_model_dir
+from server.engine import CompletionEngine, EngineSettings
+from server.lsp import build_server
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="server", description=__doc__)
+    ap.add_argument("--model", help="model directory (default: the shipped default model)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    ap.add_argument("--tcp", metavar="HOST:PORT", help="serve over TCP instead of stdio")
+    ap.add_argument("--temperature", type=float, default=EngineSettings.temperature)
+    ap.add_argument("--top-p", dest="top_p", type=float, default=EngineSettings.top_p)
+    ap.add_argument("--max-tokens", dest="max_tokens", type=int,
+                    default=EngineSettings.max_tokens)
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str | None]:
+    """The engine, or a one-sentence error to show the client (the server still starts)."""
+    path = args.model or default_model_dir()
+    if path is None:
+        return None, ("no model directory: pass --model DIR, or build the stand-in model "
+                      "with scripts/demo.sh (python -m training.standin --out DIR).")
+    try:
+        loaded = load_model_dir(path, device=args.device, dtype=args.dtype)
+    except (ModelDirError, ValueError) as e:
+        return None, f"codecomplete could not load its model: {e}"
+    settings = EngineSettings(temperature=args.temperature, top_p=args.top_p,
+                              max_tokens=args.max_tokens)
+    return CompletionEngine(loaded, settings), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    engine, error = load_engine(args)
+    if error:
+        logging.getLogger("codecomplete").error(error)
+    server = build_server(engine, error)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not port.isdigit():
+            print(f"--tcp {args.tcp!r} must look like HOST:PORT.", file=sys.stderr)
+            return 2
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0

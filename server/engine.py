@@ -1,0 +1,176 @@
+"""The completion engine: document text and cursor in, completion strings out.
+
+It knows nothing of LSP (server/lsp.py translates), so tests and benchmarks call it
+directly. It builds the FIM prompt within a token budget, heals the token at the cursor,
+decides single- vs multi-line, and keeps one KV cache across requests so that a prompt
+sharing a prefix with the previous one only computes its new tail.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from model.checkpoint import LoadedModel
+from model.device import dtype_name
+from model.generate import GenerationConfig, generate
+from model.healing import heal_tail
+from model.kv_cache import KVCache
+from model.tokenizer import Tokenizer, fim_layout
+
+WORD_RIGHT = re.compile(r"^\w")
+
+
+@dataclass
+class EngineSettings:
+    """Completion settings; the same names are used by the CLI, LSP settings and docs."""
+
+    temperature: float = 0.2
+    top_p: float = 0.95
+    max_tokens: int = 64
+    candidates: int = 1
+    context_tokens: int = 768
+    enable: bool = True
+    seed: int | None = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    multiline: bool
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    reused_tokens: int = 0
+    prompt_tokens: int = 0
+
+
+def cut_prefix(tok: Tokenizer, text: str, budget: int) -> list[int]:
+    """Token ids of the end of `text` within `budget` tokens, cut at a line start."""
+    ids = tok.encode(text)
+    if len(ids) <= budget:
+        return ids
+    skip = sum(len(tok.token_bytes(i)) for i in ids[: len(ids) - budget])
+    data = text.encode("utf-8")
+    nl = data.find(b"\n", skip)
+    rest = data[nl + 1:] if nl != -1 else data[skip:]
+    return tok.encode(rest.decode("utf-8", errors="ignore"))[-budget:]
+
+
+def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
+    """Token ids of the start of `text` within `budget` tokens, cut at a line end."""
+    ids = tok.encode(text)
+    if len(ids) <= budget:
+        return ids
+    keep = sum(len(tok.token_bytes(i)) for i in ids[:budget])
+    data = text.encode("utf-8")
+    nl = data.rfind(b"\n", 0, keep)
+    head = data[: nl + 1] if nl != -1 else data[:keep]
+    return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
+
+
+def wants_multiline(prefix: str, suffix: str) -> bool:
+    """Multi-line when the cursor sits on an empty line opening a block body."""
+    line_start = prefix.rfind("\n") + 1
+    current = prefix[line_start:]
+    rest_of_line = suffix.split("\n", 1)[0]
+    if current.strip() or rest_of_line.strip():
+        return False
+    previous = prefix[:line_start].rstrip("\n").rsplit("\n", 1)[-1]
+    return previous.rstrip().endswith(":")
+
+
+def block_end(indent: int) -> Callable[[str], int | None]:
+    """A stop function: cut where a non-blank line starts left of `indent` columns."""
+
+    def stop(text: str) -> int | None:
+        pos = 0
+        for line in text.split("\n")[1:]:
+            pos = text.index("\n", pos) + 1
+            if line.strip() and len(line) - len(line.lstrip()) < indent:
+                return pos - 1
+        return None
+
+    return stop
+
+
+class CompletionEngine:
+    """Serialises generation on one model and owns the reusable KV cache."""
+
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None):
+        self.loaded = loaded
+        self.settings = settings or EngineSettings()
+        self.stats = EngineStats()
+        self._lock = threading.Lock()
+        self._cache: KVCache | None = None
+
+    def describe(self) -> dict[str, object]:
+        lat = sorted(self.stats.latencies_ms)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
+
+        return {
+            "model": str(self.loaded.path),
+            "device": str(self.loaded.device),
+            "dtype": dtype_name(self.loaded.dtype),
+            "parameters": self.loaded.config.num_parameters(),
+            "requests": self.stats.requests,
+            "latency_p50_ms": pct(0.5),
+            "latency_p95_ms": pct(0.95),
+            "kv_reuse_rate": round(self.stats.reused_tokens / self.stats.prompt_tokens, 3)
+            if self.stats.prompt_tokens else None,
+        }
+
+    def build_prompt(self, prefix: str, suffix: str) -> tuple[list[int], bytes]:
+        tok = self.loaded.tokenizer
+        ctx = min(self.settings.context_tokens,
+                  self.loaded.config.max_position_embeddings - self.settings.max_tokens - 4)
+        suffix_budget = ctx // 4 if suffix.strip() else 0
+        prefix_ids = cut_prefix(tok, prefix, ctx - suffix_budget)
+        suffix_ids = cut_suffix(tok, suffix, suffix_budget) if suffix_budget else []
+        prefix_ids, healed = heal_tail(tok, prefix_ids)
+        return fim_layout(tok, prefix_ids, suffix_ids, self.loaded.meta.fim_order), healed
+
+    def complete(self, prefix: str, suffix: str,
+                 should_stop: Callable[[], bool] | None = None) -> list[Completion]:
+        """Completions to insert at the cursor between `prefix` and `suffix`."""
+        s = self.settings
+        if not s.enable:
+            return []
+        multiline = wants_multiline(prefix, suffix)
+        rest_of_line = suffix.split("\n", 1)[0]
+        stops: tuple[str, ...] = () if multiline else ("\n",)
+        current = prefix[prefix.rfind("\n") + 1:]
+        indent = len(current) - len(current.lstrip())
+        stop_text = block_end(indent) if multiline else None
+        started = time.perf_counter()
+        with self._lock:
+            ids, healed = self.build_prompt(prefix, suffix)
+            if self._cache is None:
+                self._cache = self.loaded.model.new_cache(1)
+            cfg = GenerationConfig(max_new_tokens=s.max_tokens, temperature=s.temperature,
+                                   top_p=s.top_p, n=s.candidates, seed=s.seed, stop=stops)
+            result = generate(self.loaded.model, self.loaded.tokenizer, ids, cfg,
+                              cache=self._cache, heal=healed, should_stop=should_stop,
+                              stop_text=stop_text)
+        self.stats.requests += 1
+        self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.stats.prompt_tokens += result.prompt_tokens
+        self.stats.reused_tokens += result.reused_tokens
+        out: list[Completion] = []
+        for c in result.candidates:
+            if c.finish_reason == "cancelled":
+                return []
+            text = c.text.rstrip() if multiline else c.text.rstrip("\n")
+            if rest_of_line.strip() and text.endswith(rest_of_line.strip()):
+                text = text[: -len(rest_of_line.strip())]
+            if text.strip() and text not in [o.text for o in out]:
+                out.append(Completion(text, multiline))
+        return out

@@ -1,0 +1,135 @@
+"""pygls wiring: translate LSP requests into engine calls and engine results into LSP types.
+
+Nothing here generates text; the engine does, in a worker thread, so the event loop keeps
+answering other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import fields
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from server.engine import CompletionEngine, EngineSettings
+
+log = logging.getLogger("codecomplete")
+
+STATUS_METHOD = "codecomplete/status"
+
+
+class CodecompleteServer(LanguageServer):
+    def __init__(self, engine: CompletionEngine | None, load_error: str | None = None):
+        super().__init__("codecomplete", "0.1.0",
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.engine = engine
+        self.load_error = load_error
+
+
+def apply_settings(engine: CompletionEngine, options: Any) -> list[str]:
+    """Copy known keys of a settings object into the engine settings; returns problems."""
+    if not isinstance(options, dict):
+        return []
+    options = options.get("codecomplete", options)
+    problems = []
+    current = engine.settings
+    for f in fields(EngineSettings):
+        if f.name not in options:
+            continue
+        value = options[f.name]
+        expected = type(getattr(current, f.name))
+        try:
+            if expected is bool:
+                if not isinstance(value, bool):
+                    raise TypeError
+            elif value is not None:
+                value = expected(value)
+            setattr(current, f.name, value)
+        except (TypeError, ValueError):
+            problems.append(f"setting {f.name}={value!r} is not a valid {expected.__name__}")
+    return problems
+
+
+def cursor_context(ls: CodecompleteServer, uri: str, position: types.Position
+                   ) -> tuple[str, str] | None:
+    """(prefix, suffix) around the cursor, or None for unknown documents or positions."""
+    doc = ls.workspace.text_documents.get(uri)
+    if doc is None:
+        return None
+    lines = doc.lines
+    if position.line < 0 or position.character < 0 or position.line > len(lines):
+        return None
+    if position.line == len(lines) and position.character > 0:
+        return None
+    offset = doc.offset_at_position(position)
+    source = doc.source
+    return source[:offset], source[offset:]
+
+
+def build_server(engine: CompletionEngine | None, load_error: str | None = None
+                 ) -> CodecompleteServer:
+    server = CodecompleteServer(engine, load_error)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: CodecompleteServer, params: types.InitializeParams) -> None:
+        if ls.engine is not None:
+            for problem in apply_settings(ls.engine, params.initialization_options):
+                log.warning(problem)
+
+    @server.feature(types.INITIALIZED)
+    def on_initialized(ls: CodecompleteServer, params: types.InitializedParams) -> None:
+        if ls.load_error:
+            ls.window_show_message(types.ShowMessageParams(types.MessageType.Error,
+                                                           ls.load_error))
+        elif ls.engine is not None:
+            info = ls.engine.describe()
+            ls.window_log_message(types.LogMessageParams(
+                types.MessageType.Info,
+                f"codecomplete ready: {info['model']} on {info['device']} ({info['dtype']})"))
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def on_config(ls: CodecompleteServer, params: types.DidChangeConfigurationParams) -> None:
+        if ls.engine is not None:
+            for problem in apply_settings(ls.engine, params.settings):
+                ls.window_log_message(types.LogMessageParams(types.MessageType.Warning,
+                                                             problem))
+
+    async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position):
+        if ls.engine is None:
+            return []
+        ctx = cursor_context(ls, uri, position)
+        if ctx is None:
+            return []
+        return await asyncio.to_thread(ls.engine.complete, *ctx)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: CodecompleteServer, params: types.InlineCompletionParams
+                                ) -> types.InlineCompletionList:
+        results = await run_engine(ls, params.text_document.uri, params.position)
+        where = types.Range(params.position, params.position)
+        return types.InlineCompletionList(
+            items=[types.InlineCompletionItem(insert_text=c.text, range=where) for c in results])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+    async def completion(ls: CodecompleteServer, params: types.CompletionParams
+                         ) -> types.CompletionList:
+        results = await run_engine(ls, params.text_document.uri, params.position)
+        where = types.Range(params.position, params.position)
+        items = [types.CompletionItem(
+            label=c.text.strip().split("\n", 1)[0][:80] or c.text,
+            kind=types.CompletionItemKind.Text,
+            detail="codecomplete",
+            text_edit=types.TextEdit(where, c.text),
+            sort_text=f"{i:04d}") for i, c in enumerate(results)]
+        return types.CompletionList(is_incomplete=True, items=items)
+
+    @server.feature(STATUS_METHOD)
+    def status(ls: CodecompleteServer, params: Any) -> dict[str, Any]:
+        if ls.engine is None:
+            return {"error": ls.load_error}
+        return ls.engine.describe()
+
+    return server

@@ -1,0 +1,86 @@
+"""The `server` entry point over real stdio, driven by a real LSP client (pygls)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+TEXT = ("class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
+        "    def get_value(self):\n        return self.va")
+
+
+async def start(model_dir) -> tuple[LanguageClient, list[str]]:
+    client = LanguageClient("test", "0")
+    shown: list[str] = []
+    client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: shown.append(p.message))
+    client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
+    await client.start_io(sys.executable, "-m", "server", "--model", str(model_dir),
+                          "--temperature", "0")
+    result = await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), process_id=None))
+    assert result.capabilities.inline_completion_provider is not None
+    assert result.capabilities.completion_provider is not None
+    client.initialized(types.InitializedParams())
+    return client, shown
+
+
+async def stop(client: LanguageClient) -> None:
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+
+
+async def test_inline_and_classic_completion_over_stdio(tiny_model_dir):
+    client, shown = await start(tiny_model_dir)
+    try:
+        uri = "file:///t/node.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=TEXT)))
+        pos = types.Position(line=5, character=len("        return self.va"))
+        doc = types.TextDocumentIdentifier(uri)
+        inline = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=doc, position=pos,
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+        assert inline.items and inline.items[0].insert_text.startswith("lue")
+        classic = await client.text_document_completion_async(
+            types.CompletionParams(text_document=doc, position=pos))
+        assert classic.items[0].text_edit.new_text.startswith("lue")
+        unknown = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier("file:///nope.py"), position=pos,
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+        assert len(unknown.items) == 0
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.requests == 2 and status.device == "cpu"
+        assert not shown
+    finally:
+        await stop(client)
+
+
+async def test_unloadable_model_is_reported_to_the_client(tmp_path):
+    client, shown = await start(tmp_path / "missing")
+    try:
+        for _ in range(50):
+            if shown:
+                break
+            import asyncio
+
+            await asyncio.sleep(0.1)
+        assert len(shown) == 1 and "could not load its model" in shown[0]
+        assert str(tmp_path / "missing") in shown[0]
+    finally:
+        await stop(client)
+
+
+def test_demo_prints_a_completion(tiny_model_dir):
+    out = subprocess.run([sys.executable, "-m", "server.demo", "--model", str(tiny_model_dir)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "def fibonacci(n):" in out.stdout
+    assert "completion was empty" not in out.stdout
