@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from model.checkpoint import LoadedModel
 from model.device import dtype_name
-from model.generate import GenerationConfig, generate
+from model.generate import CANCELLED, GenerationConfig, generate
 from model.healing import heal_tail
 from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer, fim_layout
@@ -75,14 +75,17 @@ def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
 
 
+def cursor_lines(prefix: str, suffix: str) -> tuple[str, str]:
+    """(text of the cursor's line before it, text of the cursor's line after it)."""
+    return prefix[prefix.rfind("\n") + 1:], suffix.split("\n", 1)[0]
+
+
 def wants_multiline(prefix: str, suffix: str) -> bool:
     """Multi-line when the cursor sits on an empty line opening a block body."""
-    line_start = prefix.rfind("\n") + 1
-    current = prefix[line_start:]
-    rest_of_line = suffix.split("\n", 1)[0]
+    current, rest_of_line = cursor_lines(prefix, suffix)
     if current.strip() or rest_of_line.strip():
         return False
-    previous = prefix[:line_start].rstrip("\n").rsplit("\n", 1)[-1]
+    previous = prefix[: len(prefix) - len(current)].rstrip("\n").rsplit("\n", 1)[-1]
     return previous.rstrip().endswith(":")
 
 
@@ -145,9 +148,8 @@ class CompletionEngine:
         if not s.enable:
             return []
         multiline = wants_multiline(prefix, suffix)
-        rest_of_line = suffix.split("\n", 1)[0]
+        current, rest_of_line = cursor_lines(prefix, suffix)
         stops: tuple[str, ...] = () if multiline else ("\n",)
-        current = prefix[prefix.rfind("\n") + 1:]
         indent = len(current) - len(current.lstrip())
         stop_text = block_end(indent) if multiline else None
         started = time.perf_counter()
@@ -166,7 +168,7 @@ class CompletionEngine:
         self.stats.reused_tokens += result.reused_tokens
         out: list[Completion] = []
         for c in result.candidates:
-            if c.finish_reason == "cancelled":
+            if c.finish_reason == CANCELLED:
                 return []
             text = c.text.rstrip() if multiline else c.text.rstrip("\n")
             if rest_of_line.strip() and text.endswith(rest_of_line.strip()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -69,8 +70,6 @@ async def test_unloadable_model_is_reported_to_the_client(tmp_path):
         for _ in range(50):
             if shown:
                 break
-            import asyncio
-
             await asyncio.sleep(0.1)
         assert len(shown) == 1 and "could not load its model" in shown[0]
         assert str(tmp_path / "missing") in shown[0]
