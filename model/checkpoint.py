@@ -171,6 +171,13 @@ def load_weights(model: Transformer, f: Path) -> None:
     except (SafetensorError, ValueError, OSError, RuntimeError) as e:
         raise ModelDirError(f"{f} is corrupt or not a safetensors file ({_first_line(e)}).") \
             from None
+    assign_weights(model, tensors, f)
+
+
+def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], f: Path) -> None:
+    """Copy HF-named tensors into `model` after checking names, shapes and dtypes; errors
+    name `f`, where the tensors came from."""
+    tensors = dict(tensors)
     expected = {Transformer.hf_key(k): v for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)

@@ -67,7 +67,10 @@ def is_generated(text: str) -> bool:
     return any(marker in head for marker in GENERATED_MARKERS)
 
 
-def check_file(path: str, data: bytes, config: FilterConfig = FilterConfig()
+DEFAULT_FILTERS = FilterConfig()
+
+
+def check_file(path: str, data: bytes, config: FilterConfig = DEFAULT_FILTERS
                ) -> tuple[str | None, str | None]:
     """(text, None) when the file qualifies, else (None, reason)."""
     if not path.endswith(".py"):

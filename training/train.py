@@ -1,0 +1,402 @@
+"""Train a codecomplete model: one flat loop you can follow top to bottom.
+
+    python -m training.train --config cpu-tiny --data data/NAME [--resume] [--lr 1e-3 ...]
+    torchrun --nproc_per_node=2 -m training.train --config cpu-default --data data/NAME
+
+Everything a run writes lives in `runs/NAME/`: `checkpoints/` (see training.checkpoints),
+`metrics.jsonl` (one JSON object per log/eval line), TensorBoard events (when the
+`tensorboard` package is installed), `config.json`, and `best/` — a model directory with
+the weights of the lowest validation loss so far, which `training.export` copies out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from model.atomic import atomic_write_text
+from model.checkpoint import ModelMeta, save_model_dir
+from model.config import ModelConfig
+from model.device import cpu_has_fast_bf16, select_device
+from model.tokenizer import SPM, Tokenizer
+from model.transformer import Transformer
+from training.checkpoints import (
+    CheckpointError,
+    apply_weights,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_metrics_line,
+)
+from training.config import TrainConfig, load_config
+from training.data import DataError, PackedLoader, load_dataset, validation_batches
+from training.optim import build_optimizers, lr_scale, set_lr
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA and on CPUs with native bf16; None means plain fp32."""
+    if cfg.dtype == "fp32":
+        return None
+    if cfg.dtype == "bf16" or device.type == "cuda" or (device.type == "cpu"
+                                                       and cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def model_config(cfg: TrainConfig, tok: Tokenizer) -> ModelConfig:
+    vocab = -(-tok.vocab_size // 64) * 64
+    return ModelConfig(vocab_size=vocab, hidden_size=cfg.hidden_size,
+                       intermediate_size=cfg.intermediate_size,
+                       num_hidden_layers=cfg.num_hidden_layers,
+                       num_attention_heads=cfg.num_attention_heads,
+                       num_key_value_heads=cfg.num_key_value_heads,
+                       max_position_embeddings=cfg.seq_len, rope_theta=cfg.rope_theta,
+                       tie_word_embeddings=cfg.tie_word_embeddings,
+                       bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+
+
+def token_byte_lengths(tok: Tokenizer, vocab: int) -> torch.Tensor:
+    """Bytes each token id stands for (0 for special tokens): turns nats into bits/byte."""
+    specials = set(tok.special_ids)
+    return torch.tensor([0 if i in specials or i >= tok.vocab_size else
+                         len(tok.token_bytes(i)) for i in range(vocab)], dtype=torch.float64)
+
+
+@dataclass
+class RunState:
+    """Everything besides weights and optimizer moments that an exact resume needs."""
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    skipped: int = 0
+    rollbacks: int = 0
+    lr_factor: float = 1.0
+    best_val: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate_loss(model: Transformer, batches: list[np.ndarray], byte_len: torch.Tensor,
+                  device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
+    """(mean validation loss in nats/token, bits per byte) on fixed left-to-right windows."""
+    model.eval()
+    nats = 0.0
+    count = 0
+    nbytes = 0.0
+    for b in batches:
+        x = torch.from_numpy(b).to(device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               x[:, 1:].reshape(-1), reduction="sum")
+        nats += loss.item()
+        count += x[:, 1:].numel()
+        nbytes += byte_len[x[:, 1:].cpu()].sum().item()
+    model.train()
+    return nats / max(1, count), nats / math.log(2) / max(1.0, nbytes)
+
+
+def sample_completions(model: Transformer, tok: Tokenizer, batches: list[np.ndarray],
+                       n: int, device: torch.device) -> list[dict[str, str]]:
+    """Greedy continuations of a few validation prompts, logged as text at each eval."""
+    from model.generate import GenerationConfig, generate
+    out = []
+    model.eval()
+    for i in range(min(n, len(batches))):
+        ids = batches[i][0][:96].tolist()
+        if tok.eot_id in ids:
+            ids = ids[:ids.index(tok.eot_id)] or ids[-32:]
+        res = generate(model, tok, ids, GenerationConfig(max_new_tokens=48, temperature=0.0))
+        out.append({"prompt": tok.decode(ids)[-200:], "completion": res.candidates[0].text})
+    model.train()
+    return out
+
+
+class Logger:
+    """metrics.jsonl always; TensorBoard when installed; only on rank 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.metrics = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            with contextlib.suppress(ImportError):
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        write_metrics_line(self.metrics, {"step": step, "time": time.time(), **record})
+        if self.tb:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
+            for i, s in enumerate(record.get("samples", [])):
+                self.tb.add_text(f"sample/{i}", f"```\n{s['prompt']}\n>>>\n{s['completion']}\n```",
+                                 step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    dd = init_distributed(device)
+    if dd.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    amp = autocast_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+
+    tok, manifest, splits = load_dataset(cfg.data)
+    if "val" not in splits or not splits["val"].docs:
+        raise DataError(f"{cfg.data} has no validation split; re-run prepare with more "
+                        "than one repository.")
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    ckpt_dir = run_dir / "checkpoints"
+    mcfg = model_config(cfg, tok)
+    model = Transformer(mcfg).to(device)
+    optimizers = build_optimizers(model, cfg)
+    loader = PackedLoader(splits["train"], tok, cfg.seq_len, cfg.batch_size, cfg.seed,
+                          cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world)
+    val = validation_batches(splits["val"], tok, cfg.seq_len, cfg.batch_size,
+                             cfg.eval_batches)
+    byte_len = token_byte_lengths(tok, mcfg.vocab_size)
+    rs = RunState()
+
+    def restore(path: Path, with_data: bool) -> None:
+        ck = load_checkpoint(path)
+        apply_weights(model, ck)
+        saved = ck.state
+        try:
+            for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
+                opt.load_state_dict(sd)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"optimizer state in {path} does not fit this config "
+                                  f"({e}).") from None
+        if with_data:
+            rs.__dict__.update(saved["run"])
+            loader.load_state(saved["data"][dd.rank])
+            torch.set_rng_state(saved["rng"])
+
+    if resume:
+        latest = latest_checkpoint(ckpt_dir)
+        if latest is None:
+            log(f"no checkpoint in {ckpt_dir}; starting from scratch")
+        else:
+            restore(latest, with_data=True)
+            log(f"resumed {run_dir} at step {rs.step}")
+    elif dd.main and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise CheckpointError(f"{run_dir} already has checkpoints; pass --resume to continue "
+                              "it or choose another --name.")
+    if dd.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(
+            {"train": cfg.to_dict(), "model": mcfg.to_hf_dict(), "world_size": dd.world,
+             "data_manifest": {k: manifest[k] for k in ("fingerprint", "tokenizer_sha256")}},
+            indent=2) + "\n")
+
+    net: torch.nn.Module = model
+    if dd.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        net = torch.compile(net)
+    logger = Logger(run_dir, dd.main)
+
+    def checkpoint() -> None:
+        data_states = [loader.state()]
+        if dd.world > 1:
+            data_states = [None] * dd.world
+            dist.all_gather_object(data_states, loader.state())
+        if dd.main:
+            save_checkpoint(ckpt_dir, rs.step, model, {
+                "optimizers": [o.state_dict() for o in optimizers], "data": data_states,
+                "rng": torch.get_rng_state(), "run": dict(rs.__dict__)}, cfg.keep_checkpoints)
+
+    def run_eval() -> None:
+        loss, bpb = evaluate_loss(model, val, byte_len, device, amp)
+        record: dict[str, Any] = {"val_loss": loss, "val_bpb": bpb}
+        if dd.main and cfg.sample_every_eval:
+            record["samples"] = sample_completions(model, tok, val, cfg.sample_every_eval,
+                                                   device)
+        if loss < rs.best_val:
+            rs.best_val = loss
+            if dd.main:
+                meta = ModelMeta(fim_order=SPM if cfg.spm_rate >= 0.5 else "psm",
+                                 context_size=cfg.seq_len,
+                                 provenance={"run": cfg.name, "step": rs.step,
+                                             "val_loss": loss, "val_bpb": bpb,
+                                             "tokens": rs.tokens, "data": cfg.data,
+                                             "fim_rate": cfg.fim_rate})
+                save_model_dir(run_dir / "best", model, tok, meta)
+        logger.log(rs.step, record)
+        rs.history.append({"step": rs.step, "val_loss": loss, "val_bpb": bpb})
+        log(f"step {rs.step}: val loss {loss:.4f}, {bpb:.4f} bits/byte")
+
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.max_steps, initial=rs.step, disable=not dd.main or None,
+               unit="step", dynamic_ncols=True)
+    model.train()
+    consecutive_bad = 0
+    t_last, tok_last = time.time(), rs.tokens
+    if rs.step == 0:
+        run_eval()
+    while rs.step < cfg.max_steps:
+        t_step = time.time()
+        set_lr(optimizers, lr_scale(rs.step, cfg) * rs.lr_factor)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            batch = torch.from_numpy(loader.next_batch()).to(device, non_blocking=True)
+            sync = contextlib.nullcontext() if (dd.world == 1 or micro == cfg.grad_accum - 1) \
+                else net.no_sync()
+            with sync, torch.autocast(device.type, dtype=amp or torch.float32,
+                                      enabled=amp is not None):
+                logits = net(batch[:, :-1])
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                       batch[:, 1:].reshape(-1)) / cfg.grad_accum
+                if rs.step in cfg.debug_nan_steps:
+                    loss = loss * float("nan")
+                loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if dd.world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= dd.world
+        bad = not (torch.isfinite(loss_sum).item() and torch.isfinite(grad_norm).item())
+        if bad:
+            rs.skipped += 1
+            consecutive_bad += 1
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            logger.log(rs.step, {"skipped_steps": rs.skipped, "event": "non-finite loss"})
+            log(f"step {rs.step}: non-finite loss or gradient, step skipped "
+                f"({rs.skipped} so far)")
+            if consecutive_bad >= cfg.nan_patience:
+                latest = latest_checkpoint(ckpt_dir)
+                if latest is not None:
+                    restore(latest, with_data=False)
+                rs.lr_factor *= cfg.rollback_lr_factor
+                rs.rollbacks += 1
+                consecutive_bad = 0
+                log(f"rolled back to {latest} with learning rate x{rs.lr_factor:g}")
+                logger.log(rs.step, {"event": "rollback", "lr_factor": rs.lr_factor})
+        else:
+            consecutive_bad = 0
+            for opt in optimizers:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        rs.step += 1
+        rs.tokens += cfg.tokens_per_step * dd.world
+        rs.elapsed += time.time() - t_step
+        bar.update(1)
+        if rs.step % cfg.log_every == 0 or rs.step == cfg.max_steps:
+            now = time.time()
+            tps = (rs.tokens - tok_last) / max(1e-9, now - t_last)
+            t_last, tok_last = now, rs.tokens
+            loss_v = loss_sum.item()
+            bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{tps:,.0f}")
+            logger.log(rs.step, {"train_loss": loss_v, "lr": optimizers[0].param_groups[0]["lr"],
+                                 "grad_norm": float(grad_norm), "tokens_per_s": tps,
+                                 "tokens": rs.tokens, "skipped_steps": rs.skipped})
+        if rs.step % cfg.eval_every == 0 or rs.step == cfg.max_steps:
+            run_eval()
+        if rs.step % cfg.checkpoint_every == 0 or rs.step == cfg.max_steps:
+            checkpoint()
+    bar.close()
+    logger.close()
+    if dd.main and cfg.export_dir:
+        export_best(run_dir, Path(cfg.export_dir))
+    if dd.world > 1:
+        dist.destroy_process_group()
+    return run_dir
+
+
+def export_best(run_dir: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Copy the run's best model directory to `out`, with weights cast to `dtype`."""
+    from model.checkpoint import load_model_dir
+    best = run_dir / "best"
+    if not best.is_dir():
+        raise CheckpointError(f"{run_dir} has no best/ model yet: no evaluation has run.")
+    loaded = load_model_dir(best, device="cpu", dtype=torch.float32)
+    if out.exists() and out.resolve() != best.resolve():
+        shutil.rmtree(out)
+    return save_model_dir(out, loaded.model, loaded.tokenizer, loaded.meta, dtype=dtype)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Any TrainConfig field may be overridden: --lr 1e-3")
+    ap.add_argument("--config", required=True, help="preset name or .toml file")
+    ap.add_argument("--resume", action="store_true")
+    args, rest = ap.parse_known_args(argv)
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(rest):
+        key = rest[i]
+        if not key.startswith("--"):
+            ap.error(f"unexpected argument {key!r}")
+        if "=" in key:
+            k, v = key[2:].split("=", 1)
+            overrides[k] = v
+            i += 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            overrides[key[2:]] = rest[i + 1]
+            i += 2
+        else:
+            overrides[key[2:]] = "true"
+            i += 1
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+        train(cfg, resume=args.resume, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (ValueError, OSError) as e:  # DataError, CheckpointError, config errors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
