@@ -76,3 +76,40 @@ def random_model():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=1024, **TINY)
     return Transformer(cfg).eval()
+
+
+def write_package_tree(root: Path, packages: int = 6, files_per_package: int = 8,
+                       seed: int = 0) -> Path:
+    """Folders of real stdlib modules, one per 'package', for corpus/prepare tests."""
+    texts = [t for t in stdlib_texts(max_files=packages * files_per_package, seed=seed)
+             if len(t.encode()) <= 60_000]
+    root.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(texts):
+        pkg = root / f"pkg{i % packages}"
+        pkg.mkdir(exist_ok=True)
+        (pkg / f"mod{i}.py").write_text(text, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_corpus_db(tmp_path_factory) -> Path:
+    """A SQLite corpus made by the real `local` source from six stdlib-module packages."""
+    from scraper.local import crawl_local
+    from scraper.store import CorpusStore
+
+    base = tmp_path_factory.mktemp("corpus")
+    tree = write_package_tree(base / "tree")
+    db = base / "corpus.sqlite"
+    with CorpusStore(db) as store:
+        crawl_local(store, [tree], each_subdir=True)
+    return db
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, small_corpus_db) -> Path:
+    from training.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("data") / "small"
+    prepare(small_corpus_db, out, PrepareConfig(vocab_size=1024, val_fraction=0.2),
+            log=lambda s: None)
+    return out

@@ -1,0 +1,192 @@
+"""The training pipeline on a small corpus made here: prepare, train, resume, guard, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scraper.store import CorpusStore
+from training.config import load_config
+from training.data import PackedLoader, load_dataset
+from training.fim import reassemble
+from training.prepare import PrepareConfig, prepare, split_repos
+from training.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small and single-threaded: deterministic, and fair to a machine with 2 cores.
+TINY = {"threads": "1", "sample_every_eval": "0", "log_every": "5"}
+
+
+def tiny_config(data: Path, runs: Path, **overrides):
+    values = TINY | {"data": str(data), "runs_dir": str(runs)}
+    values |= {k: str(v) for k, v in overrides.items()}
+    return load_config("cpu-tiny", values)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_prepare_split_lossless_and_idempotent(small_corpus_db, small_dataset):
+    tok, manifest, splits = load_dataset(small_dataset)
+    train_repos = set(manifest["splits"]["train"]["repos"])
+    val_repos = set(manifest["splits"]["val"]["repos"])
+    assert train_repos and val_repos and not train_repos & val_repos
+    with CorpusStore(small_corpus_db) as store:
+        originals = {f.content for f in store.iter_files()}
+    decoded = {tok.decode(s.tokens[i][a:b].tolist())
+               for s in splits.values() for i, a, b in s.docs}
+    assert decoded == originals          # tokenizer is lossless, nothing lost or added
+    mtime = (small_dataset / "manifest.json").stat().st_mtime_ns
+    prepare(small_corpus_db, small_dataset, PrepareConfig(vocab_size=1024, val_fraction=0.2),
+            log=lambda s: None)
+    assert (small_dataset / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_split_repos_holds_out_whole_repos():
+    sizes = {f"r{i}": 100 + i for i in range(50)}
+    val = split_repos(sizes, 0.1, seed=0)
+    held = sum(sizes[r] for r in val) / sum(sizes.values())
+    assert 0.08 <= held <= 0.16
+    assert split_repos(sizes, 0.1, seed=1) != val
+
+
+def test_fim_examples_from_the_loader_reassemble(small_dataset):
+    tok, _, splits = load_dataset(small_dataset)
+    loader = PackedLoader(splits["train"], tok, 64, 1, seed=3, fim_rate=1.0, spm_rate=0.5)
+    for doc_index in random.Random(0).sample(range(len(splits["train"].docs)), 10):
+        shard, a, b = splits["train"].docs[doc_index]
+        original = tok.decode(splits["train"].tokens[shard][a:b].tolist())
+        ids = loader._document(doc_index)
+        assert ids[0] == tok.fim_prefix_id
+        assert reassemble(tok, ids) == original
+
+
+def test_cpu_tiny_learns(tmp_path, small_dataset):
+    run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=150, eval_every=75),
+                    log=lambda s: None)
+    evals = [m["val_loss"] for m in metrics(run_dir) if "val_loss" in m]
+    assert evals[-1] < evals[0] - 1.5, evals
+    assert (run_dir / "best" / "model.safetensors").exists()
+    from model.checkpoint import load_model_dir
+    assert load_model_dir(run_dir / "best", device="cpu").meta.provenance["step"] == 150
+
+
+def _train_cmd(cfg_overrides: dict, resume: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "training.train", "--config", "cpu-tiny"]
+    for k, v in cfg_overrides.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd + (["--resume"] if resume else [])
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, small_dataset):
+    common = TINY | {"data": small_dataset, "max-steps": 60, "checkpoint-every": 10,
+                     "eval-every": 30}
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(_train_cmd(common | {"runs-dir": tmp_path / "a"}), check=True, cwd=ROOT,
+                   env=env, capture_output=True, timeout=300)
+    # Kill the second run twice at checkpoints, resume until it finishes.
+    b = common | {"runs-dir": tmp_path / "b"}
+    latest = tmp_path / "b" / "cpu-tiny" / "checkpoints" / "latest.json"
+    for kill_after in (20, 40):
+        proc = subprocess.Popen(_train_cmd(b, resume=latest.exists()), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if latest.exists() and json.loads(latest.read_text())["step"] >= kill_after:
+                break
+            time.sleep(0.05)
+        time.sleep(random.Random(kill_after).uniform(0, 0.3))   # somewhere mid-step
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run(_train_cmd(b, resume=True), check=True, cwd=ROOT, env=env,
+                   capture_output=True, timeout=300)
+    final = "checkpoints/step_0000060/model.safetensors"
+    wa = load_file(tmp_path / "a" / "cpu-tiny" / final)
+    wb = load_file(tmp_path / "b" / "cpu-tiny" / final)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_injected_nan_is_skipped_and_repeated_nans_roll_back(tmp_path, small_dataset):
+    run_dir = train(tiny_config(small_dataset, tmp_path / "one", max_steps=30,
+                                debug_nan_steps="12"), log=lambda s: None)
+    m = metrics(run_dir)
+    assert max(r.get("skipped_steps", 0) for r in m) == 1
+    final = load_file(run_dir / "checkpoints" / "step_0000030" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in final.values())
+    run_dir = train(tiny_config(small_dataset, tmp_path / "three", max_steps=40,
+                                checkpoint_every=10, debug_nan_steps="21,22,23"),
+                    log=lambda s: None)
+    m = metrics(run_dir)
+    rollbacks = [r for r in m if r.get("event") == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["lr_factor"] == 0.5
+    assert m[-1]["val_loss"] < m[0]["val_loss"]
+
+
+def test_torchrun_two_processes_match_single_process(tmp_path, small_dataset):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = TINY | {"data": small_dataset, "max-steps": 80, "eval-every": 40,
+                     "checkpoint-every": 80}
+    subprocess.run(_train_cmd(common | {"runs-dir": tmp_path / "single", "batch-size": 8}),
+                   check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        "--master_port=29517", *_train_cmd(
+                            common | {"runs-dir": tmp_path / "ddp", "batch-size": 4})[1:]],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    single = metrics(tmp_path / "single" / "cpu-tiny")
+    ddp = metrics(tmp_path / "ddp" / "cpu-tiny")
+    assert json.loads((tmp_path / "ddp" / "cpu-tiny" / "config.json").read_text())[
+        "world_size"] == 2
+    s_val = [m["val_loss"] for m in single if "val_loss" in m]
+    d_val = [m["val_loss"] for m in ddp if "val_loss" in m]
+    assert len(s_val) == len(d_val) == 3
+    assert s_val[0] == pytest.approx(d_val[0], abs=1e-4)       # same init, same val set
+    for a, b in zip(s_val[1:], d_val[1:], strict=True):
+        assert abs(a - b) < 0.05 * a, (s_val, d_val)
+    s_train = [m["train_loss"] for m in single if "train_loss" in m]
+    d_train = [m["train_loss"] for m in ddp if "train_loss" in m]
+    assert abs(sum(s_train) / len(s_train) - sum(d_train) / len(d_train)) < 0.15
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, small_dataset):
+    runs = tmp_path / "runs"
+    args = TINY | {"data": small_dataset, "runs-dir": runs, "max-steps": 10,
+                   "checkpoint-every": 10, "eval-every": 10}
+    subprocess.run(_train_cmd(args), check=True, cwd=ROOT, capture_output=True, timeout=300)
+    state = runs / "cpu-tiny" / "checkpoints" / "step_0000010" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    r = subprocess.run(_train_cmd(args | {"max-steps": 20}, resume=True), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert f"checkpoint state {state} is corrupt" in r.stderr and "Traceback" not in r.stderr
+    weights = state.with_name("model.safetensors")
+    state.unlink()
+    weights.write_bytes(b"\x00" * 64)
+    r = subprocess.run(_train_cmd(args | {"max-steps": 20}, resume=True), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "state.pt is missing" in r.stderr
+
+
+def test_config_errors_name_the_setting(small_dataset):
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        load_config("nope")
+    with pytest.raises(ValueError, match="unknown setting --learning-rate"):
+        load_config("cpu-tiny", {"learning-rate": "1"})
+    with pytest.raises(ValueError, match="--lr 'fast' is not a valid float"):
+        load_config("cpu-tiny", {"lr": "fast"})
+    r = subprocess.run(_train_cmd({"data": "/nonexistent/data"}), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "/nonexistent/data has no manifest.json" in r.stderr

@@ -1,0 +1,273 @@
+"""Measure a model directory on a prepared dataset's held-out repositories.
+
+    python -m training.evaluate --model DIR --data data/NAME [--out eval.json]
+
+Reports, on the validation split (whole repositories training never saw):
+- bits per byte of the model (left-to-right, windows of the model's context) beside
+  gzip -9 and xz -9 compressing each file on its own — the same files, the same bytes;
+- line completion (CodeXGLUE style): cut a line at a random point, complete the rest of
+  the line greedily with token healing; exact match and edit similarity;
+- FIM single-line exact match: remove one whole line, give prefix and suffix;
+- the share of sampled function bodies that parse with `ast`;
+- generation throughput on this machine.
+Cut points come from a seeded RNG, so two models are compared on the same cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gzip
+import json
+import lzma
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
+from model.generate import GenerationConfig, generate
+from model.healing import heal_tail
+from model.tokenizer import fim_layout
+from server.engine import block_end
+from training.data import DataError, load_dataset
+
+
+@dataclass
+class EvalConfig:
+    max_files: int = 200          # validation files used for bits per byte
+    line_cases: int = 300
+    fim_cases: int = 200
+    parse_cases: int = 40
+    context: int = 384            # prompt tokens for completion cases
+    seed: int = 1234
+    heal: bool = True
+
+
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def edit_similarity(pred: str, target: str) -> float:
+    """1 - normalised Levenshtein distance (CodeXGLUE's fuzz ratio, on 0..1)."""
+    if not pred and not target:
+        return 1.0
+    return 1.0 - levenshtein(pred, target) / max(len(pred), len(target))
+
+
+def validation_texts(data: str, tokenizer_matches: LoadedModel | None = None) -> list[str]:
+    tok, _, splits = load_dataset(data)
+    val = splits.get("val")
+    if val is None or not val.docs:
+        raise DataError(f"{data} has no validation split.")
+    return [tok.decode(val.tokens[s][a:b].tolist()) for s, a, b in val.docs]
+
+
+@torch.no_grad()
+def bits_per_byte(lm: LoadedModel, texts: list[str]) -> float:
+    """Left-to-right bits per byte over whole files, in non-overlapping context windows
+    (each file starts after <|endoftext|>, as in training)."""
+    tok, model = lm.tokenizer, lm.model
+    ctx = lm.config.max_position_embeddings
+    nats, nbytes = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([tok.eot_id, *tok.encode(text)], device=lm.device)
+        for start in range(0, len(ids) - 1, ctx):
+            chunk = ids[start:start + ctx + 1]
+            logits = model(chunk[None, :-1]).float()
+            nats += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
+        nbytes += len(text.encode("utf-8"))
+    return nats / math.log(2) / max(1, nbytes)
+
+
+def compressor_bpb(texts: list[str]) -> dict[str, float]:
+    raw = [t.encode("utf-8") for t in texts]
+    total = sum(map(len, raw))
+    return {"gzip": sum(len(gzip.compress(b, 9)) for b in raw) * 8 / total,
+            "xz": sum(len(lzma.compress(b, preset=9)) for b in raw) * 8 / total}
+
+
+def _prompt(lm: LoadedModel, prefix: str, budget: int, heal: bool) -> tuple[list[int], bytes]:
+    ids = lm.tokenizer.encode(prefix[-budget * 8:])[-budget:]
+    return heal_tail(lm.tokenizer, ids) if heal else (ids, b"")
+
+
+def line_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """(prefix, rest of line) at random cut points inside non-blank lines."""
+    cases = []
+    for _ in range(n * 20):
+        if len(cases) >= n:
+            break
+        text = rng.choice(texts)
+        lines = text.split("\n")
+        i = rng.randrange(1, len(lines)) if len(lines) > 1 else 0
+        line = lines[i]
+        body = line.strip()
+        if len(body) < 4 or body.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        cut = rng.randrange(indent, len(line))
+        target = line[cut:]
+        if not target.strip():
+            continue
+        prefix = "\n".join(lines[:i]) + "\n" + line[:cut]
+        cases.append((prefix, target))
+    return cases
+
+
+def fim_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(prefix, the removed line without its newline, suffix starting with newline)."""
+    cases = []
+    for _ in range(n * 20):
+        if len(cases) >= n:
+            break
+        lines = rng.choice(texts).split("\n")
+        if len(lines) < 3:
+            continue
+        i = rng.randrange(1, len(lines) - 1)
+        if len(lines[i].strip()) < 4:
+            continue
+        indent = lines[i][:len(lines[i]) - len(lines[i].lstrip())]
+        prefix = "\n".join(lines[:i]) + "\n" + indent
+        cases.append((prefix, lines[i][len(indent):], "\n" + "\n".join(lines[i + 1:])))
+    return cases
+
+
+def run_line_completion(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, float]:
+    em = es = 0.0
+    gen = GenerationConfig(max_new_tokens=48, temperature=0.0, stop=["\n"])
+    for prefix, target in cases:
+        ids, healed = _prompt(lm, prefix, cfg.context, cfg.heal)
+        pred = generate(lm.model, lm.tokenizer, ids, gen, heal=healed).candidates[0].text
+        pred = pred.split("\n")[0]
+        em += pred.strip() == target.strip()
+        es += edit_similarity(pred.strip(), target.strip())
+    n = max(1, len(cases))
+    return {"exact_match": em / n, "edit_similarity": es / n, "cases": len(cases)}
+
+
+def run_fim(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, float]:
+    tok = lm.tokenizer
+    em = es = 0.0
+    gen = GenerationConfig(max_new_tokens=48, temperature=0.0, stop=["\n"])
+    for prefix, target, suffix in cases:
+        p_ids = tok.encode(prefix[-cfg.context * 8:])[-(cfg.context * 3 // 4):]
+        s_ids = tok.encode(suffix[:cfg.context * 4])[:cfg.context // 4]
+        ids = fim_layout(tok, p_ids, s_ids, lm.meta.fim_order)
+        pred = generate(lm.model, tok, ids, gen).candidates[0].text.split("\n")[0]
+        em += pred.strip() == target.strip()
+        es += edit_similarity(pred.strip(), target.strip())
+    n = max(1, len(cases))
+    return {"exact_match": em / n, "edit_similarity": es / n, "cases": len(cases)}
+
+
+def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
+              cfg: EvalConfig) -> dict[str, float]:
+    """Sample function bodies (temperature 0.8) after real `def` lines; a body is cut at
+    the end of its block and at its last complete line, then the def must parse."""
+    sites = []
+    for text in texts:
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("def ") and line.rstrip().endswith(":"):
+                sites.append(("\n".join(lines[:i + 1]) + "\n", line))
+    rng.shuffle(sites)
+    sites = sites[:n]
+    ok = 0
+    samples = []
+    gen = GenerationConfig(max_new_tokens=96, temperature=0.8, top_p=0.95, seed=cfg.seed)
+    for prefix, def_line in sites:
+        ids, healed = _prompt(lm, prefix, cfg.context, cfg.heal)
+        body = generate(lm.model, lm.tokenizer, ids, gen, heal=healed,
+                        stop_text=block_end(1)).candidates[0].text
+        if "\n" in body and not body.endswith("\n"):
+            body = body[:body.rindex("\n") + 1]
+        try:
+            ast.parse(def_line + "\n" + body)
+            ok += 1
+        except (SyntaxError, ValueError):
+            pass
+        if len(samples) < 12:
+            samples.append({"prompt_tail": prefix[-120:], "completion": body[:400]})
+    return {"parse_rate": ok / max(1, len(sites)), "cases": len(sites), "samples": samples}
+
+
+def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="auto",
+             log=print) -> dict:
+    cfg = cfg or EvalConfig()
+    lm = load_model_dir(model_dir, device=device, dtype="fp32" if device == "cpu" else "auto")
+    texts = validation_texts(data)
+    rng = random.Random(cfg.seed)
+    bpb_files = rng.sample(texts, min(cfg.max_files, len(texts)))
+    t0 = time.time()
+    result: dict = {"model": str(model_dir), "data": data,
+                    "params": lm.config.num_parameters(), "device": str(lm.device)}
+    result["bits_per_byte"] = {"model": bits_per_byte(lm, bpb_files),
+                               **compressor_bpb(bpb_files), "files": len(bpb_files),
+                               "bytes": sum(len(t.encode()) for t in bpb_files)}
+    log(f"bits/byte done in {time.time() - t0:.0f}s")
+    result["line_completion"] = run_line_completion(
+        lm, line_cases(texts, cfg.line_cases, random.Random(cfg.seed + 1)), cfg)
+    if not cfg.heal:
+        result["line_completion"]["healing"] = False
+    result["fim_single_line"] = run_fim(
+        lm, fim_cases(texts, cfg.fim_cases, random.Random(cfg.seed + 2)), cfg)
+    result["parse"] = run_parse(lm, texts, cfg.parse_cases, random.Random(cfg.seed + 3), cfg)
+    result["seconds"] = time.time() - t0
+    return result
+
+
+def format_table(r: dict) -> str:
+    b, lc, fim, p = r["bits_per_byte"], r["line_completion"], r["fim_single_line"], r["parse"]
+    rows = [
+        ("validation bits/byte (model)", f"{b['model']:.3f}"),
+        ("  gzip -9 per file", f"{b['gzip']:.3f}"),
+        ("  xz -9 per file", f"{b['xz']:.3f}"),
+        ("line completion exact match", f"{lc['exact_match']:.3f}  ({lc['cases']} cases)"),
+        ("line completion edit similarity", f"{lc['edit_similarity']:.3f}"),
+        ("FIM single-line exact match", f"{fim['exact_match']:.3f}  ({fim['cases']} cases)"),
+        ("FIM single-line edit similarity", f"{fim['edit_similarity']:.3f}"),
+        ("sampled bodies that parse", f"{p['parse_rate']:.3f}  ({p['cases']} cases)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-heal", action="store_true")
+    for name in ("max_files", "line_cases", "fim_cases", "parse_cases", "context", "seed"):
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int,
+                        default=getattr(EvalConfig, name))
+    args = ap.parse_args(argv)
+    cfg = EvalConfig(args.max_files, args.line_cases, args.fim_cases, args.parse_cases,
+                     args.context, args.seed, heal=not args.no_heal)
+    try:
+        r = evaluate(args.model, args.data, cfg, args.device,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    except (ModelDirError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(r))
+    if args.out:
+        args.out.write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
