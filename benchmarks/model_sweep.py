@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 from benchmarks.machine import describe
@@ -37,11 +36,13 @@ def run(data: str, size: str, minutes: float, runs_dir: str, extra: dict[str, st
     tag = f"{Path(data).name}-{size}"
     calib = load_config("cpu-default", base | {
         "name": f"calib-{tag}", "data": data, "runs_dir": runs_dir, "max_steps": "12",
-        "eval_every": "1000", "checkpoint_every": "1000", "sample_every_eval": "0"})
+        "log_every": "6", "eval_every": "1000", "eval_batches": "1",
+        "checkpoint_every": "1000", "sample_every_eval": "0"})
     shutil.rmtree(Path(runs_dir) / calib.name, ignore_errors=True)
-    t = time.time()
-    train(calib, log=lambda s: None)
-    per_step = (time.time() - t) / calib.max_steps
+    calib_dir = train(calib, log=lambda s: None)
+    rates = [m["tokens_per_s"] for m in map(json.loads, (calib_dir / "metrics.jsonl")
+                                            .read_text().splitlines()) if "tokens_per_s" in m]
+    per_step = calib.tokens_per_step / rates[-1]   # steady state: the second log window
     steps = max(20, int(minutes * 60 / per_step))
     cfg = load_config("cpu-default", base | {
         "name": f"sweep-{tag}", "data": data, "runs_dir": runs_dir, "max_steps": str(steps),

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     gh.add_argument("--token-file", type=Path, default=None,
                     help="file with one token per line (else $GITHUB_TOKEN / $GITHUB_TOKENS)")
     gh.add_argument("--max-tarball-mb", type=float, default=200.0)
+    gh.add_argument("--refresh", action="store_true",
+                    help="re-check finished slices and repositories (ETags make unchanged "
+                         "answers free)")
+    gh.add_argument("--min-interval", type=float, default=0.0,
+                    help="seconds between requests at least (politeness)")
 
     lo = sub.add_parser("local", help="add local directories (stdlib, site-packages, ...)")
     _common(lo)

@@ -184,8 +184,10 @@ class CorpusStore:
             " WHERE id=?", (status, error, int(count_attempt), time.time(), repo.id))
 
     def finish_repo(self, repo: RepoRow, commit_sha: str | None, accepted: Iterable[Accepted],
-                    rejected: Iterable[tuple[str, str]]) -> int:
+                    rejected: Iterable[tuple[str, str]],
+                    known: Iterable[tuple[str, str]] = ()) -> int:
         """Store one repository's files and rejections and mark it done, atomically.
+        `known` are (path, sha) of blobs the store already holds (not downloaded again).
         Exact dedup: a SHA already stored keeps the more-starred origin. Returns the
         number of files that were new to the store."""
         new = 0
@@ -195,6 +197,13 @@ class CorpusStore:
             for path, reason in rejected:
                 self.db.execute("INSERT OR REPLACE INTO rejections VALUES(?,?,?)",
                                 (repo.id, path, reason))
+            for path, sha in known:
+                self.db.execute("INSERT OR REPLACE INTO occurrences VALUES(?,?,?)",
+                                (repo.id, path, sha))
+                self.db.execute(
+                    "UPDATE files SET repo_id=?, path=?, license=?, stars=?, commit_sha=?"
+                    " WHERE sha=? AND stars < ?", (repo.id, path, repo.license, repo.stars,
+                                                   commit_sha, sha, repo.stars))
             for f in accepted:
                 sha = git_blob_sha(f.data)
                 self.db.execute("INSERT OR REPLACE INTO occurrences VALUES(?,?,?)",
@@ -219,6 +228,28 @@ class CorpusStore:
                 " WHERE id=?", (DONE if has_files else SKIPPED, commit_sha, time.time(),
                                 repo.id))
         return new
+
+    def known_shas(self, shas: Iterable[str]) -> set[str]:
+        """Which of these blob SHAs the store already holds."""
+        out: set[str] = set()
+        for sha in shas:
+            if self.db.execute("SELECT 1 FROM files WHERE sha=?", (sha,)).fetchone():
+                out.add(sha)
+        return out
+
+    def repos_to_fetch(self, max_attempts: int) -> list[RepoRow]:
+        """Pending repositories and failed ones with attempts left, most-starred first
+        (so exact dedup mostly keeps the first origin it sees)."""
+        rows = self.db.execute(
+            "SELECT id, name, source, stars, license, status, attempts, commit_sha,"
+            " default_branch FROM repos WHERE source='github' AND (status=? OR"
+            " (status=? AND attempts < ?)) ORDER BY stars DESC, id",
+            (PENDING, FAILED, max_attempts))
+        return [RepoRow(*r) for r in rows]
+
+    def count_repos(self, source: str) -> int:
+        return self.db.execute("SELECT count(*) FROM repos WHERE source=?",
+                               (source,)).fetchone()[0]
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
