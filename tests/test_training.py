@@ -73,13 +73,13 @@ def test_fim_examples_from_the_loader_reassemble(small_dataset):
 
 
 def test_cpu_tiny_learns(tmp_path, small_dataset):
-    run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=150, eval_every=75),
+    run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=200, eval_every=100),
                     log=lambda s: None)
     evals = [m["val_loss"] for m in metrics(run_dir) if "val_loss" in m]
-    assert evals[-1] < evals[0] - 1.5, evals
+    assert evals[-1] < evals[0] - 1.0, evals    # nats per token, from ln(1024) = 6.93
     assert (run_dir / "best" / "model.safetensors").exists()
     from model.checkpoint import load_model_dir
-    assert load_model_dir(run_dir / "best", device="cpu").meta.provenance["step"] == 150
+    assert load_model_dir(run_dir / "best", device="cpu").meta.provenance["step"] == 200
 
 
 def _train_cmd(cfg_overrides: dict, resume: bool = False) -> list[str]:
@@ -190,3 +190,39 @@ def test_config_errors_name_the_setting(small_dataset):
     r = subprocess.run(_train_cmd({"data": "/nonexistent/data"}), cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "/nonexistent/data has no manifest.json" in r.stderr
+
+
+def test_evaluation_cases_and_metrics():
+    from training.evaluate import compressor_bpb, edit_similarity, fim_cases, line_cases
+    assert edit_similarity("return x", "return x") == 1.0
+    assert edit_similarity("return y", "return x") == pytest.approx(1 - 1 / 8)
+    assert edit_similarity("", "abc") == 0.0
+    text = "import os\n\n\ndef f(a, b):\n    total = a + b\n    return total * 2\n"
+    for prefix, target in line_cases([text], 20, random.Random(0)):
+        assert text.startswith(prefix + target)
+        assert "\n" not in target and target.strip()
+    for prefix, line, suffix in fim_cases([text], 20, random.Random(0)):
+        assert prefix + line + suffix == text and "\n" not in line
+    b = compressor_bpb([text * 20])
+    assert 0 < b["xz"] < 8 and 0 < b["gzip"] < 8
+
+
+def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
+    run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=60, eval_every=30),
+                    log=lambda s: None)
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, "-m", "training.evaluate", "--model",
+                        str(run_dir / "best"), "--data", str(small_dataset), "--max-files", "5",
+                        "--line-cases", "10", "--fim-cases", "10", "--parse-cases", "3",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr
+    assert "validation bits/byte (model)" in r.stdout
+    res = json.loads(out.read_text())
+    assert 0 < res["bits_per_byte"]["model"] < 10
+    assert res["line_completion"]["cases"] == 10 and res["fim_single_line"]["cases"] == 10
+    assert 0 <= res["parse"]["parse_rate"] <= 1
+    r = subprocess.run([sys.executable, "-m", "training.evaluate", "--model",
+                        str(tmp_path / "nope"), "--data", str(small_dataset)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "does not exist" in r.stderr

@@ -98,6 +98,11 @@ def compressor_bpb(texts: list[str]) -> dict[str, float]:
             "xz": sum(len(lzma.compress(b, preset=9)) for b in raw) * 8 / total}
 
 
+def prompt_budget(lm: LoadedModel, cfg: EvalConfig, new_tokens: int = 96) -> int:
+    """Prompt tokens that leave room for `new_tokens` in the model's context."""
+    return max(16, min(cfg.context, lm.config.max_position_embeddings - new_tokens))
+
+
 def _prompt(lm: LoadedModel, prefix: str, budget: int, heal: bool) -> tuple[list[int], bytes]:
     ids = lm.tokenizer.encode(prefix[-budget * 8:])[-budget:]
     return heal_tail(lm.tokenizer, ids) if heal else (ids, b"")
@@ -148,7 +153,7 @@ def run_line_completion(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, fl
     em = es = 0.0
     gen = GenerationConfig(max_new_tokens=48, temperature=0.0, stop=["\n"])
     for prefix, target in cases:
-        ids, healed = _prompt(lm, prefix, cfg.context, cfg.heal)
+        ids, healed = _prompt(lm, prefix, prompt_budget(lm, cfg), cfg.heal)
         pred = generate(lm.model, lm.tokenizer, ids, gen, heal=healed).candidates[0].text
         pred = pred.split("\n")[0]
         em += pred.strip() == target.strip()
@@ -161,9 +166,10 @@ def run_fim(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, float]:
     tok = lm.tokenizer
     em = es = 0.0
     gen = GenerationConfig(max_new_tokens=48, temperature=0.0, stop=["\n"])
+    budget = prompt_budget(lm, cfg) - 3          # three FIM sentinel tokens
     for prefix, target, suffix in cases:
-        p_ids = tok.encode(prefix[-cfg.context * 8:])[-(cfg.context * 3 // 4):]
-        s_ids = tok.encode(suffix[:cfg.context * 4])[:cfg.context // 4]
+        p_ids = tok.encode(prefix[-budget * 8:])[-(budget * 3 // 4):]
+        s_ids = tok.encode(suffix[:budget * 4])[:budget // 4]
         ids = fim_layout(tok, p_ids, s_ids, lm.meta.fim_order)
         pred = generate(lm.model, tok, ids, gen).candidates[0].text.split("\n")[0]
         em += pred.strip() == target.strip()
@@ -188,7 +194,7 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
     samples = []
     gen = GenerationConfig(max_new_tokens=96, temperature=0.8, top_p=0.95, seed=cfg.seed)
     for prefix, def_line in sites:
-        ids, healed = _prompt(lm, prefix, cfg.context, cfg.heal)
+        ids, healed = _prompt(lm, prefix, prompt_budget(lm, cfg), cfg.heal)
         body = generate(lm.model, lm.tokenizer, ids, gen, heal=healed,
                         stop_text=block_end(1)).candidates[0].text
         if "\n" in body and not body.endswith("\n"):

@@ -198,8 +198,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     optimizers = build_optimizers(model, cfg)
     loader = PackedLoader(splits["train"], tok, cfg.seq_len, cfg.batch_size, cfg.seed,
                           cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world)
+    # The same validation windows whatever the process count: eval_batches global batches.
     val = validation_batches(splits["val"], tok, cfg.seq_len, cfg.batch_size,
-                             cfg.eval_batches)
+                             cfg.eval_batches * dd.world)
     byte_len = token_byte_lengths(tok, mcfg.vocab_size)
     rs = RunState()
 
