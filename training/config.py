@@ -5,11 +5,10 @@ from `--name value` command-line overrides. The field names are the TOML keys an
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
