@@ -20,6 +20,8 @@ from model.generate import CANCELLED, GenerationConfig, generate
 from model.healing import heal_tail
 from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer, fim_layout
+from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
+from server.postprocess.block_scope import block_end
 
 WORD_RIGHT = re.compile(r"^\w")
 
@@ -75,32 +77,14 @@ def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
 
 
-def cursor_lines(prefix: str, suffix: str) -> tuple[str, str]:
-    """(text of the cursor's line before it, text of the cursor's line after it)."""
-    return prefix[prefix.rfind("\n") + 1:], suffix.split("\n", 1)[0]
-
-
 def wants_multiline(prefix: str, suffix: str) -> bool:
     """Multi-line when the cursor sits on an empty line opening a block body."""
-    current, rest_of_line = cursor_lines(prefix, suffix)
-    if current.strip() or rest_of_line.strip():
+    ctx = CompletionContext(prefix, suffix, multiline=False)
+    current = ctx.current_line
+    if current.strip() or ctx.rest_of_line.strip():
         return False
     previous = prefix[: len(prefix) - len(current)].rstrip("\n").rsplit("\n", 1)[-1]
     return previous.rstrip().endswith(":")
-
-
-def block_end(indent: int) -> Callable[[str], int | None]:
-    """A stop function: cut where a non-blank line starts left of `indent` columns."""
-
-    def stop(text: str) -> int | None:
-        pos = 0
-        for line in text.split("\n")[1:]:
-            pos = text.index("\n", pos) + 1
-            if line.strip() and len(line) - len(line.lstrip()) < indent:
-                return pos - 1
-        return None
-
-    return stop
 
 
 class CompletionEngine:
@@ -148,10 +132,9 @@ class CompletionEngine:
         if not s.enable:
             return []
         multiline = wants_multiline(prefix, suffix)
-        current, rest_of_line = cursor_lines(prefix, suffix)
+        ctx = CompletionContext(prefix, suffix, multiline)
         stops: tuple[str, ...] = () if multiline else ("\n",)
-        indent = len(current) - len(current.lstrip())
-        stop_text = block_end(indent) if multiline else None
+        stop_text = block_end(ctx.indent) if multiline else None
         started = time.perf_counter()
         with self._lock:
             ids, healed = self.build_prompt(prefix, suffix)
@@ -170,9 +153,7 @@ class CompletionEngine:
         for c in result.candidates:
             if c.finish_reason == CANCELLED:
                 return []
-            text = c.text.rstrip() if multiline else c.text.rstrip("\n")
-            if rest_of_line.strip() and text.endswith(rest_of_line.strip()):
-                text = text[: -len(rest_of_line.strip())]
-            if text.strip() and text not in [o.text for o in out]:
+            text = run_chain(c.text, ctx, PRE_CACHE + POST_CACHE)
+            if text is not None and text not in [o.text for o in out]:
                 out.append(Completion(text, multiline))
         return out

@@ -151,9 +151,11 @@ class FakeGitHub:
         path, query = parts.path, parse_qs(parts.query)
         auth = h.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").removeprefix("token ").strip() or None
+        entry = {"path": path, "query": parts.query, "token": token,
+                 "headers": dict(h.headers), "status": None}
+        h.log_entry = entry  # type: ignore[attr-defined]
         with self.lock:
-            self.log.append({"path": path, "query": parts.query, "token": token,
-                             "headers": dict(h.headers)})
+            self.log.append(entry)
             if self.latency:
                 self.clock.advance(self.latency)
         if path.startswith("/_codeload/"):
@@ -368,6 +370,8 @@ class FakeGitHub:
 
     def _send_raw(self, h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict,
                   content_type: str | None) -> None:
+        if getattr(h, "log_entry", None) is not None:
+            h.log_entry["status"] = status  # type: ignore[attr-defined]
         h.send_response(status)
         for k, v in headers.items():
             h.send_header(k, v)

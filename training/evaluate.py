@@ -34,7 +34,7 @@ from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.generate import GenerationConfig, generate
 from model.healing import heal_tail
 from model.tokenizer import fim_layout
-from server.engine import block_end
+from server.postprocess.block_scope import block_end
 from training.data import DataError, load_dataset
 
 

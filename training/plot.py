@@ -32,9 +32,7 @@ def plot(runs: list[Path], out: Path) -> Path:
     for run in runs:
         recs = read_metrics(run)
         train = [(r["tokens"] / 1e6, r["train_loss"]) for r in recs if "train_loss" in r]
-        tokens_at = {r["step"]: r["tokens"] for r in recs if "tokens" in r}
-        val = [(tokens_at.get(r["step"], 0) / 1e6, r["val_bpb"]) for r in recs
-               if "val_bpb" in r]
+        val = [(r.get("tokens", 0) / 1e6, r["val_bpb"]) for r in recs if "val_bpb" in r]
         if train:
             ax1.plot(*zip(*train, strict=True), label=run.name, linewidth=0.8)
         if val:

@@ -255,7 +255,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
 
     def run_eval() -> None:
         loss, bpb = evaluate_loss(model, val, byte_len, device, amp)
-        record: dict[str, Any] = {"val_loss": loss, "val_bpb": bpb}
+        record: dict[str, Any] = {"val_loss": loss, "val_bpb": bpb, "tokens": rs.tokens}
         if dd.main and cfg.sample_every_eval:
             record["samples"] = sample_completions(model, tok, val, cfg.sample_every_eval,
                                                    device)
@@ -279,6 +279,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     model.train()
     consecutive_bad = 0
     t_last, tok_last = time.time(), rs.tokens
+    window_loss, window_steps = torch.zeros((), device=device), 0   # mean over a log window
     if rs.step == 0:
         run_eval()
     while rs.step < cfg.max_steps:
@@ -322,6 +323,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                 logger.log(rs.step, {"event": "rollback", "lr_factor": rs.lr_factor})
         else:
             consecutive_bad = 0
+            window_loss += loss_sum
+            window_steps += 1
             for opt in optimizers:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -333,10 +336,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
             now = time.time()
             tps = (rs.tokens - tok_last) / max(1e-9, now - t_last)
             t_last, tok_last = now, rs.tokens
-            loss_v = loss_sum.item()
+            loss_v = (window_loss / max(1, window_steps)).item()
+            window_loss.zero_()
+            window_steps = 0
             bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{tps:,.0f}")
             logger.log(rs.step, {"train_loss": loss_v, "lr": optimizers[0].param_groups[0]["lr"],
                                  "grad_norm": float(grad_norm), "tokens_per_s": tps,
+                                 "elapsed_s": rs.elapsed,
                                  "tokens": rs.tokens, "skipped_steps": rs.skipped})
         if rs.step % cfg.eval_every == 0 or rs.step == cfg.max_steps:
             run_eval()

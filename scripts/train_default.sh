@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Reproduce the shipped default model (model/default/) from this machine's own Python
+# sources, offline, with one command. See docs/default-model.md for what it produces.
+#
+#   scripts/train_default.sh            # corpus -> data -> train (resumable) -> export -> evaluate
+#   RESUME=1 scripts/train_default.sh   # continue an interrupted run
+#
+# The corpus is the Python standard library (without its test suite) plus the
+# site-packages of .venv (the project and its dependencies, PyTorch included), each
+# package its own "repository", so whole packages are held out for validation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+PY=.venv/bin/python
+VOCAB=${VOCAB:-8192}
+NAME=${NAME:-default}
+STDLIB=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+SITE=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+mkdir -p data
+$PY -m scraper local "$STDLIB" --each-subdir --exclude test --exclude idlelib --db data/corpus.sqlite
+$PY -m scraper local "$SITE" --each-subdir --db data/corpus.sqlite
+$PY -m scraper dedup --db data/corpus.sqlite
+$PY -m scraper stats --db data/corpus.sqlite
+$PY -m training.prepare --db data/corpus.sqlite --out "data/local-$VOCAB" --vocab-size "$VOCAB"
+$PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME" \
+    ${RESUME:+--resume} "$@"
+$PY -m training.export --run "runs/$NAME" --out model/default
+$PY -m training.evaluate --model model/default --data "data/local-$VOCAB" --out "runs/$NAME/eval.json"

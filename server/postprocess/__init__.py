@@ -1,0 +1,46 @@
+"""Post-processing: small pure functions, each `apply(text, ctx) -> text | None`, run as a
+chain. None drops the candidate. Adding a rule is adding a module and a line below.
+
+Phase "pre-cache" runs on raw model output before results are cached (they depend only
+on the document around the cursor); "post-cache" runs on every answer served, cached or
+not (they can depend on what the user typed since).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from server.postprocess import (
+    auto_closed,
+    block_scope,
+    duplicate_suffix,
+    min_length,
+    repetition,
+    trailing_whitespace,
+)
+from server.postprocess.context import CompletionContext
+
+Filter = Callable[[str, CompletionContext], str | None]
+
+PRE_CACHE: list[Filter] = [
+    block_scope.apply,          # stop at the end of the indentation block
+    repetition.apply,           # cut looping output, drop if nothing is left
+    duplicate_suffix.apply,     # never repeat the rest of the line or the next lines
+    trailing_whitespace.apply,
+]
+POST_CACHE: list[Filter] = [
+    auto_closed.apply,          # the editor already typed the closing bracket/quote
+    min_length.apply,           # too short to be worth showing
+]
+
+
+def run_chain(text: str, ctx: CompletionContext, chain: list[Filter]) -> str | None:
+    for f in chain:
+        out = f(text, ctx)
+        if out is None:
+            return None
+        text = out
+    return text
+
+
+__all__ = ["POST_CACHE", "PRE_CACHE", "CompletionContext", "run_chain"]

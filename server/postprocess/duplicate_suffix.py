@@ -1,0 +1,25 @@
+"""Never insert what is already there: text that ends with the rest of the cursor's line
+loses that ending, and a multi-line completion stops where it starts repeating the lines
+that follow the cursor."""
+
+from __future__ import annotations
+
+from server.postprocess.context import CompletionContext
+
+
+def apply(text: str, ctx: CompletionContext) -> str | None:
+    rest = ctx.rest_of_line.strip()
+    first, _, more = text.partition("\n")
+    if rest and first.rstrip().endswith(rest):
+        first = first.rstrip()[:-len(rest)]
+        text = first + ("\n" + more if more else "")
+    following = [line.strip() for line in ctx.next_lines if line.strip()][:3]
+    if following and "\n" in text:
+        lines = text.split("\n")
+        for i in range(1, len(lines)):
+            window = [line.strip() for line in lines[i:] if line.strip()][:len(following)]
+            if lines[i].strip() and window == following[:len(window)] and len(window) >= \
+                    min(2, len(following)):
+                text = "\n".join(lines[:i]).rstrip()
+                break
+    return text if text.strip() else None

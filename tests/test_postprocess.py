@@ -1,0 +1,94 @@
+"""Each post-processing filter with before/after cases, and the chain."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.postprocess import (
+    POST_CACHE,
+    PRE_CACHE,
+    CompletionContext,
+    auto_closed,
+    block_scope,
+    duplicate_suffix,
+    min_length,
+    repetition,
+    run_chain,
+    trailing_whitespace,
+)
+
+
+def ctx(prefix: str, suffix: str = "", multiline: bool = False) -> CompletionContext:
+    return CompletionContext(prefix, suffix, multiline)
+
+
+BODY = "def f(x):\n    "
+
+
+@pytest.mark.parametrize("text, c, want", [
+    ("return x\n    y = 2", ctx("x = "), "return x"),                      # single line
+    ("if x:\n        return 1\n    return 2\nprint(f(3))", ctx(BODY, multiline=True),
+     "if x:\n        return 1\n    return 2"),                            # left the block
+    ("return x\n\n    # still inside", ctx(BODY, multiline=True),
+     "return x\n\n    # still inside"),
+])
+def test_block_scope(text, c, want):
+    assert block_scope.apply(text, c) == want
+
+
+def test_block_end_stop_function():
+    stop = block_scope.block_end(4)
+    assert stop("a = 1\n    b = 2\nc = 3") == len("a = 1\n    b = 2")
+    assert stop("a = 1\n\n    b = 2") is None
+
+
+@pytest.mark.parametrize("text, want", [
+    ("x = 1\nx = 1\nx = 1\nx = 1", "x = 1\nx = 1"),
+    ("print(a)\nprint(b)", "print(a)\nprint(b)"),
+    ("foo" + ")" * 20, "foo)"),
+    ("abababababababab", None),
+])
+def test_repetition(text, want):
+    assert repetition.apply(text, ctx("", multiline=True)) == want
+
+
+@pytest.mark.parametrize("text, c, want", [
+    ("value)", ctx("print(", ")"), "value"),                    # rest of line repeated
+    ("a + b", ctx("x = ", "  # sum"), "a + b"),
+    ("total = 0\n    for i in x:\n        total += i\n    return total",
+     ctx(BODY, "\n    for i in x:\n        total += i\n", multiline=True), "total = 0"),
+    (")", ctx("f(", ")"), None),
+])
+def test_duplicate_suffix(text, c, want):
+    assert duplicate_suffix.apply(text, c) == want
+
+
+@pytest.mark.parametrize("text, c, want", [
+    ("x, y)", ctx("f(", ")"), "x, y"),
+    ("'name']", ctx("d[", "']"), "'name"),                      # partially auto-closed
+    ("x, y)", ctx("f(", ""), "x, y)"),                          # nothing to replace
+    ("a]", ctx("f(", ")"), "a]"),                               # a different closer
+])
+def test_auto_closed(text, c, want):
+    assert auto_closed.apply(text, c) == want
+
+
+@pytest.mark.parametrize("text, multiline, want", [
+    ("", False, None), ("   ", False, None), (":", False, None), ("x", False, "x"),
+    ("pass", True, "pass"),
+])
+def test_min_length(text, multiline, want):
+    assert min_length.apply(text, ctx("", multiline=multiline)) == want
+
+
+def test_trailing_whitespace():
+    c = ctx(BODY, multiline=True)
+    assert trailing_whitespace.apply(" x = 1   \n    y = 2  \n\n", c) == " x = 1\n    y = 2"
+    assert trailing_whitespace.apply("  \n \n", c) is None
+
+
+def test_chain_order_and_phases():
+    c = ctx("    result = compute(", ")\n    return result\n")
+    assert run_chain("a, b)\n    return result", c, PRE_CACHE + POST_CACHE) == "a, b"
+    assert run_chain("))))))))))))", c, PRE_CACHE + POST_CACHE) is None
+    assert PRE_CACHE and POST_CACHE and not set(PRE_CACHE) & set(POST_CACHE)
