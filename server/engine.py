@@ -8,9 +8,11 @@ sharing a prefix with the previous one only computes its new tail.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +24,7 @@ from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer, fim_layout
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
+from server.syntax import COMMENT, STRING, cursor_region
 
 WORD_RIGHT = re.compile(r"^\w")
 
@@ -36,6 +39,8 @@ class EngineSettings:
     candidates: int = 1
     context_tokens: int = 768
     enable: bool = True
+    comments: bool = True          # complete inside comments
+    strings: bool = True           # complete inside strings and docstrings
     seed: int | None = 0
 
 
@@ -48,18 +53,50 @@ class Completion:
 @dataclass
 class EngineStats:
     requests: int = 0
+    cache_hits: int = 0            # answered from the LRU or by typed-ahead reuse
     latencies_ms: list[float] = field(default_factory=list)
     reused_tokens: int = 0
     prompt_tokens: int = 0
 
 
+# Test seam: seconds to sleep per generated token, simulating a slow model so tests of
+# cancellation and supersession are deterministic. Never set in normal use.
+SLOW_TOKENS_ENV = "CODECOMPLETE_TEST_SLOW_TOKENS_S"
+
+LRU_SIZE = 128
+KEY_CHARS = 4096                   # how much of the prefix/suffix identifies a request
+
+
+@dataclass
+class Served:
+    """The last answer, for typed-ahead reuse."""
+    prefix: str
+    suffix: str
+    completions: list[Completion]
+
+
+CHARS_PER_TOKEN_MAX = 16   # pre-trim by characters so a huge document costs O(budget)
+
+
+def clean_text(text: str) -> str:
+    """Text safe to tokenize: lone surrogates (possible in JSON strings) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def cut_prefix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     """Token ids of the end of `text` within `budget` tokens, cut at a line start."""
-    ids = tok.encode(text)
+    if len(text) > budget * CHARS_PER_TOKEN_MAX:
+        text = text[-budget * CHARS_PER_TOKEN_MAX:]
+        text = text[text.find("\n") + 1:] if "\n" in text else text
+    ids = tok.encode(clean_text(text))
     if len(ids) <= budget:
         return ids
     skip = sum(len(tok.token_bytes(i)) for i in ids[: len(ids) - budget])
-    data = text.encode("utf-8")
+    data = clean_text(text).encode("utf-8")
     nl = data.find(b"\n", skip)
     rest = data[nl + 1:] if nl != -1 else data[skip:]
     return tok.encode(rest.decode("utf-8", errors="ignore"))[-budget:]
@@ -67,11 +104,14 @@ def cut_prefix(tok: Tokenizer, text: str, budget: int) -> list[int]:
 
 def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     """Token ids of the start of `text` within `budget` tokens, cut at a line end."""
-    ids = tok.encode(text)
+    if len(text) > budget * CHARS_PER_TOKEN_MAX:
+        text = text[:budget * CHARS_PER_TOKEN_MAX]
+        text = text[:text.rfind("\n") + 1] if "\n" in text else text
+    ids = tok.encode(clean_text(text))
     if len(ids) <= budget:
         return ids
     keep = sum(len(tok.token_bytes(i)) for i in ids[:budget])
-    data = text.encode("utf-8")
+    data = clean_text(text).encode("utf-8")
     nl = data.rfind(b"\n", 0, keep)
     head = data[: nl + 1] if nl != -1 else data[:keep]
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
@@ -96,6 +136,10 @@ class CompletionEngine:
         self.stats = EngineStats()
         self._lock = threading.Lock()
         self._cache: KVCache | None = None
+        self._lru: OrderedDict[tuple, list[Completion]] = OrderedDict()
+        self._last: Served | None = None
+        self.slow_tokens_s = float(os.environ.get(SLOW_TOKENS_ENV, "0") or 0)
+        self.generating = 0               # generations in progress (for status displays)
 
     def describe(self) -> dict[str, object]:
         lat = sorted(self.stats.latencies_ms)
@@ -113,6 +157,9 @@ class CompletionEngine:
             "latency_p95_ms": pct(0.95),
             "kv_reuse_rate": round(self.stats.reused_tokens / self.stats.prompt_tokens, 3)
             if self.stats.prompt_tokens else None,
+            "cache_hit_rate": round(self.stats.cache_hits / self.stats.requests, 3)
+            if self.stats.requests else None,
+            "generating": self.generating,
         }
 
     def build_prompt(self, prefix: str, suffix: str) -> tuple[list[int], bytes]:
@@ -125,18 +172,80 @@ class CompletionEngine:
         prefix_ids, healed = heal_tail(tok, prefix_ids)
         return fim_layout(tok, prefix_ids, suffix_ids, self.loaded.meta.fim_order), healed
 
+    def _key(self, prefix: str, suffix: str) -> tuple:
+        s = self.settings
+        return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], s.temperature, s.top_p, s.max_tokens,
+                s.candidates, s.context_tokens, s.seed)
+
+    def typed_ahead(self, prefix: str, suffix: str) -> list[Completion] | None:
+        """When the user typed exactly the start of the last suggestion, the rest of it."""
+        last = self._last
+        if last is None or suffix != last.suffix or not prefix.startswith(last.prefix):
+            return None
+        typed = prefix[len(last.prefix):]
+        if not typed or ("\n" in typed and not any(c.multiline for c in last.completions)):
+            return None
+        rest = [Completion(c.text[len(typed):], c.multiline) for c in last.completions
+                if c.text.startswith(typed) and len(c.text) > len(typed)]
+        return rest or None
+
     def complete(self, prefix: str, suffix: str,
                  should_stop: Callable[[], bool] | None = None) -> list[Completion]:
         """Completions to insert at the cursor between `prefix` and `suffix`."""
         s = self.settings
         if not s.enable:
             return []
+        if not (s.comments and s.strings):
+            region = cursor_region(prefix)
+            if (region == COMMENT and not s.comments) or (region == STRING and not s.strings):
+                return []
+        started = time.perf_counter()
+        self.stats.requests += 1
         multiline = wants_multiline(prefix, suffix)
         ctx = CompletionContext(prefix, suffix, multiline)
-        stops: tuple[str, ...] = () if multiline else ("\n",)
-        stop_text = block_end(ctx.indent) if multiline else None
-        started = time.perf_counter()
+        key = self._key(prefix, suffix)
+        cached = self.typed_ahead(prefix, suffix)
+        if cached is None and key in self._lru:
+            self._lru.move_to_end(key)
+            cached = self._lru[key]
+        if cached is not None:
+            self.stats.cache_hits += 1
+            raw = cached
+        else:
+            self.generating += 1
+            try:
+                raw = self._generate(prefix, suffix, ctx, should_stop)
+            finally:
+                self.generating -= 1
+            if raw is None:
+                return []                      # cancelled: nothing cached, nothing shown
+            self._lru[key] = raw
+            while len(self._lru) > LRU_SIZE:
+                self._lru.popitem(last=False)
+        self._last = Served(prefix, suffix, raw)
+        out: list[Completion] = []
+        for c in raw:
+            text = run_chain(c.text, CompletionContext(prefix, suffix, c.multiline), POST_CACHE)
+            if text is not None and text not in [o.text for o in out]:
+                out.append(Completion(text, c.multiline))
+        self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+        return out
+
+    def _generate(self, prefix: str, suffix: str, ctx: CompletionContext,
+                  should_stop: Callable[[], bool] | None) -> list[Completion] | None:
+        """Model output after the pre-cache filters, or None when cancelled."""
+        s = self.settings
+        stops: tuple[str, ...] = () if ctx.multiline else ("\n",)
+        stop_text = block_end(ctx.indent) if ctx.multiline else None
+        if self.slow_tokens_s:
+            polled = should_stop
+
+            def should_stop() -> bool:
+                time.sleep(self.slow_tokens_s)
+                return polled() if polled else False
         with self._lock:
+            if should_stop is not None and should_stop():
+                return None
             ids, healed = self.build_prompt(prefix, suffix)
             if self._cache is None:
                 self._cache = self.loaded.model.new_cache(1)
@@ -145,15 +254,13 @@ class CompletionEngine:
             result = generate(self.loaded.model, self.loaded.tokenizer, ids, cfg,
                               cache=self._cache, heal=healed, should_stop=should_stop,
                               stop_text=stop_text)
-        self.stats.requests += 1
-        self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         self.stats.prompt_tokens += result.prompt_tokens
         self.stats.reused_tokens += result.reused_tokens
         out: list[Completion] = []
         for c in result.candidates:
             if c.finish_reason == CANCELLED:
-                return []
-            text = run_chain(c.text, ctx, PRE_CACHE + POST_CACHE)
+                return None
+            text = run_chain(c.text, ctx, PRE_CACHE)
             if text is not None and text not in [o.text for o in out]:
-                out.append(Completion(text, multiline))
+                out.append(Completion(text, ctx.multiline))
         return out

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import fields
 from typing import Any
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from server.engine import CompletionEngine, EngineSettings
 
@@ -21,12 +24,37 @@ log = logging.getLogger("codecomplete")
 STATUS_METHOD = "codecomplete/status"
 
 
+class AnsweringProtocol(LanguageServerProtocol):
+    """pygls 2.1 drops a request whose params fail validation (a negative position, a
+    missing field) without answering, and the client waits forever. This protocol
+    answers such a request with -32602 (invalid params) and goes on."""
+
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if isinstance(data, dict) and "id" in data and "method" in data:
+                cause = exc.__cause__
+                detail = str(cause).splitlines()[0] if cause else exc.message
+                self._send_response(data["id"], error=types.ResponseError(
+                    code=types.ErrorCodes.InvalidParams,
+                    message=f"invalid params for {data['method']}: {detail}"))
+            return None
+
+    def handle_message(self, message):
+        if message is None:        # already answered by structure_message
+            return None
+        return super().handle_message(message)
+
+
 class CodecompleteServer(LanguageServer):
     def __init__(self, engine: CompletionEngine | None, load_error: str | None = None):
-        super().__init__("codecomplete", "0.1.0",
+        super().__init__("codecomplete", "0.1.0", protocol_cls=AnsweringProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.engine = engine
         self.load_error = load_error
+        # The newest request per document; an older one still running is told to stop.
+        self.running: dict[str, threading.Event] = {}
 
 
 def apply_settings(engine: CompletionEngine, options: Any) -> list[str]:
@@ -98,12 +126,27 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                                                              problem))
 
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position):
+        """Generate in a worker thread. `$/cancelRequest` cancels this task (pygls then
+        answers -32800) and a newer request for the same document supersedes it; either
+        way the stop event makes generation end before its next token."""
         if ls.engine is None:
             return []
         ctx = cursor_context(ls, uri, position)
         if ctx is None:
             return []
-        return await asyncio.to_thread(ls.engine.complete, *ctx)
+        stop = threading.Event()
+        older = ls.running.get(uri)
+        if older is not None:
+            older.set()
+        ls.running[uri] = stop
+        try:
+            return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        finally:
+            if ls.running.get(uri) is stop:
+                del ls.running[uri]
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodecompleteServer, params: types.InlineCompletionParams

@@ -1,0 +1,255 @@
+"""The language server end to end: pytest-lsp's checking client over real stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pytest_lsp import make_test_lsp_client
+
+NODE = ("class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
+        "    def get_value(self):\n        return self.va")
+BODY = "def compute(items):\n    "
+
+
+async def start(model_dir, init: dict | None = None, encodings=None, slow: float = 0.0):
+    client = make_test_lsp_client()
+    env = dict(os.environ, CODECOMPLETE_TEST_SLOW_TOKENS_S=str(slow)) if slow else None
+    await client.start_io(sys.executable, "-m", "server", "--model", str(model_dir),
+                          "--temperature", "0", env=env)
+    caps = types.ClientCapabilities(
+        general=types.GeneralClientCapabilities(position_encodings=encodings)
+        if encodings else None)
+    result = await client.initialize_session(types.InitializeParams(
+        capabilities=caps, process_id=None, initialization_options=init))
+    return client, result
+
+
+async def stop(client) -> None:
+    await client.shutdown_session()
+
+
+def open_doc(client, uri: str, text: str) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+
+
+def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(
+            trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+
+
+def end_of(text: str) -> tuple[int, int]:
+    lines = text.split("\n")
+    return len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2
+
+
+async def inline(client, uri: str, text: str):
+    return await asyncio.wait_for(
+        client.text_document_inline_completion_async(inline_params(uri, *end_of(text))), 60)
+
+
+async def generating(client) -> None:
+    """Wait until the server reports a generation in progress (it answers status
+    requests while generating)."""
+    for _ in range(200):
+        status = await asyncio.wait_for(
+            client.protocol.send_request_async("codecomplete/status", {}), 10)
+        if status.generating:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server never started generating")
+
+
+async def test_cancel_request_gets_32800_and_the_next_is_served(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": 400}, slow=0.2)
+    try:
+        uri = "file:///t/body.py"
+        open_doc(client, uri, BODY)
+        msg_id = "long-one"
+        # pytest-lsp's client sends when awaited: run it as a task so it goes out now.
+        fut = asyncio.ensure_future(client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 1, 4), msg_id=msg_id))
+        await generating(client)
+        client.protocol.notify("$/cancelRequest", types.CancelParams(id=msg_id))
+        with pytest.raises(JsonRpcException) as exc:
+            await asyncio.wait_for(fut, 30)
+        assert exc.value.code == -32800
+        open_doc(client, "file:///t/node.py", NODE)
+        t0 = time.perf_counter()
+        result = await inline(client, "file:///t/node.py", NODE)
+        assert result.items and time.perf_counter() - t0 < 10
+    finally:
+        await stop(client)
+
+
+async def test_newer_request_supersedes_older(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": 400}, slow=0.2)
+    try:
+        uri = "file:///t/body.py"
+        open_doc(client, uri, BODY)
+        first = asyncio.ensure_future(
+            client.text_document_inline_completion_async(inline_params(uri, 1, 4)))
+        await generating(client)
+        second = asyncio.ensure_future(
+            client.text_document_inline_completion_async(inline_params(uri, 1, 4)))
+        older, newer = await asyncio.wait_for(asyncio.gather(first, second), 60)
+        assert not older.items
+        assert newer.items and newer.items[0].insert_text.strip()
+    finally:
+        await stop(client)
+
+
+async def test_settings_change_takes_effect(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"codecomplete": {"enable": False}})
+    try:
+        uri = "file:///t/node.py"
+        open_doc(client, uri, NODE)
+        assert not (await inline(client, uri, NODE)).items
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codecomplete": {"enable": True, "max_tokens": 2}}))
+        items = (await inline(client, uri, NODE)).items
+        assert items and items[0].insert_text.startswith("lue")
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.requests == 1              # the disabled request never reached it
+        comment = "# the value of the node is self.va"
+        open_doc(client, "file:///t/c.py", comment)
+        assert (await inline(client, "file:///t/c.py", comment)).items
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codecomplete": {"comments": False}}))
+        assert not (await inline(client, "file:///t/c.py", comment)).items
+    finally:
+        await stop(client)
+
+
+@pytest.mark.parametrize("encoding", [None, types.PositionEncodingKind.Utf8,
+                                      types.PositionEncodingKind.Utf32])
+async def test_positions_in_each_encoding_with_non_ascii(tiny_model_dir, encoding):
+    client, result = await start(tiny_model_dir, encodings=[encoding] if encoding else None)
+    try:
+        negotiated = result.capabilities.position_encoding or "utf-16"
+        assert negotiated == (encoding or "utf-16")
+        line = '        label = "日本😀é"; return self.va'
+        text = NODE.rsplit("\n", 1)[0] + "\n" + line
+        uri = "file:///t/uni.py"
+        open_doc(client, uri, text)
+        units = {"utf-8": len(line.encode("utf-8")),
+                 "utf-16": len(line.encode("utf-16-le")) // 2, "utf-32": len(line)}[negotiated]
+        items = (await asyncio.wait_for(client.text_document_inline_completion_async(
+            inline_params(uri, 5, units)), 60)).items
+        assert items and items[0].insert_text.startswith("lue")
+    finally:
+        await stop(client)
+
+
+async def test_bad_inputs_get_answers_and_the_server_survives(tiny_model_dir):
+    client, _ = await start(tiny_model_dir)
+    try:
+        uri = "file:///t/node.py"
+        open_doc(client, uri, NODE)
+        # unknown document, position far past the end, character past the line end
+        for u, line, ch in (("file:///none.py", 0, 0), (uri, 999, 0), (uri, 5, 999)):
+            res = await asyncio.wait_for(client.text_document_inline_completion_async(
+                inline_params(u, line, ch)), 60)
+            assert isinstance(res.items, (list, tuple))
+        # a lone surrogate (valid JSON, not valid UTF-8) and a huge document
+        weird = "x = '\ud800'\n" + NODE
+        open_doc(client, "file:///t/weird.py", weird)
+        assert isinstance((await inline(client, "file:///t/weird.py", weird)).items, (list, tuple))
+        huge = "value = 1\n" * 300_000 + NODE
+        open_doc(client, "file:///t/huge.py", huge)
+        t0 = time.perf_counter()
+        assert (await inline(client, "file:///t/huge.py", huge)).items
+        assert time.perf_counter() - t0 < 10
+        status = await asyncio.wait_for(
+            client.protocol.send_request_async("codecomplete/status", {}), 10)
+        assert status.requests >= 3
+    finally:
+        await stop(client)
+
+
+async def test_typed_ahead_and_lru_answer_without_the_model(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": 8})
+    try:
+        uri = "file:///t/node.py"
+        open_doc(client, uri, NODE)
+        first = (await inline(client, uri, NODE)).items[0].insert_text
+        assert len(first) >= 2
+        typed = NODE + first[0]
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text=typed)]))
+        second = (await inline(client, uri, typed)).items[0].insert_text
+        assert second == first[1:]
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.cache_hit_rate == 0.5
+    finally:
+        await stop(client)
+
+
+class RawClient:
+    """JSON-RPC over the server's stdio with nothing in between, for malformed input."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+
+    async def send(self, payload: dict | bytes) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        await self.proc.stdin.drain()
+
+    async def receive(self, msg_id) -> dict:
+        """The response to `msg_id` (notifications in between are skipped)."""
+        while True:
+            length = 0
+            while (line := await self.proc.stdout.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            msg = json.loads(await self.proc.stdout.readexactly(length))
+            if msg.get("id") == msg_id:
+                return msg
+
+
+async def test_malformed_messages_get_json_rpc_errors(tiny_model_dir):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    raw = RawClient(proc)
+    try:
+        await raw.send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                        "params": {"capabilities": {}, "processId": None}})
+        assert "capabilities" in (await asyncio.wait_for(raw.receive(1), 60))["result"]
+        await raw.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        uri = "file:///t/node.py"
+        await raw.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+            "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": NODE}}})
+        cases = {
+            2: ("textDocument/inlineCompletion", {"textDocument": {"uri": uri},
+                "position": {"line": -1, "character": 0}, "context": {"triggerKind": 1}}),
+            3: ("textDocument/completion", {"textDocument": {"uri": uri}}),
+            4: ("textDocument/inlineCompletion", "not an object"),
+        }
+        for msg_id, (method, params) in cases.items():
+            await raw.send({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+            reply = await asyncio.wait_for(raw.receive(msg_id), 30)
+            assert reply["error"]["code"] == -32602, reply
+            assert method in reply["error"]["message"]
+        await raw.send(b"{this is not json")
+        await raw.send({"jsonrpc": "2.0", "id": 5, "method": "no/such/method", "params": {}})
+        assert (await asyncio.wait_for(raw.receive(5), 30))["error"]["code"] == -32601
+        await raw.send({"jsonrpc": "2.0", "id": 6, "method": "codecomplete/status",
+                        "params": {}})
+        assert (await asyncio.wait_for(raw.receive(6), 30))["result"]["device"] == "cpu"
+    finally:
+        proc.kill()
+        await proc.wait()
