@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 PY=.venv/bin/python
-VOCAB=${VOCAB:-8192}
+VOCAB=${VOCAB:-16384}
 NAME=${NAME:-default}
 STDLIB=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 SITE=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -23,6 +23,7 @@ $PY -m scraper dedup --db data/corpus.sqlite
 $PY -m scraper stats --db data/corpus.sqlite
 $PY -m training.prepare --db data/corpus.sqlite --out "data/local-$VOCAB" --vocab-size "$VOCAB"
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME" \
+    --max-steps 850 --warmup-steps 50 --eval-every 100 --checkpoint-every 50 --compile true \
     ${RESUME:+--resume} "$@"
 $PY -m training.export --run "runs/$NAME" --out model/default
 $PY -m training.evaluate --model model/default --data "data/local-$VOCAB" --out "runs/$NAME/eval.json"

@@ -226,3 +226,18 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
                         str(tmp_path / "nope"), "--data", str(small_dataset)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_muon_trains_and_tensorboard_gets_scalars_and_samples(tmp_path, small_dataset):
+    run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=60, eval_every=30,
+                                optimizer="muon", sample_every_eval=1), log=lambda s: None)
+    evals = [m for m in metrics(run_dir) if "val_loss" in m]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    assert evals[-1]["samples"] and "completion" in evals[-1]["samples"][0]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_per_s",
+            "skipped_steps"} <= tags, tags
+    assert any(t.startswith("sample/") for t in acc.Tags()["tensors"])

@@ -1,0 +1,27 @@
+-- codecomplete language server for Neovim 0.11+ (vim.lsp.config / vim.lsp.enable).
+--
+-- With this folder on 'runtimepath':
+--   vim.lsp.enable('codecomplete')
+-- Override anything with vim.lsp.config('codecomplete', { ... }), for example
+--   vim.lsp.config('codecomplete', { cmd = { '/path/to/codecomplete/.venv/bin/server' } })
+-- Settings use the server's names: temperature, top_p, max_tokens, candidates,
+-- context_tokens, enable, comments, strings.
+local settings = {
+  temperature = 0.2,
+  top_p = 0.95,
+  max_tokens = 64,
+  enable = true,
+  comments = true,
+  strings = true,
+}
+
+---@type vim.lsp.Config
+return {
+  cmd = vim.g.codecomplete_cmd or { 'server' },
+  filetypes = { 'python' },
+  root_markers = { 'pyproject.toml', 'setup.py', 'setup.cfg', '.git' },
+  init_options = settings,
+  settings = { codecomplete = settings },
+  -- UTF-8 positions: Neovim's native unit, and the server supports it.
+  capabilities = { general = { positionEncodings = { 'utf-8', 'utf-16' } } },
+}

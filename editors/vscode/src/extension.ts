@@ -1,0 +1,60 @@
+// Entry point: wires VS Code to the Controller. Launching, settings and status live in
+// their own modules; this file only connects them.
+import * as vscode from 'vscode';
+import { LanguageClient, TransportKind } from 'vscode-languageclient/node';
+import { Controller, Host } from './controller';
+import { Command } from './settings';
+import { StatusItem } from './status';
+
+let controller: Controller | undefined;
+
+async function pythonExtensionInterpreter(): Promise<string | undefined> {
+  const ext = vscode.extensions.getExtension('ms-python.python');
+  try {
+    const api = ext && (ext.isActive ? ext.exports : await ext.activate());
+    const env = api?.environments?.getActiveEnvironmentPath?.();
+    return env?.path;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  const output = vscode.window.createOutputChannel('codecomplete', { log: true });
+  const status = new StatusItem();
+  const host: Host = {
+    config: () => vscode.workspace.getConfiguration('codecomplete'),
+    activeInterpreter: pythonExtensionInterpreter,
+    createClient: (cmd: Command, initializationOptions) => new LanguageClient(
+      'codecomplete', 'codecomplete',
+      { command: cmd.command, args: cmd.args, transport: TransportKind.stdio },
+      { documentSelector: [{ language: 'python' }], initializationOptions, outputChannel: output },
+    ),
+    showError: (message) => { void vscode.window.showErrorMessage(message, 'Show Logs')
+      .then((choice) => { if (choice) { output.show(); } }); },
+    log: (message) => output.appendLine(message),
+    setStatus: (state, detail) => status.set(state, detail),
+  };
+  controller = new Controller(host);
+  status.poll(() => controller?.status() ?? Promise.resolve(undefined));
+  context.subscriptions.push(
+    output, status,
+    vscode.commands.registerCommand('codecomplete.restart', () => controller?.restart()),
+    vscode.commands.registerCommand('codecomplete.toggle', async () => {
+      const config = vscode.workspace.getConfiguration('codecomplete');
+      await config.update('enable', !config.get('enable', true),
+        vscode.ConfigurationTarget.Global);
+    }),
+    vscode.commands.registerCommand('codecomplete.showLogs', () => output.show()),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration('codecomplete')) {
+        void controller?.configurationChanged();
+      }
+    }),
+  );
+  await controller.start();
+}
+
+export async function deactivate(): Promise<void> {
+  await controller?.stop();
+}

@@ -1,0 +1,86 @@
+// Settings -> what the server gets. Pure functions: unit-tested without VS Code.
+
+/** The extension's settings, as read from the `codecomplete` configuration section. */
+export interface Settings {
+  pythonPath: string;
+  serverCommand: string[];
+  modelPath: string;
+  enable: boolean;
+  temperature: number;
+  topP: number;
+  maxTokens: number;
+  comments: boolean;
+  strings: boolean;
+}
+
+export const DEFAULTS: Settings = {
+  pythonPath: '',
+  serverCommand: [],
+  modelPath: '',
+  enable: true,
+  temperature: 0.2,
+  topP: 0.95,
+  maxTokens: 64,
+  comments: true,
+  strings: true,
+};
+
+/** Anything with VS Code's WorkspaceConfiguration.get shape. */
+export interface ConfigReader {
+  get<T>(key: string, defaultValue: T): T;
+}
+
+export function readSettings(config: ConfigReader): Settings {
+  const out = { ...DEFAULTS };
+  for (const key of Object.keys(DEFAULTS) as (keyof Settings)[]) {
+    (out as Record<string, unknown>)[key] = config.get(key, DEFAULTS[key]);
+  }
+  return out;
+}
+
+/** The server's own setting names (see server/engine.py EngineSettings). */
+export function serverSettings(s: Settings): Record<string, unknown> {
+  return {
+    enable: s.enable,
+    temperature: s.temperature,
+    top_p: s.topP,
+    max_tokens: s.maxTokens,
+    comments: s.comments,
+    strings: s.strings,
+  };
+}
+
+export interface Command {
+  command: string;
+  args: string[];
+}
+
+/**
+ * How to start the server: `serverCommand` if set, else `<python> -m server`, with the
+ * interpreter from `pythonPath`, else the Python extension's active one, else python3.
+ */
+export function serverCommand(s: Settings, activeInterpreter?: string): Command {
+  const model = s.modelPath ? ['--model', s.modelPath] : [];
+  if (s.serverCommand.length > 0) {
+    return { command: s.serverCommand[0], args: [...s.serverCommand.slice(1), ...model] };
+  }
+  const python = s.pythonPath || activeInterpreter || 'python3';
+  return { command: python, args: ['-m', 'server', ...model] };
+}
+
+/** Settings whose change needs a new server process (the rest are sent live). */
+export function needsRestart(before: Settings, after: Settings): boolean {
+  return before.pythonPath !== after.pythonPath || before.modelPath !== after.modelPath
+    || before.serverCommand.join('\u0000') !== after.serverCommand.join('\u0000');
+}
+
+/** One sentence telling the user what to fix when the server does not start. */
+export function startFailureMessage(cmd: Command, error: unknown): string {
+  const detail = error instanceof Error ? error.message : String(error);
+  const missing = /ENOENT|not found|No such file/i.test(detail);
+  const what = missing
+    ? `codecomplete could not find "${cmd.command}"`
+    : `codecomplete's server "${[cmd.command, ...cmd.args].join(' ')}" failed to start (${detail})`;
+  return `${what}: set "codecomplete.pythonPath" to a Python where codecomplete is installed `
+    + '(pip install -e /path/to/codecomplete), or "codecomplete.serverCommand" to its `server`.';
+}

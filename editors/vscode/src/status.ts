@@ -1,0 +1,52 @@
+// The status bar item: starting / ready / generating / disabled / error, last latency.
+import * as vscode from 'vscode';
+
+export class StatusItem implements vscode.Disposable {
+  private item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private state = 'starting';
+
+  constructor() {
+    this.item.command = 'codecomplete.showLogs';
+    this.set('starting');
+    this.item.show();
+  }
+
+  set(state: string, detail?: string): void {
+    this.state = state;
+    const icon = { starting: '$(loading~spin)', ready: '$(sparkle)', generating: '$(sync~spin)',
+      disabled: '$(circle-slash)', error: '$(error)' }[state] ?? '';
+    this.item.text = `${icon} codecomplete`;
+    this.item.tooltip = detail ?? `codecomplete: ${state}`;
+    this.item.backgroundColor = state === 'error'
+      ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
+  }
+
+  /** Ask the server for its status every 2 s while ready (it answers while generating). */
+  poll(status: () => Promise<Record<string, unknown> | undefined>): void {
+    this.timer = setInterval(async () => {
+      if (this.state !== 'ready' && this.state !== 'generating') {
+        return;
+      }
+      try {
+        const s = await status();
+        if (!s) {
+          return;
+        }
+        const p50 = s.latency_p50_ms === null ? '-' : `${s.latency_p50_ms} ms`;
+        this.set(s.generating ? 'generating' : 'ready',
+          `codecomplete: ${String(s.model)} on ${String(s.device)}; p50 ${p50}; `
+          + `cache hits ${String(s.cache_hit_rate ?? '-')}`);
+      } catch {
+        // a restart is in progress; the next tick will tell
+      }
+    }, 2000);
+  }
+
+  dispose(): void {
+    if (this.timer) {
+      clearInterval(this.timer);
+    }
+    this.item.dispose();
+  }
+}

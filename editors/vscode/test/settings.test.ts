@@ -1,0 +1,40 @@
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import {
+  DEFAULTS, needsRestart, readSettings, serverCommand, serverSettings, startFailureMessage,
+} from '../src/settings';
+
+const reader = (values: Record<string, unknown>) => ({
+  get: <T>(key: string, d: T): T => (key in values ? values[key] as T : d),
+});
+
+test('settings become the server\'s initialization options, with its names', () => {
+  const s = readSettings(reader({ topP: 0.5, maxTokens: 12, comments: false }));
+  assert.deepEqual(serverSettings(s), {
+    enable: true, temperature: 0.2, top_p: 0.5, max_tokens: 12, comments: false, strings: true,
+  });
+});
+
+test('server command: explicit command, then pythonPath, then the active interpreter', () => {
+  assert.deepEqual(serverCommand({ ...DEFAULTS, serverCommand: ['/x/server', '--device', 'cpu'],
+    modelPath: '/m' }), { command: '/x/server', args: ['--device', 'cpu', '--model', '/m'] });
+  assert.deepEqual(serverCommand({ ...DEFAULTS, pythonPath: '/venv/bin/python' }, '/other'),
+    { command: '/venv/bin/python', args: ['-m', 'server'] });
+  assert.deepEqual(serverCommand(DEFAULTS, '/active/python'),
+    { command: '/active/python', args: ['-m', 'server'] });
+  assert.deepEqual(serverCommand(DEFAULTS), { command: 'python3', args: ['-m', 'server'] });
+});
+
+test('only process-level settings need a restart', () => {
+  assert.equal(needsRestart(DEFAULTS, { ...DEFAULTS, temperature: 0.9 }), false);
+  assert.equal(needsRestart(DEFAULTS, { ...DEFAULTS, modelPath: '/m' }), true);
+  assert.equal(needsRestart(DEFAULTS, { ...DEFAULTS, serverCommand: ['s'] }), true);
+});
+
+test('a failed start says what to fix in one sentence', () => {
+  const msg = startFailureMessage({ command: '/nope/python', args: ['-m', 'server'] },
+    new Error('spawn /nope/python ENOENT'));
+  assert.match(msg, /could not find "\/nope\/python"/);
+  assert.match(msg, /codecomplete\.pythonPath/);
+  assert.equal(msg.split('. ').length, 1);
+});

