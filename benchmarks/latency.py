@@ -1,0 +1,165 @@
+"""Completion latency of the real server over stdio, driven like an editor drives it.
+
+    python -m benchmarks.latency [--model DIR] [--files N] [--keys N] [--interval 0.08]
+
+(a) typing: replays held-out Python files keystroke by keystroke (incremental didChange),
+    asking for an inline completion after every keystroke and cancelling the previous
+    request if it is still pending, as VS Code does; latency is measured for requests
+    that were answered (not cancelled).
+(b) cold: random positions in freshly opened files, one request each.
+(c) responsiveness: how long a status request takes while a generation is running.
+Files come from the validation split of a prepared dataset (`--data`), else from the
+standard library. Prints p50/p95/p99, the server's cache hit rate and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.client import LanguageClient
+
+from benchmarks.machine import describe
+
+
+def held_out_files(data: str | None, n: int, seed: int) -> list[str]:
+    if data:
+        from training.evaluate import validation_texts
+        texts = validation_texts(data)
+    else:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        texts = [p.read_text(encoding="utf-8", errors="replace")
+                 for p in sorted(root.glob("*.py"))[:200]]
+    texts = [t for t in texts if 2_000 < len(t) < 60_000]
+    return random.Random(seed).sample(texts, min(n, len(texts)))
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
+
+
+def position_at(text: str, offset: int) -> types.Position:
+    """LSP position (UTF-16 units, the default encoding) of a character offset."""
+    line = text.count("\n", 0, offset)
+    start = text.rfind("\n", 0, offset) + 1
+    return types.Position(line=line, character=len(text[start:offset].encode("utf-16-le")) // 2)
+
+
+def params(uri: str, pos: types.Position) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri), position=pos,
+        context=types.InlineCompletionContext(
+            trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+
+
+async def run(args: argparse.Namespace) -> dict:
+    client = LanguageClient("latency-bench", "0")
+    client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
+    client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: print(p.message, file=sys.stderr))
+    cmd = [sys.executable, "-m", "server"] + (["--model", args.model] if args.model else [])
+    await client.start_io(*cmd)
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), process_id=None))
+    client.initialized(types.InitializedParams())
+    rng = random.Random(args.seed)
+    files = held_out_files(args.data, args.files, args.seed)
+    typing, cold, status_ms = [], [], []
+    cancelled = 0
+    for i, text in enumerate(files):
+        # (b) cold: open the file, ask at a random line end
+        uri = f"file:///bench/cold{i}.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+        offset = text.find("\n", rng.randrange(len(text) // 4, len(text)))
+        t0 = time.perf_counter()
+        await client.text_document_inline_completion_async(params(uri, position_at(text,
+                                                                                   offset)))
+        cold.append((time.perf_counter() - t0) * 1000)
+        # (a) typing: start at a random line, type the rest of the line and the next ones
+        uri = f"file:///bench/typed{i}.py"
+        start = text.find("\n", rng.randrange(len(text) // 4, len(text) * 3 // 4)) + 1
+        doc = text[:start]
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
+        pending: tuple[asyncio.Future, float, str] | None = None
+        version = 1
+        for ch in text[start:start + args.keys]:
+            pos = position_at(doc, len(doc))
+            doc += ch
+            version += 1
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[types.TextDocumentContentChangePartial(
+                    range=types.Range(pos, pos), text=ch)]))
+            if pending and not pending[0].done():
+                client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=pending[2]))
+            msg_id = f"typed-{i}-{version}"
+            fut = client.protocol.send_request_async(
+                types.TEXT_DOCUMENT_INLINE_COMPLETION, params(uri, position_at(doc, len(doc))),
+                msg_id=msg_id)
+            sent = time.perf_counter()
+            fut.add_done_callback(lambda f, s=sent: typing.append(
+                (time.perf_counter() - s) * 1000) if not f.exception() else None)
+            pending = (fut, sent, msg_id)
+            await asyncio.sleep(args.interval)
+        if pending:
+            with contextlib.suppress(JsonRpcException):
+                await pending[0]
+        # (c) a status request while a long generation runs
+        body_uri = f"file:///bench/body{i}.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=body_uri, language_id="python", version=1,
+                                   text="def process(items):\n    ")))
+        gen = client.text_document_inline_completion_async(params(body_uri,
+                                                                  types.Position(1, 4)))
+        await asyncio.sleep(0.005)
+        t0 = time.perf_counter()
+        await client.protocol.send_request_async("codecomplete/status", {})
+        status_ms.append((time.perf_counter() - t0) * 1000)
+        await gen
+    status = await client.protocol.send_request_async("codecomplete/status", {})
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    cancelled = len(files) * args.keys - len(typing)
+    return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
+            "server": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model dir (default: the shipped one)")
+    ap.add_argument("--data", default=None, help="prepared dataset for held-out files")
+    ap.add_argument("--files", type=int, default=10)
+    ap.add_argument("--keys", type=int, default=60, help="keystrokes typed per file")
+    ap.add_argument("--interval", type=float, default=0.08, help="seconds between keys")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    r = asyncio.run(run(args))
+    s = r["server"]
+    print(f"machine: {describe()}")
+    print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters)")
+    print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
+    for name, values, bars in (("typing (answered requests)", r["typing"], "50 / 150"),
+                               ("cold (fresh file)", r["cold"], "200 / 400"),
+                               ("status during generation", r["status_ms"], "20 (max)")):
+        print(f"{name:<28}{len(values):>6}{pct(values, .5):>9.1f}{pct(values, .95):>9.1f}"
+              f"{pct(values, .99):>9.1f}   targets p50/p95: {bars}")
+    print(f"typing requests cancelled or superseded: {r['cancelled']}; "
+          f"server cache hit rate {s.cache_hit_rate}; KV reuse {s.kv_reuse_rate}; "
+          f"mean typing latency {statistics.fmean(r['typing'] or [0]):.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
