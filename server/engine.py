@@ -169,7 +169,14 @@ class CompletionEngine:
         suffix_budget = ctx // 4 if suffix.strip() else 0
         prefix_ids = cut_prefix(tok, prefix, ctx - suffix_budget)
         suffix_ids = cut_suffix(tok, suffix, suffix_budget) if suffix_budget else []
-        prefix_ids, healed = heal_tail(tok, prefix_ids)
+        # The cursor in a blank line's indentation: that indentation is already exactly
+        # what the user wants, and healing it would let the model pick a deeper indent
+        # token ("\n" + 8 spaces after a top-level def). Heal everything else.
+        current_line = prefix[prefix.rfind("\n") + 1:]
+        if current_line.strip() or not current_line:
+            prefix_ids, healed = heal_tail(tok, prefix_ids)
+        else:
+            healed = b""
         return fim_layout(tok, prefix_ids, suffix_ids, self.loaded.meta.fim_order), healed
 
     def _key(self, prefix: str, suffix: str) -> tuple:

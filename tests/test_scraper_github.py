@@ -225,8 +225,10 @@ def test_link_header_and_month_slices():
 
 
 def _cli(db: Path, api: str) -> list[str]:
+    # --min-interval makes the crawl last a few seconds, so random kills land inside it.
     return [sys.executable, "-m", "scraper", "github", "--db", str(db), "--api-url", api,
-            "--since", "2016-01", "--until", "2016-03", "--min-stars", "100"]
+            "--since", "2016-01", "--until", "2016-03", "--min-stars", "100",
+            "--min-interval", "0.01"]
 
 
 def _big_world() -> list[FakeRepo]:

@@ -80,8 +80,16 @@ test('cancellation answers -32800 and the next request is served', async () => {
     }
     source.cancel();
     await assert.rejects(pending, (e: any) => e.code === -32800);
-    const status: any = await conn.sendRequest('codecomplete/status', {});
+    // The answer is immediate; the generation thread stops at its next token (<= 0.2 s
+    // here, with the slow-token seam), not after its remaining 200 tokens.
+    const t0 = Date.now();
+    let status: any = await conn.sendRequest('codecomplete/status', {});
+    while (status.generating && Date.now() - t0 < 5000) {
+      await new Promise((r) => setTimeout(r, 20));
+      status = await conn.sendRequest('codecomplete/status', {});
+    }
     assert.equal(status.generating, 0);
+    assert.ok(Date.now() - t0 < 2000, `generation went on for ${Date.now() - t0} ms`);
   } finally {
     conn.dispose();
     proc.kill();
