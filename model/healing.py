@@ -17,6 +17,10 @@ def heal_tail(tok: Tokenizer, ids: list[int], max_tokens: int = 3) -> tuple[list
     Backs off the largest k ≤ max_tokens trailing tokens whose joint bytes are a proper
     prefix of some vocabulary token — only then can a different tokenization exist.
     Returns (ids, b"") when nothing needs healing.
+
+    A text ending in a blank line's indentation ("...:\n    ") is never healed: that
+    indentation is exactly what the writer wants, and backing off the newline + indent
+    token would let the model pick a deeper one ("\n" + 8 spaces after a top-level def).
     """
     best = 0
     tail = b""
@@ -25,12 +29,20 @@ def heal_tail(tok: Tokenizer, ids: list[int], max_tokens: int = 3) -> tuple[list
         if not piece:  # special token: never back off across it
             break
         tail = piece + tail
+        if _ends_in_indentation(tail):
+            break
         if _has_longer_token(tok, tail):
             best = k
     if best == 0:
         return list(ids), b""
     removed = b"".join(tok.token_bytes(i) for i in ids[-best:])
     return list(ids[:-best]), removed
+
+
+def _ends_in_indentation(tail: bytes) -> bool:
+    """A newline followed only by (at least one) space or tab."""
+    nl = tail.rfind(b"\n")
+    return nl != -1 and nl + 1 < len(tail) and not tail[nl + 1:].strip(b" \t")
 
 
 def _has_longer_token(tok: Tokenizer, prefix: bytes) -> bool:

@@ -92,11 +92,12 @@ def cut_prefix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     if len(text) > budget * CHARS_PER_TOKEN_MAX:
         text = text[-budget * CHARS_PER_TOKEN_MAX:]
         text = text[text.find("\n") + 1:] if "\n" in text else text
-    ids = tok.encode(clean_text(text))
+    text = clean_text(text)
+    ids = tok.encode(text)
     if len(ids) <= budget:
         return ids
     skip = sum(len(tok.token_bytes(i)) for i in ids[: len(ids) - budget])
-    data = clean_text(text).encode("utf-8")
+    data = text.encode("utf-8")
     nl = data.find(b"\n", skip)
     rest = data[nl + 1:] if nl != -1 else data[skip:]
     return tok.encode(rest.decode("utf-8", errors="ignore"))[-budget:]
@@ -107,11 +108,12 @@ def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     if len(text) > budget * CHARS_PER_TOKEN_MAX:
         text = text[:budget * CHARS_PER_TOKEN_MAX]
         text = text[:text.rfind("\n") + 1] if "\n" in text else text
-    ids = tok.encode(clean_text(text))
+    text = clean_text(text)
+    ids = tok.encode(text)
     if len(ids) <= budget:
         return ids
     keep = sum(len(tok.token_bytes(i)) for i in ids[:budget])
-    data = clean_text(text).encode("utf-8")
+    data = text.encode("utf-8")
     nl = data.rfind(b"\n", 0, keep)
     head = data[: nl + 1] if nl != -1 else data[:keep]
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
@@ -169,14 +171,7 @@ class CompletionEngine:
         suffix_budget = ctx // 4 if suffix.strip() else 0
         prefix_ids = cut_prefix(tok, prefix, ctx - suffix_budget)
         suffix_ids = cut_suffix(tok, suffix, suffix_budget) if suffix_budget else []
-        # The cursor in a blank line's indentation: that indentation is already exactly
-        # what the user wants, and healing it would let the model pick a deeper indent
-        # token ("\n" + 8 spaces after a top-level def). Heal everything else.
-        current_line = prefix[prefix.rfind("\n") + 1:]
-        if current_line.strip() or not current_line:
-            prefix_ids, healed = heal_tail(tok, prefix_ids)
-        else:
-            healed = b""
+        prefix_ids, healed = heal_tail(tok, prefix_ids)
         return fim_layout(tok, prefix_ids, suffix_ids, self.loaded.meta.fim_order), healed
 
     def _key(self, prefix: str, suffix: str) -> tuple:

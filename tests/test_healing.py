@@ -43,3 +43,14 @@ def test_allowed_tokens_are_consistent_with_the_removed_text(tokenizer):
     for t in allowed_tokens(tokenizer, b"val"):
         b = tokenizer.token_bytes(t)
         assert b.startswith(b"val") or b"val".startswith(b)
+
+
+def test_heal_tail_leaves_a_blank_lines_indentation_alone(tokenizer):
+    ids = tokenizer.encode("def f(n):\n    ")
+    # the vocabulary does have a longer indentation token this could be healed into...
+    assert any(len(tokenizer.token_bytes(i)) > 5
+               for i in tokenizer.tokens_starting_with(b"\n    "))
+    # ...but the indentation the writer typed is kept exactly
+    assert heal_tail(tokenizer, ids) == (ids, b"")
+    # a bare newline is still healed: the model chooses the indentation
+    assert heal_tail(tokenizer, tokenizer.encode("def f(n):\n"))[1].endswith(b"\n")
