@@ -74,7 +74,6 @@ async def run(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
     typing, cold, status_ms = [], [], []
-    cancelled = 0
     for i, text in enumerate(files):
         # (b) cold: open the file, ask at a random line end
         uri = f"file:///bench/cold{i}.py"

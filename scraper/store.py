@@ -14,7 +14,6 @@ Tables
 - `rejections`: (repo, path, reason) for every file a filter turned away.
 - `slices`: search-API discovery state (query, created range, result count, next page).
 - `etags`: the last ETag and body seen for a URL, sent back as `If-None-Match`.
-- `meta`: small key/value facts (for example when near-dedup last ran).
 """
 
 from __future__ import annotations
@@ -77,7 +76,6 @@ CREATE TABLE IF NOT EXISTS etags (
     etag TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS files_repo ON files(repo_id);
 """
 
@@ -254,7 +252,7 @@ class CorpusStore:
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
-    # -- discovery slices, ETags, meta -------------------------------------------------
+    # -- discovery slices and ETags ----------------------------------------------------
 
     def slice(self, query: str) -> tuple | None:
         return self.db.execute("SELECT query, start, end, total, status, next_url, incomplete"
@@ -274,13 +272,6 @@ class CorpusStore:
 
     def save_etag(self, url: str, etag: str, body: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO etags VALUES(?,?,?)", (url, etag, body))
-
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES(?,?)", (key, value))
 
     # -- reading the corpus ------------------------------------------------------------
 

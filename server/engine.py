@@ -9,7 +9,6 @@ sharing a prefix with the previous one only computes its new tail.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -25,8 +24,6 @@ from model.tokenizer import Tokenizer, fim_layout
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
 from server.syntax import COMMENT, STRING, cursor_region
-
-WORD_RIGHT = re.compile(r"^\w")
 
 
 @dataclass

@@ -43,7 +43,7 @@ def load_dataset(data_dir: str | Path) -> tuple[Tokenizer, dict, dict[str, Split
     try:
         manifest = json.loads(mf.read_text())
         tok = Tokenizer.from_file(data_dir / TOKENIZER)
-    except (OSError, ValueError, Exception) as e:
+    except Exception as e:  # tokenizers raises plain Exception subclasses
         raise DataError(f"{data_dir} is not a usable prepared dataset ({e}).") from None
     if tok.sha256() != manifest.get("tokenizer_sha256"):
         raise DataError(f"{data_dir / TOKENIZER} does not match {mf}: re-run prepare.")

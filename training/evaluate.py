@@ -66,7 +66,7 @@ def edit_similarity(pred: str, target: str) -> float:
     return 1.0 - levenshtein(pred, target) / max(len(pred), len(target))
 
 
-def validation_texts(data: str, tokenizer_matches: LoadedModel | None = None) -> list[str]:
+def validation_texts(data: str) -> list[str]:
     tok, _, splits = load_dataset(data)
     val = splits.get("val")
     if val is None or not val.docs:

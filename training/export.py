@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import ModelDirError, ModelMeta, load_model_dir, save_model_dir
+from model.checkpoint import ModelDirError, load_model_dir, save_model_dir
 from model.config import ModelConfig
-from model.tokenizer import SPM, Tokenizer
+from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 from training.checkpoints import CheckpointError, apply_weights, latest_checkpoint, load_checkpoint
+from training.config import TrainConfig
 from training.prepare import TOKENIZER
-from training.train import export_best
+from training.train import export_best, run_meta
 
 
 def export_checkpoint(run_dir: Path, which: str, out: Path, dtype: torch.dtype) -> Path:
@@ -31,13 +32,9 @@ def export_checkpoint(run_dir: Path, which: str, out: Path, dtype: torch.dtype) 
     model = Transformer(ModelConfig.from_hf_dict(info["model"]))
     ck = load_checkpoint(path)
     apply_weights(model, ck)
-    tok = Tokenizer.from_file(Path(info["train"]["data"]) / TOKENIZER)
-    train = info["train"]
-    meta = ModelMeta(fim_order=SPM if train["spm_rate"] >= 0.5 else "psm",
-                     context_size=train["seq_len"],
-                     provenance={"run": train["name"], "step": ck.step,
-                                 "data": train["data"], "fim_rate": train["fim_rate"]})
-    return save_model_dir(out, model, tok, meta, dtype=dtype)
+    cfg = TrainConfig(**info["train"])
+    tok = Tokenizer.from_file(Path(cfg.data) / TOKENIZER)
+    return save_model_dir(out, model, tok, run_meta(cfg, ck.step), dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from model.atomic import atomic_write_text
 from model.checkpoint import ModelMeta, save_model_dir
 from model.config import ModelConfig
 from model.device import cpu_has_fast_bf16, select_device
-from model.tokenizer import SPM, Tokenizer
+from model.tokenizer import PSM, SPM, Tokenizer
 from model.transformer import Transformer
 from training.checkpoints import (
     CheckpointError,
@@ -86,6 +86,14 @@ def model_config(cfg: TrainConfig, tok: Tokenizer) -> ModelConfig:
                        max_position_embeddings=cfg.seq_len, rope_theta=cfg.rope_theta,
                        tie_word_embeddings=cfg.tie_word_embeddings,
                        bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+
+
+def run_meta(cfg: TrainConfig, step: int, **provenance: Any) -> ModelMeta:
+    """The codecomplete.json of a model exported from this run: FIM order (the majority
+    order in training), context size, and where the weights came from."""
+    return ModelMeta(fim_order=SPM if cfg.spm_rate >= 0.5 else PSM, context_size=cfg.seq_len,
+                     provenance={"run": cfg.name, "step": step, "data": cfg.data,
+                                 "fim_rate": cfg.fim_rate, **provenance})
 
 
 def token_byte_lengths(tok: Tokenizer, vocab: int) -> torch.Tensor:
@@ -262,12 +270,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         if loss < rs.best_val:
             rs.best_val = loss
             if dd.main:
-                meta = ModelMeta(fim_order=SPM if cfg.spm_rate >= 0.5 else "psm",
-                                 context_size=cfg.seq_len,
-                                 provenance={"run": cfg.name, "step": rs.step,
-                                             "val_loss": loss, "val_bpb": bpb,
-                                             "tokens": rs.tokens, "data": cfg.data,
-                                             "fim_rate": cfg.fim_rate})
+                meta = run_meta(cfg, rs.step, val_loss=loss, val_bpb=bpb, tokens=rs.tokens)
                 save_model_dir(run_dir / "best", model, tok, meta)
         logger.log(rs.step, record)
         rs.history.append({"step": rs.step, "val_loss": loss, "val_bpb": bpb})
