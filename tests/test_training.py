@@ -180,6 +180,31 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, small_dataset):
     assert r.returncode == 2 and "state.pt is missing" in r.stderr
 
 
+def test_init_from_a_checkpoint_or_a_model_dir_starts_from_its_weights(tmp_path,
+                                                                        small_dataset):
+    from training.checkpoints import CheckpointError
+    a = train(tiny_config(small_dataset, tmp_path / "a", max_steps=30, eval_every=30,
+                          checkpoint_every=30), log=lambda s: None)
+    a_final = [m["val_loss"] for m in metrics(a) if "val_loss" in m][-1]
+    # A checkpoint of the same data and seed: its weights and its place in the data.
+    said: list[str] = []
+    b = train(tiny_config(small_dataset, tmp_path / "b", max_steps=5, eval_every=5,
+                          init_from=a / "checkpoints" / "step_0000030"), log=said.append)
+    assert next(m["val_loss"] for m in metrics(b) if "val_loss" in m) == \
+        pytest.approx(a_final, abs=1e-5)
+    assert any("continuing its data order" in s for s in said), said
+    # A model directory (fine-tuning the shipped model works this way): weights only.
+    said.clear()
+    c = train(tiny_config(small_dataset, tmp_path / "c", max_steps=5, eval_every=5,
+                          init_from=a / "best", seed=1), log=said.append)
+    assert next(m["val_loss"] for m in metrics(c) if "val_loss" in m) == \
+        pytest.approx(a_final, abs=1e-5)
+    assert not any("continuing" in s for s in said), said
+    with pytest.raises(CheckpointError, match=r"another model shape.*num_hidden_layers"):
+        train(tiny_config(small_dataset, tmp_path / "d", max_steps=5, num_hidden_layers=1,
+                          init_from=a / "best"), log=lambda s: None)
+
+
 def test_config_errors_name_the_setting(small_dataset):
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         load_config("nope")

@@ -62,6 +62,8 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0               # torch intra-op threads (0: torch's default)
     export_dir: str = ""           # where the best checkpoint is exported at the end
+    init_from: str = ""            # start from these weights: a model directory or a
+    #                                training checkpoint (fine-tuning, continuing a run)
 
     @property
     def tokens_per_step(self) -> int:

@@ -227,6 +227,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
             loader.load_state(saved["data"][dd.rank])
             torch.set_rng_state(saved["rng"])
 
+    if cfg.init_from and not (resume and latest_checkpoint(ckpt_dir) is not None):
+        init_weights(model, Path(cfg.init_from), tok, manifest, loader, dd, log)
     if resume:
         latest = latest_checkpoint(ckpt_dir)
         if latest is None:
@@ -358,6 +360,48 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if dd.world > 1:
         dist.destroy_process_group()
     return run_dir
+
+
+def init_weights(model: Transformer, src: Path, tok: Tokenizer, manifest: dict,
+                 loader: PackedLoader, dd: Dist, log) -> None:
+    """Start a new run from existing weights (fresh optimizer and schedule).
+
+    `src` is a model directory (fine-tune the shipped model on your own code: its tokenizer
+    must be the data's) or a training checkpoint folder. A checkpoint of a run on the same
+    data, seed and process count also hands over its data position, so continuing a run sees
+    the documents it has not seen yet before any it has."""
+    from model.checkpoint import ModelDirError, load_model_dir
+    if (src / "state.pt").is_file():
+        ck = load_checkpoint(src)
+        apply_weights(model, ck)
+        run_cfg = src.parent.parent / "config.json"
+        try:
+            saved = json.loads(run_cfg.read_text())
+            same_data = (saved["data_manifest"]["fingerprint"] == manifest["fingerprint"]
+                         and saved["world_size"] == dd.world
+                         and saved["train"]["seed"] == loader.seed)
+        except (OSError, ValueError, KeyError, TypeError):
+            same_data = False
+        if same_data:
+            loader.load_state(ck.state["data"][dd.rank])
+        log(f"initialised from checkpoint {src} (step {ck.step}"
+            f"{', continuing its data order' if same_data else ''})")
+        return
+    try:
+        loaded = load_model_dir(src, device="cpu", dtype=torch.float32)
+    except ModelDirError as e:
+        raise CheckpointError(f"--init-from: {e}") from None
+    if loaded.tokenizer.sha256() != tok.sha256():
+        raise CheckpointError(f"--init-from: {src}'s tokenizer is not the one of the data; "
+                              f"prepare the data with --tokenizer {src / 'tokenizer.json'}.")
+    if loaded.config.to_hf_dict() != model.config.to_hf_dict():
+        theirs, ours = loaded.config.to_hf_dict(), model.config.to_hf_dict()
+        diff = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in sorted(ours)
+                         if theirs.get(k) != ours.get(k))
+        raise CheckpointError(f"--init-from: {src} has another model shape than this config "
+                              f"({diff}).")
+    model.load_state_dict(loaded.model.state_dict())
+    log(f"initialised from model directory {src}")
 
 
 def export_best(run_dir: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
