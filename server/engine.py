@@ -116,6 +116,16 @@ def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
 
 
+def inside_word(prefix: str, suffix: str) -> bool:
+    """Word characters on both sides of the cursor."""
+    return bool(prefix) and bool(suffix) and is_word_char(prefix[-1]) and \
+        is_word_char(suffix[0])
+
+
+def is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
 def wants_multiline(prefix: str, suffix: str) -> bool:
     """Multi-line when the cursor sits on an empty line opening a block body."""
     ctx = CompletionContext(prefix, suffix, multiline=False)
@@ -189,10 +199,15 @@ class CompletionEngine:
         return rest or None
 
     def complete(self, prefix: str, suffix: str,
-                 should_stop: Callable[[], bool] | None = None) -> list[Completion]:
-        """Completions to insert at the cursor between `prefix` and `suffix`."""
+                 should_stop: Callable[[], bool] | None = None,
+                 invoked: bool = True) -> list[Completion]:
+        """Completions to insert at the cursor between `prefix` and `suffix`.
+
+        `invoked` is False for completions the editor asks for by itself while the user
+        types; those are not offered with the cursor inside a word (`foo|bar`), where
+        ghost text would only get in the way, but an explicit request gets an answer."""
         s = self.settings
-        if not s.enable:
+        if not s.enable or (not invoked and inside_word(prefix, suffix)):
             return []
         if not (s.comments and s.strings):
             region = cursor_region(prefix)

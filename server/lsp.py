@@ -125,7 +125,8 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                 ls.window_log_message(types.LogMessageParams(types.MessageType.Warning,
                                                              problem))
 
-    async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position):
+    async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
+                         invoked: bool = True):
         """Generate in a worker thread. `$/cancelRequest` cancels this task (pygls then
         answers -32800) and a newer request for the same document supersedes it; either
         way the stop event makes generation end before its next token."""
@@ -140,7 +141,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
             older.set()
         ls.running[uri] = stop
         try:
-            return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set)
+            return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -151,7 +152,8 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodecompleteServer, params: types.InlineCompletionParams
                                 ) -> types.InlineCompletionList:
-        results = await run_engine(ls, params.text_document.uri, params.position)
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        results = await run_engine(ls, params.text_document.uri, params.position, invoked)
         where = types.Range(params.position, params.position)
         return types.InlineCompletionList(
             items=[types.InlineCompletionItem(insert_text=c.text, range=where) for c in results])

@@ -40,12 +40,14 @@ def open_doc(client, uri: str, text: str) -> None:
         types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
 
 
-def inline_params(uri: str, line: int, character: int) -> types.InlineCompletionParams:
+def inline_params(uri: str, line: int, character: int, invoked: bool = False
+                  ) -> types.InlineCompletionParams:
+    kind = types.InlineCompletionTriggerKind
     return types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri),
         position=types.Position(line=line, character=character),
         context=types.InlineCompletionContext(
-            trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+            trigger_kind=kind.Invoked if invoked else kind.Automatic))
 
 
 def end_of(text: str) -> tuple[int, int]:
@@ -127,6 +129,26 @@ async def test_settings_change_takes_effect(tiny_model_dir):
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"codecomplete": {"comments": False}}))
         assert not (await inline(client, "file:///t/c.py", comment)).items
+    finally:
+        await stop(client)
+
+
+async def test_inside_a_word_only_when_asked(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": 4})
+    try:
+        uri = "file:///t/word.py"
+        text = NODE + "lue_of_node\n"         # the cursor will sit in "self.va|lue_of_node"
+        open_doc(client, uri, text)
+        line, col = end_of(NODE)
+
+        async def ask(invoked: bool):
+            await asyncio.wait_for(client.text_document_inline_completion_async(
+                inline_params(uri, line, col, invoked)), 60)
+            status = await client.protocol.send_request_async("codecomplete/status", {})
+            return status.requests
+
+        assert await ask(invoked=False) == 0     # typing: no ghost text inside a word
+        assert await ask(invoked=True) == 1      # an explicit request reaches the model
     finally:
         await stop(client)
 
