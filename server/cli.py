@@ -17,6 +17,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", help="model directory (default: the shipped default model)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    ap.add_argument("--stdio", action="store_true",
+                    help="serve over stdio (the default; accepted because LSP clients such "
+                         "as vscode-languageclient pass it)")
     ap.add_argument("--tcp", metavar="HOST:PORT", help="serve over TCP instead of stdio")
     ap.add_argument("--temperature", type=float, default=EngineSettings.temperature)
     ap.add_argument("--top-p", dest="top_p", type=float, default=EngineSettings.top_p)

@@ -21,8 +21,9 @@ BODY = "def compute(items):\n    "
 async def start(model_dir, init: dict | None = None, encodings=None, slow: float = 0.0):
     client = make_test_lsp_client()
     env = dict(os.environ, CODECOMPLETE_TEST_SLOW_TOKENS_S=str(slow)) if slow else None
-    await client.start_io(sys.executable, "-m", "server", "--model", str(model_dir),
-                          "--temperature", "0", env=env)
+    # --stdio as vscode-languageclient passes it (the other suites start without it).
+    await client.start_io(sys.executable, "-m", "server", "--stdio", "--model",
+                          str(model_dir), "--temperature", "0", env=env)
     caps = types.ClientCapabilities(
         general=types.GeneralClientCapabilities(position_encodings=encodings)
         if encodings else None)

@@ -1,7 +1,7 @@
 // Entry point: wires VS Code to the Controller. Launching, settings and status live in
 // their own modules; this file only connects them.
 import * as vscode from 'vscode';
-import { LanguageClient, TransportKind } from 'vscode-languageclient/node';
+import { LanguageClient } from 'vscode-languageclient/node';
 import { Controller, Host } from './controller';
 import { Command } from './settings';
 import { StatusItem } from './status';
@@ -27,7 +27,10 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     activeInterpreter: pythonExtensionInterpreter,
     createClient: (cmd: Command, initializationOptions) => new LanguageClient(
       'codecomplete', 'codecomplete',
-      { command: cmd.command, args: cmd.args, transport: TransportKind.stdio },
+      // cwd: the extension's own folder, never the workspace: `python -m server` puts the
+      // cwd first on sys.path, and a user's numbers.py or server.py would shadow ours.
+      // No `transport`: stdio is the default and the command runs exactly as logged.
+      { command: cmd.command, args: cmd.args, options: { cwd: context.extensionPath } },
       { documentSelector: [{ language: 'python' }], initializationOptions, outputChannel: output },
     ),
     showError: (message) => { void vscode.window.showErrorMessage(message, 'Show Logs')
