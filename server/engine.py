@@ -23,6 +23,7 @@ from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer, fim_layout
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
+from server.snippets import OpenDocument, SnippetFinder
 from server.syntax import COMMENT, STRING, cursor_region
 
 
@@ -38,6 +39,7 @@ class EngineSettings:
     enable: bool = True
     comments: bool = True          # complete inside comments
     strings: bool = True           # complete inside strings and docstrings
+    snippets: bool = False         # add a similar snippet from another open document
     seed: int | None = 0
 
 
@@ -149,6 +151,7 @@ class CompletionEngine:
         self._last: Served | None = None
         self.slow_tokens_s = float(os.environ.get(SLOW_TOKENS_ENV, "0") or 0)
         self.generating = 0               # generations in progress (for status displays)
+        self.snippet_finder = SnippetFinder()
 
     def describe(self) -> dict[str, object]:
         lat = sorted(self.stats.latencies_ms)
@@ -171,20 +174,24 @@ class CompletionEngine:
             "generating": self.generating,
         }
 
-    def build_prompt(self, prefix: str, suffix: str) -> tuple[list[int], bytes]:
+    def build_prompt(self, prefix: str, suffix: str, snippet: str = ""
+                     ) -> tuple[list[int], bytes]:
+        """FIM prompt ids and the healed bytes. The suffix gets up to a quarter of the
+        context, a snippet from another document up to a quarter, the prefix the rest."""
         tok = self.loaded.tokenizer
         ctx = min(self.settings.context_tokens,
                   self.loaded.config.max_position_embeddings - self.settings.max_tokens - 4)
         suffix_budget = ctx // 4 if suffix.strip() else 0
-        prefix_ids = cut_prefix(tok, prefix, ctx - suffix_budget)
+        snippet_ids = cut_suffix(tok, snippet, ctx // 4) if snippet else []
+        prefix_ids = snippet_ids + cut_prefix(tok, prefix, ctx - suffix_budget - len(snippet_ids))
         suffix_ids = cut_suffix(tok, suffix, suffix_budget) if suffix_budget else []
         prefix_ids, healed = heal_tail(tok, prefix_ids)
         return fim_layout(tok, prefix_ids, suffix_ids, self.loaded.meta.fim_order), healed
 
-    def _key(self, prefix: str, suffix: str) -> tuple:
+    def _key(self, prefix: str, suffix: str, snippet: str) -> tuple:
         s = self.settings
-        return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], s.temperature, s.top_p, s.max_tokens,
-                s.candidates, s.context_tokens, s.seed)
+        return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], snippet, s.temperature, s.top_p,
+                s.max_tokens, s.candidates, s.context_tokens, s.seed)
 
     def typed_ahead(self, prefix: str, suffix: str) -> list[Completion] | None:
         """When the user typed exactly the start of the last suggestion, the rest of it."""
@@ -200,12 +207,14 @@ class CompletionEngine:
 
     def complete(self, prefix: str, suffix: str,
                  should_stop: Callable[[], bool] | None = None,
-                 invoked: bool = True) -> list[Completion]:
+                 invoked: bool = True,
+                 neighbors: list[OpenDocument] | None = None) -> list[Completion]:
         """Completions to insert at the cursor between `prefix` and `suffix`.
 
         `invoked` is False for completions the editor asks for by itself while the user
         types; those are not offered with the cursor inside a word (`foo|bar`), where
-        ghost text would only get in the way, but an explicit request gets an answer."""
+        ghost text would only get in the way, but an explicit request gets an answer.
+        `neighbors` are the user's other open documents (used with the snippets setting)."""
         s = self.settings
         if not s.enable or (not invoked and inside_word(prefix, suffix)):
             return []
@@ -217,7 +226,9 @@ class CompletionEngine:
         self.stats.requests += 1
         multiline = wants_multiline(prefix, suffix)
         ctx = CompletionContext(prefix, suffix, multiline)
-        key = self._key(prefix, suffix)
+        snippet = self.snippet_finder.best(prefix, neighbors) if s.snippets and neighbors \
+            else ""
+        key = self._key(prefix, suffix, snippet)
         cached = self.typed_ahead(prefix, suffix)
         if cached is None and key in self._lru:
             self._lru.move_to_end(key)
@@ -228,7 +239,7 @@ class CompletionEngine:
         else:
             self.generating += 1
             try:
-                raw = self._generate(prefix, suffix, ctx, should_stop)
+                raw = self._generate(prefix, suffix, snippet, ctx, should_stop)
             finally:
                 self.generating -= 1
             if raw is None:
@@ -245,7 +256,7 @@ class CompletionEngine:
         self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return out
 
-    def _generate(self, prefix: str, suffix: str, ctx: CompletionContext,
+    def _generate(self, prefix: str, suffix: str, snippet: str, ctx: CompletionContext,
                   should_stop: Callable[[], bool] | None) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled."""
         s = self.settings
@@ -260,7 +271,7 @@ class CompletionEngine:
         with self._lock:
             if should_stop is not None and should_stop():
                 return None
-            ids, healed = self.build_prompt(prefix, suffix)
+            ids, healed = self.build_prompt(prefix, suffix, snippet)
             if self._cache is None:
                 self._cache = self.loaded.model.new_cache(1)
             cfg = GenerationConfig(max_new_tokens=s.max_tokens, temperature=s.temperature,

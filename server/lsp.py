@@ -18,6 +18,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from server.engine import CompletionEngine, EngineSettings
+from server.snippets import OpenDocument
 
 log = logging.getLogger("codecomplete")
 
@@ -135,13 +136,18 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         ctx = cursor_context(ls, uri, position)
         if ctx is None:
             return []
+        neighbors = [OpenDocument(d.uri, d.version or 0, d.source)
+                     for u, d in ls.workspace.text_documents.items()
+                     if u != uri and (d.language_id == "python" or u.endswith(".py"))] \
+            if ls.engine.settings.snippets else None
         stop = threading.Event()
         older = ls.running.get(uri)
         if older is not None:
             older.set()
         ls.running[uri] = stop
         try:
-            return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked)
+            return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked,
+                                           neighbors)
         except asyncio.CancelledError:
             stop.set()
             raise

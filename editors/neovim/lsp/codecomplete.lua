@@ -5,7 +5,7 @@
 -- Override anything with vim.lsp.config('codecomplete', { ... }), for example
 --   vim.lsp.config('codecomplete', { cmd = { '/path/to/codecomplete/.venv/bin/server' } })
 -- Settings use the server's names: temperature, top_p, max_tokens, candidates,
--- context_tokens, enable, comments, strings.
+-- context_tokens, enable, comments, strings, snippets.
 local settings = {
   temperature = 0.2,
   top_p = 0.95,
@@ -13,6 +13,7 @@ local settings = {
   enable = true,
   comments = true,
   strings = true,
+  snippets = false,
 }
 
 ---@type vim.lsp.Config

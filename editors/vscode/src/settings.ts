@@ -11,6 +11,7 @@ export interface Settings {
   maxTokens: number;
   comments: boolean;
   strings: boolean;
+  snippets: boolean;
 }
 
 export const DEFAULTS: Settings = {
@@ -23,6 +24,7 @@ export const DEFAULTS: Settings = {
   maxTokens: 64,
   comments: true,
   strings: true,
+  snippets: false,
 };
 
 /** Anything with VS Code's WorkspaceConfiguration.get shape. */
@@ -47,6 +49,7 @@ export function serverSettings(s: Settings): Record<string, unknown> {
     max_tokens: s.maxTokens,
     comments: s.comments,
     strings: s.strings,
+    snippets: s.snippets,
   };
 }
 

@@ -9,9 +9,10 @@ const reader = (values: Record<string, unknown>) => ({
 });
 
 test('settings become the server\'s initialization options, with its names', () => {
-  const s = readSettings(reader({ topP: 0.5, maxTokens: 12, comments: false }));
+  const s = readSettings(reader({ topP: 0.5, maxTokens: 12, comments: false, snippets: true }));
   assert.deepEqual(serverSettings(s), {
     enable: true, temperature: 0.2, top_p: 0.5, max_tokens: 12, comments: false, strings: true,
+    snippets: true,
   });
 });
 
