@@ -12,6 +12,7 @@ from server.postprocess import (
     block_scope,
     duplicate_suffix,
     min_length,
+    open_string,
     repetition,
     run_chain,
     trailing_whitespace,
@@ -79,6 +80,19 @@ def test_auto_closed(text, c, want):
 ])
 def test_min_length(text, multiline, want):
     assert min_length.apply(text, ctx("", multiline=multiline)) == want
+
+
+@pytest.mark.parametrize("text, c, want", [
+    ('"""\n    Return the n-th number.\n    Uses', ctx(BODY, multiline=True), None),
+    ('if n < 2:\n        return n\n    msg = """too\n    big',
+     ctx(BODY, multiline=True), "if n < 2:\n        return n"),
+    ('"""Return n."""\n    return n', ctx(BODY, multiline=True),
+     '"""Return n."""\n    return n'),                                   # closed: kept
+    ('"hello', ctx("print("), '"hello'),                                 # single line
+    ("ing\n    more", ctx('    s = """docstr', multiline=True), "ing\n    more"),
+])
+def test_open_string(text, c, want):
+    assert open_string.apply(text, c) == want
 
 
 def test_trailing_whitespace():

@@ -15,6 +15,7 @@ from server.postprocess import (
     block_scope,
     duplicate_suffix,
     min_length,
+    open_string,
     repetition,
     trailing_whitespace,
 )
@@ -25,6 +26,7 @@ Filter = Callable[[str, CompletionContext], str | None]
 PRE_CACHE: list[Filter] = [
     block_scope.apply,          # stop at the end of the indentation block
     repetition.apply,           # cut looping output, drop if nothing is left
+    open_string.apply,          # never end inside a string the completion opened
     duplicate_suffix.apply,     # never repeat the rest of the line or the next lines
     trailing_whitespace.apply,
 ]

@@ -1,6 +1,6 @@
 // End-to-end test in a real VS Code: code-server (VS Code in the browser) with our .vsix
 // installed, rendered in headless Chromium and driven with playwright-core. It types a
-// function header into a Python file, waits for ghost text from our server, accepts it with
+// function header and its docstring into a Python file, waits for ghost text from our server, accepts it with
 // Tab, saves, and checks the file on disk. Screenshots land in $E2E_ARTIFACTS.
 //
 //   node e2e.mjs   (run by run.sh, which sets the environment below)
@@ -133,6 +133,9 @@ try {
   await page.click('.monaco-editor .view-lines');
   await page.keyboard.press('Control+End');
   await page.keyboard.type('def fibonacci(n):', { delay: 30 });
+  await page.keyboard.press('Enter');
+  // insertText: typing the quotes one by one would meet VS Code's auto-closing.
+  await page.keyboard.insertText('"""Return the n-th Fibonacci number."""');
   await page.keyboard.press('Enter');
   const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text');
   await ghost.first().waitFor({ state: 'visible', timeout: waitS * 1000 });
