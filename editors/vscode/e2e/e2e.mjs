@@ -1,7 +1,8 @@
 // End-to-end test in a real VS Code: code-server (VS Code in the browser) with our .vsix
 // installed, rendered in headless Chromium and driven with playwright-core. It types a
-// function header and its docstring into a Python file, waits for ghost text from our server, accepts it with
-// Tab, saves, and checks the file on disk. Screenshots land in $E2E_ARTIFACTS.
+// function header and its docstring into a Python file, waits for ghost text from our
+// server, accepts it with Tab, saves, and checks the file on disk. Screenshots land in
+// $E2E_ARTIFACTS.
 //
 //   node e2e.mjs   (run by run.sh, which sets the environment below)
 //
