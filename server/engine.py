@@ -20,7 +20,9 @@ from model.device import dtype_name
 from model.generate import CANCELLED, GenerationConfig, generate
 from model.healing import heal_tail
 from model.kv_cache import KVCache
+from model.scoring import score_continuations, word_end_mask
 from model.tokenizer import Tokenizer, fim_layout
+from server import identifiers
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
 from server.snippets import OpenDocument, SnippetFinder
@@ -40,6 +42,8 @@ class EngineSettings:
     comments: bool = True          # complete inside comments
     strings: bool = True           # complete inside strings and docstrings
     snippets: bool = False         # add a similar snippet from another open document
+    rerank: bool = True            # rank names after a partly typed identifier (see
+    #                                server/identifiers.py)
     seed: int | None = 0
 
 
@@ -152,6 +156,7 @@ class CompletionEngine:
         self.slow_tokens_s = float(os.environ.get(SLOW_TOKENS_ENV, "0") or 0)
         self.generating = 0               # generations in progress (for status displays)
         self.snippet_finder = SnippetFinder()
+        self._word_end = None             # tokens that can follow a name (lazy)
 
     def describe(self) -> dict[str, object]:
         lat = sorted(self.stats.latencies_ms)
@@ -256,6 +261,41 @@ class CompletionEngine:
         self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return out
 
+    def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
+                should_stop: Callable[[], bool] | None) -> str | None:
+        """A better single-line completion when the cursor follows a partly typed name
+        (see server/identifiers.py): None keeps `text`; CANCELLED when stopped. Runs under
+        the model lock and leaves the KV cache holding the prompt."""
+        partial = identifiers.partial_word(prefix)
+        if not partial or inside_word(prefix, suffix):
+            return None
+        greedy = identifiers.greedy_name(partial, text)
+        if greedy == partial:
+            return None                   # the model ends the name here; trust it
+        counts = identifiers.name_counts(prefix, suffix, partial)
+        names = [greedy] + [n for n in identifiers.candidates(counts, partial) if n != greedy]
+        if len(names) == 1:
+            return None
+        tok, model = self.loaded.tokenizer, self.loaded.model
+        if self._word_end is None:
+            self._word_end = word_end_mask(tok, model.config.vocab_size)
+        # The healed bytes end with (part of) the fragment; each name's rest follows them.
+        head = healed.decode("utf-8", errors="replace")
+        conts = [tok.encode(head + n[len(partial):]) for n in names]
+        scores = score_continuations(model, ids, conts, self._cache, self._word_end)
+        best = max(range(len(names)),
+                   key=lambda i: scores[i] + identifiers.prior(max(0, counts[names[i]])))
+        if best == 0:
+            return None
+        s = self.settings
+        rest = generate(model, tok, ids + conts[best], GenerationConfig(
+            max_new_tokens=max(1, s.max_tokens - len(conts[best])),
+            temperature=s.temperature, top_p=s.top_p, seed=s.seed, stop=("\n",)),
+            cache=self._cache, should_stop=should_stop).candidates[0]
+        if rest.finish_reason == CANCELLED:
+            return CANCELLED
+        return names[best][len(partial):] + rest.text
+
     def _generate(self, prefix: str, suffix: str, snippet: str, ctx: CompletionContext,
                   should_stop: Callable[[], bool] | None) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled."""
@@ -279,6 +319,13 @@ class CompletionEngine:
             result = generate(self.loaded.model, self.loaded.tokenizer, ids, cfg,
                               cache=self._cache, heal=healed, should_stop=should_stop,
                               stop_text=stop_text)
+            first = result.candidates[0]
+            if s.rerank and not ctx.multiline and first.finish_reason != CANCELLED:
+                better = self._rerank(prefix, suffix, ids, healed, first.text, should_stop)
+                if better is CANCELLED:
+                    return None
+                if better is not None:
+                    first.text = better
         self.stats.prompt_tokens += result.prompt_tokens
         self.stats.reused_tokens += result.reused_tokens
         out: list[Completion] = []

@@ -193,6 +193,9 @@ def test_init_from_a_checkpoint_or_a_model_dir_starts_from_its_weights(tmp_path,
     assert next(m["val_loss"] for m in metrics(b) if "val_loss" in m) == \
         pytest.approx(a_final, abs=1e-5)
     assert any("continuing its data order" in s for s in said), said
+    from training.plot import tokens_before
+    a_tokens = next(m["tokens"] for m in metrics(a) if m["step"] == 30 and "tokens" in m)
+    assert tokens_before(b) == a_tokens > 0        # the loss plot continues a's curve
     # A model directory (fine-tuning the shipped model works this way): weights only.
     said.clear()
     c = train(tiny_config(small_dataset, tmp_path / "c", max_steps=5, eval_every=5,

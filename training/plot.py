@@ -21,6 +21,25 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [by_key[k] for k in sorted(by_key)]
 
 
+def tokens_before(run_dir: Path) -> int:
+    """Tokens the run's starting weights had already seen: a run started with --init-from
+    a training checkpoint continues that run's curve instead of starting again at 0."""
+    try:
+        init = json.loads((run_dir / "config.json").read_text())["train"].get("init_from")
+    except (OSError, ValueError, KeyError):
+        return 0
+    ckpt = Path(init) if init else None
+    if ckpt is None or not (ckpt / "state.pt").is_file():
+        return 0
+    parent = ckpt.parent.parent
+    step = int(ckpt.name.removeprefix("step_")) if ckpt.name.startswith("step_") else -1
+    before = tokens_before(parent) if parent != run_dir else 0
+    for rec in read_metrics(parent) if (parent / "metrics.jsonl").exists() else []:
+        if rec["step"] == step and "tokens" in rec:
+            return before + rec["tokens"]
+    return before
+
+
 def plot(runs: list[Path], out: Path) -> Path:
     try:
         import matplotlib
@@ -31,8 +50,11 @@ def plot(runs: list[Path], out: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for run in runs:
         recs = read_metrics(run)
-        train = [(r["tokens"] / 1e6, r["train_loss"]) for r in recs if "train_loss" in r]
-        val = [(r.get("tokens", 0) / 1e6, r["val_bpb"]) for r in recs if "val_bpb" in r]
+        offset = tokens_before(run)
+        train = [((offset + r["tokens"]) / 1e6, r["train_loss"]) for r in recs
+                 if "train_loss" in r]
+        val = [((offset + r.get("tokens", 0)) / 1e6, r["val_bpb"]) for r in recs
+               if "val_bpb" in r]
         if train:
             ax1.plot(*zip(*train, strict=True), label=run.name, linewidth=0.8)
         if val:

@@ -1,0 +1,69 @@
+"""Scoring continuations with a shared prompt and a KV cache, and identifier candidates."""
+
+from __future__ import annotations
+
+import torch
+
+from model.scoring import score_continuations, word_end_mask
+from server.identifiers import candidates, greedy_name, name_counts, partial_word
+
+
+def test_scores_equal_a_plain_forward_pass(random_model, tokenizer):
+    torch.manual_seed(1)
+    prompt = torch.randint(1, 1000, (40,)).tolist()
+    conts = [[5, 6, 7], [8], [9, 10]]
+    end = torch.zeros(random_model.config.vocab_size, dtype=torch.bool)
+    end[[11, 12, 13]] = True
+    cache = random_model.new_cache(1)
+    cache.reuse([1, 2, 3])                        # a stale cache is fine
+    got = score_continuations(random_model, prompt, conts, cache, end)
+    for c, g in zip(conts, got, strict=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(random_model(torch.tensor([prompt + c]))[0].float(), -1)
+        want = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(c))
+        want += torch.logsumexp(logp[len(prompt) + len(c) - 1][end], 0).item()
+        assert abs(g - want) < 1e-3, (c, g, want)
+    assert cache.tokens == prompt                 # the cache ends holding the prompt
+
+
+def test_word_end_mask(tokenizer):
+    mask = word_end_mask(tokenizer, 1024)
+    for i in range(tokenizer.vocab_size):
+        b = tokenizer.token_bytes(i)
+        if b[:1] in (b"(", b".", b"\n", b" "):
+            assert mask[i], b
+        if b[:1] in (b"a", b"_", b"Z", b"7"):
+            assert not mask[i], b
+
+
+def test_identifier_candidates():
+    prefix = "import os\n\ntotal_count = 0\nfor token in tokens:\n    total_count += 1\nto"
+    assert partial_word(prefix) == "to"
+    assert partial_word("x = (") == ""
+    counts = name_counts(prefix, "\nprint(total_count)\n", "to")
+    names = candidates(counts, "to")
+    assert names[0] == "total_count"              # used three times
+    assert "tokens" in names and "token" in names
+    assert "to" not in names
+    assert greedy_name("to", "tal_count += 1") == "total_count"
+    assert greedy_name("to", "(x)") == "to"
+    assert "tuple" in candidates(name_counts("t", "", "t"), "t")   # a builtin
+
+
+def test_engine_ranks_a_name_from_the_document_first(tiny):
+    from server.engine import CompletionEngine, EngineSettings
+
+    doc = ("zeta_quantity_total = 0\n"
+           + "".join(f"zeta_quantity_total += {i}\n" for i in range(6))
+           + "print(zeta_q")
+    on = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=12))
+    off = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=12, rerank=False))
+    ranked = on.complete(doc, "")
+    assert ranked and ranked[0].text.startswith("uantity_total"), ranked
+    plain = off.complete(doc, "")
+    assert not plain or not plain[0].text.startswith("uantity_total"), plain
+    # The strong case stays right, and the cache still serves a repeat.
+    node = ("class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
+            "    def get_value(self):\n        return self.va")
+    assert on.complete(node, "")[0].text.startswith("lue")
+    assert on.complete(node, "")[0].text.startswith("lue")
