@@ -66,7 +66,8 @@ async def run(args: argparse.Namespace) -> dict:
     client = LanguageClient("latency-bench", "0")
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: print(p.message, file=sys.stderr))
-    cmd = [sys.executable, "-m", "server"] + (["--model", args.model] if args.model else [])
+    cmd = [sys.executable, "-m", "server", "--dtype", args.dtype] + (
+        ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), process_id=None))
@@ -75,15 +76,16 @@ async def run(args: argparse.Namespace) -> dict:
     files = held_out_files(args.data, args.files, args.seed)
     typing, cold, status_ms = [], [], []
     for i, text in enumerate(files):
-        # (b) cold: open the file, ask at a random line end
-        uri = f"file:///bench/cold{i}.py"
-        client.text_document_did_open(types.DidOpenTextDocumentParams(
-            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
-        offset = text.find("\n", rng.randrange(len(text) // 4, len(text)))
-        t0 = time.perf_counter()
-        await client.text_document_inline_completion_async(params(uri, position_at(text,
-                                                                                   offset)))
-        cold.append((time.perf_counter() - t0) * 1000)
+        # (b) cold: open the file, ask at a random line end; each a freshly opened file
+        for j in range(args.cold):
+            uri = f"file:///bench/cold{i}-{j}.py"
+            client.text_document_did_open(types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+            offset = text.find("\n", rng.randrange(len(text) // 4, len(text)))
+            t0 = time.perf_counter()
+            await client.text_document_inline_completion_async(
+                params(uri, position_at(text, offset)))
+            cold.append((time.perf_counter() - t0) * 1000)
         # (a) typing: start at a random line, type the rest of the line and the next ones
         uri = f"file:///bench/typed{i}.py"
         start = text.find("\n", rng.randrange(len(text) // 4, len(text) * 3 // 4)) + 1
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=10)
     ap.add_argument("--keys", type=int, default=60, help="keystrokes typed per file")
     ap.add_argument("--interval", type=float, default=0.08, help="seconds between keys")
+    ap.add_argument("--cold", type=int, default=3, help="cold requests per file")
+    ap.add_argument("--dtype", default="auto", help="the server's --dtype")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     r = asyncio.run(run(args))

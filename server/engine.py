@@ -179,6 +179,19 @@ class CompletionEngine:
             "generating": self.generating,
         }
 
+    def warmup(self) -> float:
+        """Run a small generation so that the first real request does not pay for the
+        one-time costs (kernel selection, allocator growth); returns its seconds. The
+        server calls it in the background right after initialization."""
+        t0 = time.perf_counter()
+        tok = self.loaded.tokenizer
+        text = "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f."
+        with self._lock:
+            ids, healed = self.build_prompt(text * 8, "")
+            generate(self.loaded.model, tok, ids, GenerationConfig(max_new_tokens=4),
+                     cache=self.loaded.model.new_cache(1), heal=healed)
+        return time.perf_counter() - t0
+
     def build_prompt(self, prefix: str, suffix: str, snippet: str = ""
                      ) -> tuple[list[int], bytes]:
         """FIM prompt ids and the healed bytes. The suffix gets up to a quarter of the
@@ -283,8 +296,8 @@ class CompletionEngine:
         head = healed.decode("utf-8", errors="replace")
         conts = [tok.encode(head + n[len(partial):]) for n in names]
         scores = score_continuations(model, ids, conts, self._cache, self._word_end)
-        best = max(range(len(names)),
-                   key=lambda i: scores[i] + identifiers.prior(max(0, counts[names[i]])))
+        best = identifiers.rank(names, scores, [len(c) for c in conts], prefix, partial,
+                                counts)
         if best == 0:
             return None
         s = self.settings

@@ -1,11 +1,18 @@
 """Identifier re-ranking after a partly typed name.
 
-When the cursor follows a partial identifier (`total = comp|`), the names the user means
-are nearly always already in the file, in Python's builtins or among the keywords. A small
-model's greedy choice, token by token, often drifts to a plausible but absent name. So the
-names starting with what was typed are scored by the model itself — the probability of the
-whole name followed by something that ends a name — beside the model's own greedy guess,
-with a small prior for names used often in this file, and the best one leads the completion.
+When the cursor follows a partial identifier (`total = comp|`), the name the user means is
+nearly always already in the file, among Python's builtins or the keywords (for 3 in 4
+held-out cases it is among the candidates below). A small model's greedy choice, token by
+token, often drifts to a plausible but absent name, and it copies names from far above
+poorly. So each candidate gets a score that adds to the model's own mean log-probability
+of the name (followed by something that ends a name) what the text says plainly: how
+recently the name was used, how often, whether it was used in the same role (after a dot
+or not) and after the same receiver (`self.`), plus a small bonus for the model's greedy
+pick. The best candidate leads the completion.
+
+The weights were fitted on 120 cases from held-out packages (benchmarks/vs_jedi.py's case
+maker with seed 1) and checked on the benchmark's own seed-0 cases: first-suggestion
+accuracy 0.265 (greedy) -> 0.465 there, with the default model of 2026-11.
 """
 
 from __future__ import annotations
@@ -15,16 +22,25 @@ import keyword
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 
 from server.snippets import IDENTIFIER
 
 PARTIAL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 LEADING_WORD = re.compile(r"[A-Za-z0-9_]*")
-MAX_CANDIDATES = 12
+RECEIVER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.$")
+MAX_CANDIDATES = 24
 SCAN_CHARS = 20_000            # how much of the document around the cursor is scanned
-PRIOR_WEIGHT = 0.5             # nats per log(1 + uses in the file)
 GLOBAL_NAMES = frozenset(keyword.kwlist + keyword.softkwlist
                          + [n for n in dir(builtins) if not n.startswith("_")])
+
+# Weights of the ranking score (see the module docstring).
+W_USES = 0.25                  # per log(1 + uses in the document)
+W_DISTANCE = 2.0               # per log(1 + characters since the last use / 100)
+W_ROLE = 2.0                   # per log(share of uses in the same role, smoothed)
+W_RECEIVER = 1.0               # per log(1 + uses after the same receiver)
+W_GREEDY = 0.5                 # the model's own greedy pick
+UNSEEN_DISTANCE = 20_000       # a name never used before the cursor
 
 
 def partial_word(prefix: str) -> str:
@@ -59,5 +75,42 @@ def greedy_name(partial: str, completion: str) -> str:
     return partial + LEADING_WORD.match(completion).group(0)
 
 
-def prior(uses: int) -> float:
-    return PRIOR_WEIGHT * math.log1p(uses)
+@dataclass(frozen=True)
+class NameContext:
+    """What the text before the cursor says about one candidate name."""
+    uses: int
+    distance: int              # characters from its last use to the cursor
+    same_role: float           # smoothed share of its uses in the cursor's role
+    receiver_uses: int         # uses after the same receiver ("self.")
+
+    def bonus(self) -> float:
+        return (W_USES * math.log1p(self.uses)
+                - W_DISTANCE * math.log1p(self.distance / 100)
+                + W_ROLE * math.log(self.same_role)
+                + W_RECEIVER * math.log1p(self.receiver_uses))
+
+
+def name_context(prefix: str, partial: str, name: str, uses: int) -> NameContext:
+    before = prefix[: len(prefix) - len(partial)][-SCAN_CHARS:]
+    after_dot = before.endswith(".")
+    receiver = RECEIVER.search(before)
+    recv = receiver.group(1) + "." if receiver else None
+    starts = [m.start() for m in re.finditer(
+        r"(?<![A-Za-z0-9_])" + re.escape(name) + r"(?![A-Za-z0-9_])", before)]
+    dotted = sum(1 for s in starts if s > 0 and before[s - 1] == ".")
+    same = dotted if after_dot else len(starts) - dotted
+    return NameContext(
+        uses=max(0, uses),
+        distance=len(before) - starts[-1] if starts else UNSEEN_DISTANCE,
+        same_role=(same + 0.5) / (len(starts) + 1),
+        receiver_uses=sum(1 for s in starts if recv and before[max(0, s - len(recv)):s] == recv))
+
+
+def rank(names: list[str], model_logp: list[float], tokens: list[int], prefix: str,
+         partial: str, counts: Counter[str]) -> int:
+    """Index of the best name; names[0] is the model's greedy pick."""
+    def score(i: int) -> float:
+        ctx = name_context(prefix, partial, names[i], counts[names[i]])
+        return (model_logp[i] / max(1, tokens[i]) + ctx.bonus()
+                + (W_GREEDY if i == 0 else 0.0))
+    return max(range(len(names)), key=score)

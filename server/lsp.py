@@ -56,6 +56,7 @@ class CodecompleteServer(LanguageServer):
         self.load_error = load_error
         # The newest request per document; an older one still running is told to stop.
         self.running: dict[str, threading.Event] = {}
+        self.warmup_task: asyncio.Future | None = None
 
 
 def apply_settings(engine: CompletionEngine, options: Any) -> list[str]:
@@ -118,6 +119,16 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
             ls.window_log_message(types.LogMessageParams(
                 types.MessageType.Info,
                 f"codecomplete ready: {info['model']} on {info['device']} ({info['dtype']})"))
+            ls.warmup_task = asyncio.ensure_future(warm(ls))
+
+    async def warm(ls: CodecompleteServer) -> None:
+        """Warm the model up off the event loop; requests that come meanwhile wait for the
+        model lock, which is no slower than a cold first request."""
+        try:
+            seconds = await asyncio.to_thread(ls.engine.warmup)
+            log.info("warm-up generation took %.0f ms", seconds * 1000)
+        except Exception as e:  # a failed warm-up must not take the server down
+            log.warning("warm-up failed: %s", e)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_config(ls: CodecompleteServer, params: types.DidChangeConfigurationParams) -> None:

@@ -106,3 +106,9 @@ def test_engine_puts_a_neighbor_snippet_into_the_prompt_only_when_enabled(tokeni
     snippet = SnippetFinder().best(prefix, [helper])
     assert snippet
     assert sizes[True] >= sizes[False] + len(tokenizer.encode(snippet)) - 2
+
+
+def test_warmup_generates_without_counting_as_a_request(tokenizer, random_model):
+    eng = engine(tokenizer, random_model)
+    assert eng.warmup() > 0
+    assert eng.stats.requests == 0 and eng.stats.latencies_ms == []
