@@ -35,13 +35,13 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
 
     `cache` (batch 1) is reused for the prompt's shared prefix and ends holding the prompt;
     the continuations run as one batch on a small copy of it."""
-    if not continuations or any(not c for c in continuations):
-        raise ValueError("every continuation needs at least one token")
+    if not continuations:
+        raise ValueError("no continuations to score")
     device = model.embed_tokens.weight.device
     reused = cache.reuse(prompt_ids)
     tail = torch.tensor([prompt_ids[reused:]], device=device)
     first = torch.log_softmax(model(tail, cache, last_only=True)[0, -1].float(), -1)
-    width = max(len(c) for c in continuations)
+    width = max(1, max(len(c) for c in continuations))   # an empty one scores only the end
     batch = torch.zeros(len(continuations), width, dtype=torch.long, device=device)
     for r, c in enumerate(continuations):
         batch[r, :len(c)] = torch.tensor(c, device=device)
@@ -49,10 +49,11 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
     logp = torch.log_softmax(model(batch, work).float(), -1)     # [K, width, vocab]
     scores = []
     for r, c in enumerate(continuations):
-        s = first[c[0]].item()
+        s = first[c[0]].item() if c else 0.0
         for j in range(1, len(c)):
             s += logp[r, j - 1, c[j]].item()
         if end_mask is not None:
-            s += torch.logsumexp(logp[r, len(c) - 1][end_mask.to(device)], 0).item()
+            after = logp[r, len(c) - 1] if c else first
+            s += torch.logsumexp(after[end_mask.to(device)], 0).item()
         scores.append(s)
     return scores

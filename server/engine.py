@@ -283,8 +283,6 @@ class CompletionEngine:
         if not partial or inside_word(prefix, suffix):
             return None
         greedy = identifiers.greedy_name(partial, text)
-        if greedy == partial:
-            return None                   # the model ends the name here; trust it
         counts = identifiers.name_counts(prefix, suffix, partial)
         names = [greedy] + [n for n in identifiers.candidates(counts, partial) if n != greedy]
         if len(names) == 1:
@@ -293,6 +291,8 @@ class CompletionEngine:
         if self._word_end is None:
             self._word_end = word_end_mask(tok, model.config.vocab_size)
         # The healed bytes end with (part of) the fragment; each name's rest follows them.
+        # When the greedy pick ends the name at the fragment, its continuation may be empty:
+        # then only the probability that a name ends right here is scored.
         head = healed.decode("utf-8", errors="replace")
         conts = [tok.encode(head + n[len(partial):]) for n in names]
         scores = score_continuations(model, ids, conts, self._cache, self._word_end)

@@ -11,7 +11,7 @@ from server.identifiers import candidates, greedy_name, name_counts, partial_wor
 def test_scores_equal_a_plain_forward_pass(random_model, tokenizer):
     torch.manual_seed(1)
     prompt = torch.randint(1, 1000, (40,)).tolist()
-    conts = [[5, 6, 7], [8], [9, 10]]
+    conts = [[5, 6, 7], [8], [], [9, 10]]     # [] scores only "a name ends here"
     end = torch.zeros(random_model.config.vocab_size, dtype=torch.bool)
     end[[11, 12, 13]] = True
     cache = random_model.new_cache(1)
