@@ -62,6 +62,16 @@ def params(uri: str, pos: types.Position) -> types.InlineCompletionParams:
             trigger_kind=types.InlineCompletionTriggerKind.Automatic))
 
 
+def drain_stderr(client: LanguageClient, path: Path) -> asyncio.Task:
+    """Copy the server's stderr to `path`. pygls's client pipes it and never reads it, so
+    a server that logs more than a pipe buffer (64 KB) would block on its next write."""
+    async def pump() -> None:
+        with open(path, "wb") as out:
+            while line := await client._server.stderr.readline():
+                out.write(line)
+    return asyncio.ensure_future(pump())
+
+
 async def run(args: argparse.Namespace) -> dict:
     client = LanguageClient("latency-bench", "0")
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
@@ -69,6 +79,7 @@ async def run(args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "server", "--dtype", args.dtype] + (
         ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
+    stderr_task = drain_stderr(client, Path(args.server_log))
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), process_id=None))
     client.initialized(types.InitializedParams())
@@ -132,6 +143,7 @@ async def run(args: argparse.Namespace) -> dict:
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
+    stderr_task.cancel()
     cancelled = len(files) * args.keys - len(typing)
     return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
             "server": status}
@@ -147,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", type=int, default=3, help="cold requests per file")
     ap.add_argument("--dtype", default="auto", help="the server's --dtype")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--server-log", default="latency-server.log", help="the server's stderr")
     args = ap.parse_args(argv)
     r = asyncio.run(run(args))
     s = r["server"]

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        # pygls logs every JSON-RPC message at INFO, document text included: keep that
+        # (and the volume: an editor's log, or a pipe nobody reads, fills up) for DEBUG.
+        logging.getLogger("pygls").setLevel(logging.WARNING)
     engine, error = load_engine(args)
     if error:
         logging.getLogger("codecomplete").error(error)

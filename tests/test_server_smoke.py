@@ -83,3 +83,31 @@ def test_demo_prints_a_completion(tiny_model_dir):
     assert out.returncode == 0, out.stderr
     assert "def fibonacci(n):" in out.stdout
     assert "completion was empty" not in out.stdout
+
+
+def test_document_text_stays_out_of_the_log_at_the_default_level(tiny_model_dir):
+    """pygls logs each JSON-RPC message at INFO; the server keeps that for DEBUG, so an
+    editor's log never holds the user's code (and a pipe nobody reads never fills)."""
+    import json
+
+    secret = "very_private_identifier_4711 = 1\n"
+
+    def frame(msg: dict) -> bytes:
+        body = json.dumps(msg).encode()
+        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"capabilities": {}, "processId": None}},
+        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///t/s.py", "languageId": "python", "version": 1, "text": secret}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "shutdown", "params": None},
+        {"jsonrpc": "2.0", "method": "exit", "params": None},
+    ]
+    r = subprocess.run([sys.executable, "-m", "server", "--model", str(tiny_model_dir)],
+                       input=b"".join(frame(m) for m in messages), capture_output=True,
+                       timeout=120)
+    assert b'"id": 2' in r.stdout or b'"id":2' in r.stdout       # it answered shutdown
+    assert b"very_private_identifier_4711" not in r.stderr
+    assert b"inlineCompletionProvider" not in r.stderr           # no message bodies at all
