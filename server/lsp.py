@@ -94,6 +94,13 @@ def cursor_context(ls: CodecompleteServer, uri: str, position: types.Position
         return None
     if position.line == len(lines) and position.character > 0:
         return None
+    if position.line < len(lines):
+        # A character past the end of the line means the line's end (pygls clamps the
+        # last line, which has no newline, one character short: inside the last word).
+        line = lines[position.line].rstrip("\r\n")
+        width = doc.position_codec.client_num_units(line)
+        if position.character > width:
+            position = types.Position(line=position.line, character=width)
     offset = doc.offset_at_position(position)
     source = doc.source
     return source[:offset], source[offset:]

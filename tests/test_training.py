@@ -141,8 +141,12 @@ def test_torchrun_two_processes_match_single_process(tmp_path, small_dataset):
                      "checkpoint-every": 80}
     subprocess.run(_train_cmd(common | {"runs-dir": tmp_path / "single", "batch-size": 8}),
                    check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    import socket
+    with socket.socket() as sock:             # a free port, not a fixed one that may be taken
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        "--master_port=29517", *_train_cmd(
+                        f"--master_port={port}", *_train_cmd(
                             common | {"runs-dir": tmp_path / "ddp", "batch-size": 4})[1:]],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
