@@ -106,16 +106,18 @@ def run(name: str, model: nn.Module, cfg: TrainConfig, data: str, minutes: float
         return loss.item()
 
     model.train()
+    for i in range(3):                      # the first steps pay one-time costs: not timed
+        step(i)
     t0 = time.time()
-    for i in range(5):                      # calibrate seconds per step
+    for i in range(3, 8):                   # calibrate seconds per step
         step(i)
     per_step = (time.time() - t0) / 5
     cfg = replace(cfg, max_steps=max(20, int(minutes * 60 / per_step)),
                   warmup_steps=max(10, int(minutes * 60 / per_step) // 20))
     t0 = time.time()
-    for i in range(5, cfg.max_steps):
+    for i in range(8, cfg.max_steps):
         last = step(i)
-    train_seconds = time.time() - t0 + per_step * 5
+    train_seconds = time.time() - t0 + per_step * 8
     loss, bpb = evaluate_loss(model, val, byte_len, device, amp)
     params = sum(p.numel() for p in model.parameters())
     return {"name": name, "params": params, "steps": cfg.max_steps,
