@@ -74,18 +74,14 @@ class KVCache:
         """A new cache holding `batch` copies of row 0's prefix: for sampling n candidates
         or scoring several continuations. `capacity` (at least the current length) keeps
         the copy small when only a few positions will be appended."""
-        cap = self.capacity if capacity is None else max(capacity, self.length)
         new = KVCache.__new__(KVCache)
-        new.capacity = min(cap, self.capacity)
-        if new.capacity == self.capacity:
-            new.k = [t[:1].repeat(batch, 1, 1, 1) for t in self.k]
-            new.v = [t[:1].repeat(batch, 1, 1, 1) for t in self.v]
-        else:
-            n = self.length
-            new.k = [t.new_zeros(batch, t.shape[1], new.capacity, t.shape[3]) for t in self.k]
-            new.v = [t.new_zeros(batch, t.shape[1], new.capacity, t.shape[3]) for t in self.v]
-            for dst, src in zip(new.k + new.v, self.k + self.v, strict=True):
-                dst[:, :, :n] = src[:1, :, :n]
+        new.capacity = self.capacity if capacity is None else \
+            min(self.capacity, max(capacity, self.length))
+        n = self.length
+        new.k = [t.new_zeros(batch, t.shape[1], new.capacity, t.shape[3]) for t in self.k]
+        new.v = [t.new_zeros(batch, t.shape[1], new.capacity, t.shape[3]) for t in self.v]
+        for dst, src in zip(new.k + new.v, self.k + self.v, strict=True):
+            dst[:, :, :n] = src[:1, :, :n]
         new.length = self.length
         new.tokens = list(self.tokens)
         return new
