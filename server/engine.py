@@ -27,6 +27,7 @@ from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_cha
 from server.postprocess.block_scope import block_end
 from server.snippets import OpenDocument, SnippetFinder
 from server.syntax import COMMENT, STRING, cursor_region
+from server.words import inside_word
 
 
 @dataclass
@@ -120,16 +121,6 @@ def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     nl = data.rfind(b"\n", 0, keep)
     head = data[: nl + 1] if nl != -1 else data[:keep]
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
-
-
-def inside_word(prefix: str, suffix: str) -> bool:
-    """Word characters on both sides of the cursor."""
-    return bool(prefix) and bool(suffix) and is_word_char(prefix[-1]) and \
-        is_word_char(suffix[0])
-
-
-def is_word_char(c: str) -> bool:
-    return c.isalnum() or c == "_"
 
 
 def wants_multiline(prefix: str, suffix: str) -> bool:

@@ -24,11 +24,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from server.snippets import IDENTIFIER
+from server.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER
 
-PARTIAL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
-LEADING_WORD = re.compile(r"[A-Za-z0-9_]*")
-RECEIVER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\.$")
+RECEIVER = re.compile(r"([^\W\d]\w*)\.$")
 MAX_CANDIDATES = 24
 SCAN_CHARS = 20_000            # how much of the document around the cursor is scanned
 GLOBAL_NAMES = frozenset(keyword.kwlist + keyword.softkwlist
@@ -45,7 +43,7 @@ UNSEEN_DISTANCE = 20_000       # a name never used before the cursor
 
 def partial_word(prefix: str) -> str:
     """The identifier fragment right before the cursor ("" when there is none)."""
-    m = PARTIAL.search(prefix[-200:])
+    m = PARTIAL_IDENTIFIER.search(prefix[-200:])
     return m.group(0) if m else ""
 
 
@@ -96,7 +94,7 @@ def name_context(prefix: str, partial: str, name: str, uses: int) -> NameContext
     receiver = RECEIVER.search(before)
     recv = receiver.group(1) + "." if receiver else None
     starts = [m.start() for m in re.finditer(
-        r"(?<![A-Za-z0-9_])" + re.escape(name) + r"(?![A-Za-z0-9_])", before)]
+        r"(?<!\w)" + re.escape(name) + r"(?!\w)", before)]
     dotted = sum(1 for s in starts if s > 0 and before[s - 1] == ".")
     same = dotted if after_dot else len(starts) - dotted
     return NameContext(

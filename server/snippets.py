@@ -10,11 +10,11 @@ per document version, so a request costs one pass over the cached sets.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+from server.words import IDENTIFIER
+
 WINDOW_LINES = 12          # lines per candidate window (and lines of query context)
 STEP_LINES = 6             # windows overlap by half
 MIN_SIMILARITY = 0.15

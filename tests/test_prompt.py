@@ -8,8 +8,9 @@ import torch
 
 from model.checkpoint import LoadedModel, ModelMeta
 from model.tokenizer import PSM
-from server.engine import CompletionEngine, EngineSettings, cut_prefix, cut_suffix, inside_word
+from server.engine import CompletionEngine, EngineSettings, cut_prefix, cut_suffix
 from server.snippets import OpenDocument, SnippetFinder, windows
+from server.words import inside_word
 
 LINES = [f"value_{i} = compute_{i}(argument_{i})" for i in range(200)]
 TEXT = "\n".join(LINES) + "\n"
@@ -112,3 +113,14 @@ def test_warmup_generates_without_counting_as_a_request(tokenizer, random_model)
     eng = engine(tokenizer, random_model)
     assert eng.warmup() > 0
     assert eng.stats.requests == 0 and eng.stats.latencies_ms == []
+
+
+def test_words_are_python_identifiers_in_any_script():
+    from server import identifiers
+
+    assert inside_word("grö", "ße = 1")
+    assert identifiers.partial_word("x = größ") == "größ"
+    assert identifiers.partial_word("x = 2fo") == "fo"           # a name never starts with a digit
+    counts = identifiers.name_counts("größe = 1\n名前 = größe\nprint(größ", "", "größ")
+    assert counts["größe"] == 2 and counts["名前"] == 1
+    assert identifiers.greedy_name("grö", "ße + 1") == "größe"
