@@ -29,7 +29,7 @@ from model.device import select_device
 from model.transformer import Transformer
 from training.config import TrainConfig, load_config
 from training.data import PackedLoader, load_dataset, validation_batches
-from training.optim import lr_scale
+from training.optim import build_optimizers, lr_scale, set_lr
 from training.train import autocast_dtype, evaluate_loss, model_config, token_byte_lengths
 
 
@@ -85,24 +85,26 @@ def run(name: str, model: nn.Module, cfg: TrainConfig, data: str, minutes: float
     val = validation_batches(splits["val"], tok, cfg.seq_len, cfg.batch_size, cfg.eval_batches)
     byte_len = token_byte_lengths(tok, model_config(cfg, tok).vocab_size)
     torch.manual_seed(cfg.seed)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": other, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    # The training script's own optimizer builder and schedule, so the A/B measures the
+    # recipe that `training.train` runs (AdamW here, or Muon when a preset asks for it);
+    # both arms are compiled when the preset compiles, compile time falls in the untimed
+    # first steps.
+    optimizers = build_optimizers(model, cfg)
+    net = torch.compile(model) if cfg.compile else model
 
     def step(i: int) -> float:
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_scale(i, cfg)
+        set_lr(optimizers, lr_scale(i, cfg))
         batch = torch.from_numpy(loader.next_batch())
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(batch[:, :-1])
+            logits = net(batch[:, :-1])
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                batch[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        for opt in optimizers:
+            opt.step()
         return loss.item()
 
     model.train()
@@ -115,14 +117,15 @@ def run(name: str, model: nn.Module, cfg: TrainConfig, data: str, minutes: float
     cfg = replace(cfg, max_steps=max(20, int(minutes * 60 / per_step)),
                   warmup_steps=max(10, int(minutes * 60 / per_step) // 20))
     t0 = time.time()
-    for i in range(8, cfg.max_steps):
-        last = step(i)
+    losses = [step(i) for i in range(8, cfg.max_steps)]
     train_seconds = time.time() - t0 + per_step * 8
     loss, bpb = evaluate_loss(model, val, byte_len, device, amp)
     params = sum(p.numel() for p in model.parameters())
-    return {"name": name, "params": params, "steps": cfg.max_steps,
+    return {"name": name, "params": params, "steps": cfg.max_steps, "compiled": cfg.compile,
+            "optimizer": cfg.optimizer,
             "tokens": cfg.max_steps * cfg.batch_size * cfg.seq_len,
-            "train_seconds": train_seconds, "last_train_loss": last,
+            "train_seconds": train_seconds,
+            "train_loss_last10": sum(losses[-10:]) / len(losses[-10:]),
             "val_loss": loss, "val_bpb": bpb}
 
 
