@@ -285,6 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     model.train()
     consecutive_bad = 0
     t_last, tok_last = time.time(), rs.tokens
+    t_start, step_start = t_last, rs.step
     window_loss, window_steps = torch.zeros((), device=device), 0   # mean over a log window
     if rs.step == 0:
         run_eval()
@@ -346,6 +347,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
             window_loss.zero_()
             window_steps = 0
             bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{tps:,.0f}")
+            if dd.main and bar.disable:       # no terminal (a log file): a plain line instead
+                eta = (cfg.max_steps - rs.step) * (now - t_start) / max(1, rs.step - step_start)
+                log(f"step {rs.step}/{cfg.max_steps}: loss {loss_v:.3f}, {tps:,.0f} tokens/s, "
+                    f"ETA {eta / 60:.0f} min")
             logger.log(rs.step, {"train_loss": loss_v, "lr": optimizers[0].param_groups[0]["lr"],
                                  "grad_norm": float(grad_norm), "tokens_per_s": tps,
                                  "elapsed_s": rs.elapsed,
