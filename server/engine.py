@@ -23,6 +23,7 @@ from model.kv_cache import KVCache
 from model.scoring import score_continuations, word_end_mask
 from model.tokenizer import Tokenizer, fim_layout
 from server import identifiers
+from server.modules import module_names_at
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
 from server.snippets import OpenDocument, SnippetFinder
@@ -275,8 +276,14 @@ class CompletionEngine:
             return None
         greedy = identifiers.greedy_name(partial, text)
         counts = identifiers.name_counts(prefix, suffix, partial)
-        names = [greedy] + [n for n in identifiers.candidates(counts, partial) if n != greedy]
-        if len(names) == 1:
+        members = module_names_at(prefix[: len(prefix) - len(partial)])
+        names = [greedy] + [n for n in identifiers.candidates(counts, partial, members)
+                            if n != greedy]
+        # A name the imported module cannot have is no candidate, even the model's pick.
+        greedy_ok = not (members and members.closed and greedy not in members.names)
+        if not greedy_ok:
+            names = names[1:]
+        if len(names) == (1 if greedy_ok else 0):
             return None
         tok, model = self.loaded.tokenizer, self.loaded.model
         if self._word_end is None:
@@ -288,8 +295,8 @@ class CompletionEngine:
         conts = [tok.encode(head + n[len(partial):]) for n in names]
         scores = score_continuations(model, ids, conts, self._cache, self._word_end)
         best = identifiers.rank(names, scores, [len(c) for c in conts], prefix, partial,
-                                counts)
-        if best == 0:
+                                counts, greedy_first=greedy_ok)
+        if best == 0 and greedy_ok:
             return None
         s = self.settings
         rest = generate(model, tok, ids + conts[best], GenerationConfig(

@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from server.modules import ModuleNames
 from server.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER
 
 RECEIVER = re.compile(r"([^\W\d]\w*)\.$")
@@ -56,16 +57,29 @@ def name_counts(prefix: str, suffix: str, partial: str) -> Counter[str]:
     return counts
 
 
-def candidates(counts: Counter[str], partial: str) -> list[str]:
+def candidates(counts: Counter[str], partial: str,
+               members: ModuleNames | None = None) -> list[str]:
     """Names that extend `partial`: the document's, most used first, then builtins and
-    keywords."""
+    keywords. After an imported module's name and a dot, or in a `from X import` line,
+    `members` (server/modules.py) replaces builtins and keywords with the module's own
+    names (public and short ones first), and when that list is closed the document's
+    names the module cannot have are left out."""
     names = {n: c for n, c in counts.items()
-             if c > 0 and n.startswith(partial) and n != partial}
-    for n in GLOBAL_NAMES:
-        if n.startswith(partial) and n != partial:
-            names.setdefault(n, 0)
-    return [n for n, _ in sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))
-            ][:MAX_CANDIDATES]
+             if c > 0 and n.startswith(partial) and n != partial
+             and not (members and members.closed and n not in members.names)}
+    extra = sorted(GLOBAL_NAMES) if members is None else sorted(
+        members.names, key=lambda n: (n.startswith("_") and not partial.startswith("_"),
+                                      len(n), n))
+    ordered = sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))
+    out = [n for n, _ in ordered]
+    seen = set(out)
+    for n in extra:
+        if len(out) >= MAX_CANDIDATES:
+            break
+        if n.startswith(partial) and n != partial and n not in seen:
+            out.append(n)
+            seen.add(n)
+    return out[:MAX_CANDIDATES]
 
 
 def greedy_name(partial: str, completion: str) -> str:
@@ -105,10 +119,10 @@ def name_context(prefix: str, partial: str, name: str, uses: int) -> NameContext
 
 
 def rank(names: list[str], model_logp: list[float], tokens: list[int], prefix: str,
-         partial: str, counts: Counter[str]) -> int:
-    """Index of the best name; names[0] is the model's greedy pick."""
+         partial: str, counts: Counter[str], greedy_first: bool = True) -> int:
+    """Index of the best name; names[0] is the model's greedy pick when `greedy_first`."""
     def score(i: int) -> float:
         ctx = name_context(prefix, partial, names[i], counts[names[i]])
         return (model_logp[i] / max(1, tokens[i]) + ctx.bonus()
-                + (W_GREEDY if i == 0 else 0.0))
+                + (W_GREEDY if i == 0 and greedy_first else 0.0))
     return max(range(len(names)), key=score)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import torch
 
 from model.scoring import score_continuations, word_end_mask
@@ -67,3 +70,16 @@ def test_engine_ranks_a_name_from_the_document_first(tiny):
             "    def get_value(self):\n        return self.va")
     assert on.complete(node, "")[0].text.startswith("lue")
     assert on.complete(node, "")[0].text.startswith("lue")
+
+
+def test_engine_after_a_module_suggests_only_its_names(tiny):
+    from server.engine import CompletionEngine, EngineSettings
+
+    # The document's own name is used often and recently, but `os` cannot have it.
+    doc = ("import os\n" + "".join(f"pathway_items = {i}\n" for i in range(6))
+           + "print(pathway_items)\nroot = os.pa")
+    engine = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=12))
+    out = engine.complete(doc, "")
+    assert out, "no completion"
+    name = "pa" + re.match(r"\w*", out[0].text).group(0)
+    assert name in dir(os), out
