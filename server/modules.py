@@ -90,11 +90,14 @@ def module_file(name: str) -> Path | None:
         return None
     path: list[str] | None = None
     spec = None
-    for part in name.split("."):
-        spec = PathFinder.find_spec(part, path)
-        if spec is None:
-            return None
-        path = list(spec.submodule_search_locations or [])
+    try:
+        for part in name.split("."):
+            spec = PathFinder.find_spec(part, path)
+            if spec is None:
+                return None
+            path = list(spec.submodule_search_locations or [])
+    except (ImportError, ValueError, OSError):
+        return None
     origin = spec.origin if spec else None
     return Path(origin) if origin and origin.endswith(".py") else None
 
@@ -124,7 +127,7 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ModuleNames | None:
         return None
     try:
         tree = ast.parse(path.read_bytes())
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     names: set[str] = set()
     closed = True
@@ -150,11 +153,14 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ModuleNames | None:
     if "__getattr__" in names:
         closed = False
     if path.name == "__init__.py":                             # submodules and subpackages
-        for child in path.parent.iterdir():
-            if child.suffix == ".py" and child.stem != "__init__":
-                names.add(child.stem)
-            elif (child / "__init__.py").is_file():
-                names.add(child.name)
+        try:
+            for child in path.parent.iterdir():
+                if child.suffix == ".py" and child.stem != "__init__":
+                    names.add(child.stem)
+                elif (child / "__init__.py").is_file():
+                    names.add(child.name)
+        except OSError:
+            closed = False
     return ModuleNames(frozenset(names), closed)
 
 
