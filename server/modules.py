@@ -167,5 +167,8 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ModuleNames | None:
 def module_names_at(before: str) -> ModuleNames | None:
     """The names available where the cursor types an attribute of an imported module or a
     name in a `from X import` line; None elsewhere."""
-    module = module_for_from_import(before) or module_for_receiver(before)
-    return names_of(module) if module else None
+    try:
+        module = module_for_from_import(before) or module_for_receiver(before)
+        return names_of(module) if module else None
+    except Exception:       # a best-effort hint: a module with an odd __dir__ costs nothing
+        return None
