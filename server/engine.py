@@ -218,13 +218,16 @@ class CompletionEngine:
     def complete(self, prefix: str, suffix: str,
                  should_stop: Callable[[], bool] | None = None,
                  invoked: bool = True,
-                 neighbors: list[OpenDocument] | None = None) -> list[Completion]:
+                 neighbors: list[OpenDocument] | None = None,
+                 module_roots: tuple[str, ...] = ()) -> list[Completion]:
         """Completions to insert at the cursor between `prefix` and `suffix`.
 
         `invoked` is False for completions the editor asks for by itself while the user
         types; those are not offered with the cursor inside a word (`foo|bar`), where
         ghost text would only get in the way, but an explicit request gets an answer.
-        `neighbors` are the user's other open documents (used with the snippets setting)."""
+        `neighbors` are the user's other open documents (used with the snippets setting);
+        `module_roots` the folders where the user's own modules are (the document's and the
+        workspace's), for the names of imported modules (server/modules.py)."""
         s = self.settings
         if not s.enable or (not invoked and inside_word(prefix, suffix)):
             return []
@@ -249,7 +252,7 @@ class CompletionEngine:
         else:
             self.generating += 1
             try:
-                raw = self._generate(prefix, suffix, snippet, ctx, should_stop)
+                raw = self._generate(prefix, suffix, snippet, ctx, should_stop, module_roots)
             finally:
                 self.generating -= 1
             if raw is None:
@@ -267,7 +270,8 @@ class CompletionEngine:
         return out
 
     def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
-                should_stop: Callable[[], bool] | None) -> str | None:
+                should_stop: Callable[[], bool] | None,
+                module_roots: tuple[str, ...] = ()) -> str | None:
         """A better single-line completion when the cursor follows a partly typed name
         (see server/identifiers.py): None keeps `text`; CANCELLED when stopped. Runs under
         the model lock and leaves the KV cache holding the prompt."""
@@ -276,7 +280,7 @@ class CompletionEngine:
             return None
         greedy = identifiers.greedy_name(partial, text)
         counts = identifiers.name_counts(prefix, suffix, partial)
-        members = module_names_at(prefix[: len(prefix) - len(partial)])
+        members = module_names_at(prefix[: len(prefix) - len(partial)], module_roots)
         names = [greedy] + [n for n in identifiers.candidates(counts, partial, members)
                             if n != greedy]
         # A name the imported module cannot have is no candidate, even the model's pick.
@@ -308,7 +312,8 @@ class CompletionEngine:
         return names[best][len(partial):] + rest.text
 
     def _generate(self, prefix: str, suffix: str, snippet: str, ctx: CompletionContext,
-                  should_stop: Callable[[], bool] | None) -> list[Completion] | None:
+                  should_stop: Callable[[], bool] | None,
+                  module_roots: tuple[str, ...] = ()) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled."""
         s = self.settings
         stops: tuple[str, ...] = () if ctx.multiline else ("\n",)
@@ -332,7 +337,8 @@ class CompletionEngine:
                               stop_text=stop_text)
             first = result.candidates[0]
             if s.rerank and not ctx.multiline and first.finish_reason != CANCELLED:
-                better = self._rerank(prefix, suffix, ids, healed, first.text, should_stop)
+                better = self._rerank(prefix, suffix, ids, healed, first.text, should_stop,
+                                      module_roots)
                 if better is CANCELLED:
                     return None
                 if better is not None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from dataclasses import fields
 from typing import Any
 
 from lsprotocol import types
+from pygls import uris
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
@@ -106,6 +108,18 @@ def cursor_context(ls: CodecompleteServer, uri: str, position: types.Position
     return source[:offset], source[offset:]
 
 
+def module_roots(ls: CodecompleteServer, uri: str) -> tuple[str, ...]:
+    """Folders where the user's own modules live: the document's, then the workspace's."""
+    roots = []
+    for u in [uri, *ls.workspace.folders]:
+        path = uris.to_fs_path(u) if u.startswith("file:") else None
+        if path:
+            roots.append(os.path.dirname(path) if u == uri else path)
+    if ls.workspace.root_path:
+        roots.append(ls.workspace.root_path)
+    return tuple(dict.fromkeys(roots))
+
+
 def build_server(engine: CompletionEngine | None, load_error: str | None = None
                  ) -> CodecompleteServer:
     server = CodecompleteServer(engine, load_error)
@@ -165,7 +179,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         ls.running[uri] = stop
         try:
             return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked,
-                                           neighbors)
+                                           neighbors, module_roots(ls, uri))
         except asyncio.CancelledError:
             stop.set()
             raise

@@ -61,7 +61,7 @@ def import_bindings(text: str) -> dict[str, str]:
     return out
 
 
-def module_for_receiver(before: str) -> str | None:
+def module_for_receiver(before: str, roots: tuple[str, ...] = ()) -> str | None:
     """The module that `before` (the text up to the partly typed name) ends with a dot
     after, e.g. `os.path.` -> "os.path" when the document imports os; None otherwise."""
     m = RECEIVER_CHAIN.search(before[-300:])
@@ -72,7 +72,7 @@ def module_for_receiver(before: str) -> str | None:
     if bound is None:
         return None
     name = ".".join([bound, *chain[1:]])
-    return name if module_file(name) is not None or name in sys.modules else None
+    return name if module_file(name, roots) is not None or name in sys.modules else None
 
 
 def module_for_from_import(before: str) -> str | None:
@@ -83,12 +83,13 @@ def module_for_from_import(before: str) -> str | None:
 
 
 @lru_cache(maxsize=512)
-def module_file(name: str) -> Path | None:
-    """The source file (or package `__init__.py`) of a module, found on sys.path without
-    importing anything; None for unknown, relative or compiled modules."""
+def module_file(name: str, roots: tuple[str, ...] = ()) -> Path | None:
+    """The source file (or package `__init__.py`) of a module, found in `roots` (the
+    user's folders) and then on sys.path without importing anything; None for unknown,
+    relative or compiled modules."""
     if not name or name.startswith("."):
         return None
-    path: list[str] | None = None
+    path: list[str] | None = [*roots, *sys.path]
     spec = None
     try:
         for part in name.split("."):
@@ -102,9 +103,9 @@ def module_file(name: str) -> Path | None:
     return Path(origin) if origin and origin.endswith(".py") else None
 
 
-def names_of(name: str) -> ModuleNames | None:
+def names_of(name: str, roots: tuple[str, ...] = ()) -> ModuleNames | None:
     """What module `name` defines, or None when it cannot be found."""
-    path = module_file(name)
+    path = module_file(name, roots)
     parsed = None
     if path is not None:
         try:
@@ -164,11 +165,12 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ModuleNames | None:
     return ModuleNames(frozenset(names), closed)
 
 
-def module_names_at(before: str) -> ModuleNames | None:
+def module_names_at(before: str, roots: tuple[str, ...] = ()) -> ModuleNames | None:
     """The names available where the cursor types an attribute of an imported module or a
-    name in a `from X import` line; None elsewhere."""
+    name in a `from X import` line; None elsewhere. `roots` are folders searched before
+    sys.path: the document's own and the editor's workspace folders."""
     try:
-        module = module_for_from_import(before) or module_for_receiver(before)
-        return names_of(module) if module else None
+        module = module_for_from_import(before) or module_for_receiver(before, roots)
+        return names_of(module, roots) if module else None
     except Exception:       # a best-effort hint: a module with an odd __dir__ costs nothing
         return None

@@ -75,3 +75,12 @@ def test_candidates_after_a_module_keep_only_its_names(package_on_path):
     open_list = modules.ModuleNames(frozenset({"opus"}), closed=False)
     assert identifiers.candidates(Counter({"open_file": 2}), "op", open_list) == \
         ["open_file", "opus"]
+
+
+def test_user_folders_are_searched_first(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "localmod.py").write_text("def only_here(): ...\n")
+    assert modules.module_names_at("import localmod\nx = localmod.") is None
+    names = modules.module_names_at("import localmod\nx = localmod.", (str(project),))
+    assert names.names == {"only_here"} and names.closed

@@ -154,6 +154,23 @@ async def test_inside_a_word_only_when_asked(tiny_model_dir):
         await stop(client)
 
 
+async def test_names_of_the_users_own_module_next_to_the_document(tiny_model_dir, tmp_path):
+    """`helpers.zq|` in main.py: the sibling helpers.py (never imported by the server)
+    defines the only name the completion may lead with."""
+    (tmp_path / "helpers.py").write_text(
+        "raise SystemExit('the server must not import this')\n"
+        "def zqx_unique_function(a):\n    return a\n")
+    client, _ = await start(tiny_model_dir, {"max_tokens": 8})
+    try:
+        uri = (tmp_path / "main.py").as_uri()
+        text = "import helpers\n\nzqa_local = 1\nzqa_local += 2\nvalue = helpers.zq"
+        open_doc(client, uri, text)
+        result = await inline(client, uri, text)
+        assert result and result.items[0].insert_text.startswith("x_unique_function"), result
+    finally:
+        await stop(client)
+
+
 @pytest.mark.parametrize("encoding", [None, types.PositionEncodingKind.Utf8,
                                       types.PositionEncodingKind.Utf32])
 async def test_positions_in_each_encoding_with_non_ascii(tiny_model_dir, encoding):
