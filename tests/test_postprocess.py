@@ -83,7 +83,12 @@ def test_min_length(text, multiline, want):
 
 
 @pytest.mark.parametrize("text, c, want", [
-    ('"""\n    Return the n-th number.\n    Uses', ctx(BODY, multiline=True), None),
+    ('"""\n    Return the n-th number.\n    Uses', ctx(BODY, multiline=True),
+     '"""\n    Return the n-th number.\n    """'),           # a docstring alone: closed
+    ('"""Return the n-th\n    number.\n\n    Parameters\n    ---', ctx(BODY, multiline=True),
+     '"""Return the n-th\n    number.\n    """'),                # its first paragraph
+    ('"""\n    Return the n-th', ctx(BODY, multiline=True), None),  # no complete line
+    ('x = 1\n    s = """\n    abc\n    de', ctx(BODY, multiline=True), "x = 1"),
     ('if n < 2:\n        return n\n    msg = """too\n    big',
      ctx(BODY, multiline=True), "if n < 2:\n        return n"),
     ('"""Return n."""\n    return n', ctx(BODY, multiline=True),
