@@ -66,6 +66,7 @@ def drain_stderr(client: LanguageClient, path: Path) -> asyncio.Task:
     """Copy the server's stderr to `path`. pygls's client pipes it and never reads it, so
     a server that logs more than a pipe buffer (64 KB) would block on its next write."""
     async def pump() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as out:
             while line := await client._server.stderr.readline():
                 out.write(line)
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", type=int, default=3, help="cold requests per file")
     ap.add_argument("--dtype", default="auto", help="the server's --dtype")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--server-log", default="latency-server.log", help="the server's stderr")
+    ap.add_argument("--server-log", default="logs/latency-server.log",
+                    help="the server's stderr")
     args = ap.parse_args(argv)
     r = asyncio.run(run(args))
     s = r["server"]
