@@ -32,6 +32,7 @@ class GenerationConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()     # stop strings; the text is cut before them
     ignore_eos: bool = False       # never end on a special token (benchmarks)
+    ban_first: tuple[int, ...] = ()  # token ids the first generated token may not be
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.n < 1 or not 0 < self.top_p <= 1 \
@@ -132,6 +133,8 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         logits[:, vocab:] = float("-inf")
         if cfg.ignore_eos:
             logits[:, sorted(tok.special_ids)] = float("-inf")
+        if step == 0 and cfg.ban_first:
+            logits[:, list(cfg.ban_first)] = float("-inf")
         for b, r in enumerate(rows):
             if r.heal_left and r.reason is None:
                 allowed = allowed_tokens(tok, r.heal_left)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from model.checkpoint import LoadedModel
 from model.device import dtype_name
@@ -149,6 +149,7 @@ class CompletionEngine:
         self.generating = 0               # generations in progress (for status displays)
         self.snippet_finder = SnippetFinder()
         self._word_end = None             # tokens that can follow a name (lazy)
+        self._quotes: tuple[int, ...] | None = None   # tokens that open a string (lazy)
 
     def describe(self) -> dict[str, object]:
         lat = sorted(self.stats.latencies_ms)
@@ -311,6 +312,15 @@ class CompletionEngine:
             return CANCELLED
         return names[best][len(partial):] + rest.text
 
+    def _quote_tokens(self) -> tuple[int, ...]:
+        """Tokens that begin (after spaces) with a quote: what a docstring starts with."""
+        if self._quotes is None:
+            tok = self.loaded.tokenizer
+            self._quotes = tuple(i for i in range(tok.vocab_size)
+                                 if i not in tok.special_ids
+                                 and tok.token_bytes(i).lstrip(b" \t")[:1] in (b'"', b"'"))
+        return self._quotes
+
     def _generate(self, prefix: str, suffix: str, snippet: str, ctx: CompletionContext,
                   should_stop: Callable[[], bool] | None,
                   module_roots: tuple[str, ...] = ()) -> list[Completion] | None:
@@ -336,6 +346,15 @@ class CompletionEngine:
                               cache=self._cache, heal=healed, should_stop=should_stop,
                               stop_text=stop_text)
             first = result.candidates[0]
+            if ctx.multiline and s.candidates == 1 and first.finish_reason != CANCELLED \
+                    and first.text.lstrip().startswith(('"""', "'''")) \
+                    and run_chain(first.text, ctx, PRE_CACHE) is None:
+                # A docstring that the post-processing would drop whole (cut off before
+                # its first line ended): ask once more for code instead of nothing.
+                result = generate(self.loaded.model, self.loaded.tokenizer, ids, replace(
+                    cfg, ban_first=self._quote_tokens()), cache=self._cache, heal=healed,
+                    should_stop=should_stop, stop_text=stop_text)
+                first = result.candidates[0]
             if s.rerank and not ctx.multiline and first.finish_reason != CANCELLED:
                 better = self._rerank(prefix, suffix, ids, healed, first.text, should_stop,
                                       module_roots)

@@ -72,3 +72,13 @@ def test_max_tokens_stop_strings_and_stop_callback(tiny):
                  should_stop=stop_after_two)
     assert r.candidates[0].finish_reason == CANCELLED
     assert len(r.candidates[0].token_ids) == 2
+
+
+def test_banned_first_tokens(tiny):
+    tok = tiny.tokenizer
+    prompt = tok.encode("def area(width, height):\n    ")
+    greedy = generate(tiny.model, tok, prompt, GenerationConfig(max_new_tokens=3))
+    first = greedy.candidates[0].token_ids[0]
+    banned = generate(tiny.model, tok, prompt,
+                      GenerationConfig(max_new_tokens=3, ban_first=(first,)))
+    assert banned.candidates[0].token_ids[0] != first
