@@ -110,14 +110,10 @@ def cursor_context(ls: CodecompleteServer, uri: str, position: types.Position
 
 def module_roots(ls: CodecompleteServer, uri: str) -> tuple[str, ...]:
     """Folders where the user's own modules live: the document's, then the workspace's."""
-    roots = []
-    for u in [uri, *ls.workspace.folders]:
-        path = uris.to_fs_path(u) if u.startswith("file:") else None
-        if path:
-            roots.append(os.path.dirname(path) if u == uri else path)
-    if ls.workspace.root_path:
-        roots.append(ls.workspace.root_path)
-    return tuple(dict.fromkeys(roots))
+    roots = [os.path.dirname(uris.to_fs_path(uri))] if uri.startswith("file:") else []
+    roots += [uris.to_fs_path(u) for u in ls.workspace.folders if u.startswith("file:")]
+    roots.append(ls.workspace.root_path)
+    return tuple(dict.fromkeys(r for r in roots if r))
 
 
 def build_server(engine: CompletionEngine | None, load_error: str | None = None
