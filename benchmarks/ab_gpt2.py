@@ -30,7 +30,14 @@ from model.transformer import Transformer
 from training.config import TrainConfig, load_config
 from training.data import PackedLoader, load_dataset, validation_batches
 from training.optim import build_optimizers, lr_scale, set_lr
-from training.train import autocast_dtype, evaluate_loss, model_config, token_byte_lengths
+from training.train import (
+    NextTokenLoss,
+    autocast_dtype,
+    compiled,
+    evaluate_loss,
+    model_config,
+    token_byte_lengths,
+)
 
 
 class GPT2Block(nn.Module):
@@ -87,18 +94,16 @@ def run(name: str, model: nn.Module, cfg: TrainConfig, data: str, minutes: float
     torch.manual_seed(cfg.seed)
     # The training script's own optimizer builder and schedule, so the A/B measures the
     # recipe that `training.train` runs (AdamW here, or Muon when a preset asks for it);
-    # both arms are compiled when the preset compiles, compile time falls in the untimed
-    # first steps.
+    # both arms are compiled (model and loss together, as training does) when the preset
+    # compiles; compile time falls in the untimed first steps.
     optimizers = build_optimizers(model, cfg)
-    net = torch.compile(model) if cfg.compile else model
+    net = compiled(NextTokenLoss(model), cfg, device)
 
     def step(i: int) -> float:
         set_lr(optimizers, lr_scale(i, cfg))
         batch = torch.from_numpy(loader.next_batch())
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = net(batch[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               batch[:, 1:].reshape(-1))
+            loss = net(batch)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -16,6 +16,10 @@ from torch import nn
 from model.config import ModelConfig
 from model.kv_cache import KVCache
 
+# scaled_dot_product_attention shares K/V heads itself from torch 2.5 (enable_gqa); before,
+# they are repeated to the query heads' count first (a copy per layer and step).
+_SDPA_GQA = torch.__version__ >= "2.5"
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32, as Llama does, then cast back."""
@@ -78,17 +82,21 @@ class Attention(nn.Module):
         q, k = rotary(q, start), rotary(k, start)
         if cache is not None:
             k, v = cache.update(layer, k, v, start)
+        gqa = {}
         if self.n_kv != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            if _SDPA_GQA:
+                gqa = {"enable_gqa": True}
+            else:
+                k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+                v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
         L = k.shape[2]
         if T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, **gqa)
         elif L == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         else:  # a chunk appended after cached positions: query i sees keys 0..start+i
             mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 

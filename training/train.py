@@ -117,6 +117,39 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
+class NextTokenLoss(torch.nn.Module):
+    """A language model and its next-token cross-entropy as one module.
+
+    Training compiles (and DDP-wraps) this rather than the bare model, so torch.compile
+    fuses the float cast, log-softmax and loss over the 16k-token vocabulary with the output
+    head. Left eager, that loss and its backward were about a third of a CPU step
+    (cpu-default: 2,400 -> 3,500 tokens/s compiled). Any module mapping ids [B, T] to
+    logits [B, T, V] fits: the A/B benchmark wraps its GPT-2 baseline in it too.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        logits = self.model(batch[:, :-1])
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               batch[:, 1:].reshape(-1), reduction=reduction)
+
+
+def compiled(net: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+             log=print) -> torch.nn.Module:
+    """`net` under torch.compile when the config asks and this machine can: Inductor's CPU
+    code needs a C++ compiler, and a preset that compiles should still train without one
+    (slower, eagerly) rather than fail at its first step."""
+    if not cfg.compile:
+        return net
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        log("torch.compile needs a C++ compiler (none on PATH): training without it")
+        return net
+    return torch.compile(net)
+
+
 @torch.no_grad()
 def evaluate_loss(model: Transformer, batches: list[np.ndarray], byte_len: torch.Tensor,
                   device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
@@ -128,9 +161,7 @@ def evaluate_loss(model: Transformer, batches: list[np.ndarray], byte_len: torch
     for b in batches:
         x = torch.from_numpy(b).to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x[:, :-1])
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               x[:, 1:].reshape(-1), reduction="sum")
+            loss = NextTokenLoss(model)(x, reduction="sum")
         nats += loss.item()
         count += x[:, 1:].numel()
         nbytes += byte_len[x[:, 1:].cpu()].sum().item()
@@ -247,11 +278,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
              "data_manifest": {k: manifest[k] for k in ("fingerprint", "tokenizer_sha256")}},
             indent=2) + "\n")
 
-    net: torch.nn.Module = model
+    net: torch.nn.Module = NextTokenLoss(model)
     if dd.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
-    if cfg.compile:
-        net = torch.compile(net)
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    net = compiled(net, cfg, device, log)
     logger = Logger(run_dir, dd.main)
 
     def checkpoint() -> None:
@@ -299,9 +329,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                 else net.no_sync()
             with sync, torch.autocast(device.type, dtype=amp or torch.float32,
                                       enabled=amp is not None):
-                logits = net(batch[:, :-1])
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                       batch[:, 1:].reshape(-1)) / cfg.grad_accum
+                loss = net(batch) / cfg.grad_accum
                 if rs.step in cfg.debug_nan_steps:
                     loss = loss * float("nan")
                 loss.backward()
