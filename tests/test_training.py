@@ -275,3 +275,46 @@ def test_muon_trains_and_tensorboard_gets_scalars_and_samples(tmp_path, small_da
     assert {"train_loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_per_s",
             "skipped_steps"} <= tags, tags
     assert any(t.startswith("sample/") for t in acc.Tags()["tensors"])
+
+
+def test_compiled_loss_matches_eager_and_falls_back_without_a_compiler(small_dataset,
+                                                                       monkeypatch):
+    import training.train as tt
+    from model.transformer import Transformer
+    cfg = tiny_config(small_dataset, Path("unused"), compile="true")
+    tok, _, _ = load_dataset(small_dataset)
+    torch.manual_seed(0)
+    model = Transformer(tt.model_config(cfg, tok))
+    batch = torch.randint(0, tok.vocab_size, (2, 33))
+    eager = tt.NextTokenLoss(model)(batch)
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    fused = tt.compiled(tt.NextTokenLoss(model), cfg, torch.device("cpu"))(batch)
+    fused.backward()
+    assert torch.allclose(fused, eager, atol=1e-5)
+    pairs = zip(model.parameters(), grads, strict=True)
+    assert all(torch.allclose(p.grad, g, atol=1e-5) for p, g in pairs)
+    said = []
+    monkeypatch.setattr(tt.shutil, "which", lambda name: None)
+    net = tt.NextTokenLoss(model)
+    assert tt.compiled(net, cfg, torch.device("cpu"), said.append) is net
+    assert said and "C++ compiler" in said[0]
+
+
+def test_ab_benchmark_gives_both_arms_the_same_seconds(small_dataset):
+    from dataclasses import replace
+
+    from benchmarks.ab_gpt2 import GPT2, run
+    from model.transformer import Transformer
+    from training.train import model_config
+    cfg = tiny_config(small_dataset, Path("unused"))
+    tok, _, _ = load_dataset(small_dataset)
+    ours = run("ours", Transformer(model_config(cfg, tok)), cfg, str(small_dataset), 0.1)
+    vocab = model_config(cfg, tok).vocab_size
+    base = run("gpt2", GPT2(vocab, cfg.hidden_size, cfg.num_hidden_layers,
+                            cfg.num_attention_heads, cfg.seq_len),
+               replace(cfg, lr=6e-4, schedule="cosine"), str(small_dataset), 0.1)
+    for r in (ours, base):
+        assert 6.0 <= r["train_seconds"] < 7.5, r     # the budget, plus at most one step
+        assert r["steps"] > 8 and 0 < r["val_bpb"] < 20, r
