@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.generate import GenerationConfig, generate
@@ -36,6 +35,7 @@ from model.healing import heal_tail
 from model.tokenizer import fim_layout
 from server.postprocess.block_scope import block_end
 from training.data import DataError, load_dataset
+from training.train import NextTokenLoss
 
 
 @dataclass
@@ -85,8 +85,7 @@ def bits_per_byte(lm: LoadedModel, texts: list[str]) -> float:
         ids = torch.tensor([tok.eot_id, *tok.encode(text)], device=lm.device)
         for start in range(0, len(ids) - 1, ctx):
             chunk = ids[start:start + ctx + 1]
-            logits = model(chunk[None, :-1]).float()
-            nats += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
+            nats += NextTokenLoss(model)(chunk[None], reduction="sum").item()
         nbytes += len(text.encode("utf-8"))
     return nats / math.log(2) / max(1, nbytes)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.checkpoint import ModelMeta, save_model_dir
 from model.config import ModelConfig
@@ -29,6 +28,7 @@ from model.device import cpu_has_fast_bf16
 from model.tokenizer import PSM, Tokenizer, train_tokenizer
 from model.transformer import Transformer
 from training.fim import document_tokens
+from training.train import NextTokenLoss
 
 STANDIN_CONFIG = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                       num_attention_heads=6, num_key_value_heads=2,
@@ -87,8 +87,7 @@ def train_small(tok: Tokenizer, texts: list[str], config: ModelConfig, steps: in
         starts = gen.integers(0, len(data) - seq_len - 1, batch_size)
         chunk = torch.from_numpy(np.stack([data[s:s + seq_len + 1] for s in starts]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(chunk[:, :-1])
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1))
+            loss = NextTokenLoss(model)(chunk)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
