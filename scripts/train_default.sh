@@ -27,19 +27,24 @@ $PY -m training.prepare --db data/corpus.sqlite --out "data/local-$VOCAB" --voca
 # warmup-stable-decay cycle of 1000 steps (16.4M tokens) from its last checkpoint, which
 # also continues its place in the data (--init-from), then a third of 800 steps (13.1M
 # tokens, re-warmed to 1e-3, the last 30% decaying). The fourth switches to the preset's
-# Muon for the blocks' matrices (at half its lr) and decays over its last 40%.
+# Muon for the blocks' matrices (at half its lr) and decays over its last 40%. All four
+# made FIM examples from whole documents (--fim-level document); the preset now makes them
+# inside each training window (see docs/default-model.md, "FIM").
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME" \
-    --optimizer adamw --max-steps 850 --warmup-steps 50 --eval-every 100 \
-    --checkpoint-every 50 ${RESUME:+--resume} "$@"
+    --fim-level document --optimizer adamw --max-steps 850 --warmup-steps 50 \
+    --eval-every 100 --checkpoint-every 50 ${RESUME:+--resume} "$@"
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME-2" \
-    --optimizer adamw --init-from "runs/$NAME/checkpoints/step_0000850" --max-steps 1000 \
+    --fim-level document --optimizer adamw --init-from "runs/$NAME/checkpoints/step_0000850" \
+    --max-steps 1000 \
     --warmup-steps 50 --lr 2e-3 --eval-every 100 --checkpoint-every 50 ${RESUME:+--resume} "$@"
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME-3" \
-    --optimizer adamw --init-from "runs/$NAME-2/checkpoints/step_0001000" --max-steps 800 \
+    --fim-level document --optimizer adamw --init-from "runs/$NAME-2/checkpoints/step_0001000" \
+    --max-steps 800 \
     --warmup-steps 30 --lr 1e-3 --decay-fraction 0.3 --eval-every 100 --checkpoint-every 50 \
     ${RESUME:+--resume} "$@"
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME-4" \
-    --init-from "runs/$NAME-3/checkpoints/step_0000800" --max-steps 800 --warmup-steps 30 \
+    --fim-level document --init-from "runs/$NAME-3/checkpoints/step_0000800" --max-steps 800 \
+    --warmup-steps 30 \
     --lr 7e-4 --muon-lr 0.01 --weight-decay 0.02 --decay-fraction 0.4 --eval-every 100 \
     --checkpoint-every 50 \
     ${RESUME:+--resume} "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -63,13 +64,51 @@ def test_split_repos_holds_out_whole_repos():
 
 def test_fim_examples_from_the_loader_reassemble(small_dataset):
     tok, _, splits = load_dataset(small_dataset)
-    loader = PackedLoader(splits["train"], tok, 64, 1, seed=3, fim_rate=1.0, spm_rate=0.5)
+    loader = PackedLoader(splits["train"], tok, 64, 1, seed=3, fim_rate=1.0, spm_rate=0.5,
+                          fim_level="document")
     for doc_index in random.Random(0).sample(range(len(splits["train"].docs)), 10):
         shard, a, b = splits["train"].docs[doc_index]
         original = tok.decode(splits["train"].tokens[shard][a:b].tolist())
         ids = loader._document(doc_index)
         assert ids[0] == tok.fim_prefix_id
         assert reassemble(tok, ids) == original
+
+
+def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
+    """Context-level FIM: the same packed windows as left-to-right training, each piece
+    (up to an <|endoftext|>) turned into a whole FIM example inside the window."""
+    tok, _, splits = load_dataset(small_dataset)
+    plain = PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.0, spm_rate=0.5)
+    fim = PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=1.0, spm_rate=0.5)
+    checked = starts = windows = 0
+    while checked < 3 and windows < 4000:   # long stdlib files: few <|endoftext|> per window
+        windows += 4
+        for before, after in zip(plain.next_batch().tolist(), fim.next_batch().tolist(),
+                                 strict=True):
+            assert len(after) == 97
+            starts += after[0] == tok.fim_prefix_id
+            cuts = [i + 1 for i, t in enumerate(before) if t == tok.eot_id]
+            pieces = [before[a:b] for a, b in zip([0, *cuts], cuts, strict=False)]
+            done = [i + 1 for i, t in enumerate(after) if t == tok.eot_id]
+            examples = [after[a:b] for a, b in zip([0, *done], done, strict=False)]
+            # every piece came back whole, as one example, in order (the sentinels make
+            # the window longer, so the last ones may be cut off at its end)
+            assert len(pieces) - 2 <= len(examples) <= len(pieces)
+            for piece, example in zip(pieces, examples, strict=False):
+                assert reassemble(tok, example) == tok.decode(piece[:-1])
+                checked += 1
+            # each example's sentinels are in the window, before its middle
+            for example in [*examples, after[sum(map(len, examples)):]]:
+                if example and example[0] == tok.fim_prefix_id:
+                    assert tok.fim_suffix_id in example and tok.fim_middle_id in example
+    assert checked > 0
+    assert starts >= 0.7 * windows      # at rate 1, all but pieces whose middle does not fit
+    # resuming mid-stream gives the same windows (the window count is part of the state)
+    state = fim.state()
+    expected = fim.next_batch()
+    again = PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=1.0, spm_rate=0.5)
+    again.load_state(state)
+    assert (again.next_batch() == expected).all()
 
 
 def test_cpu_tiny_learns(tmp_path, small_dataset):
@@ -247,15 +286,42 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     out = tmp_path / "eval.json"
     r = subprocess.run([sys.executable, "-m", "training.evaluate", "--model",
                         str(run_dir / "best"), "--data", str(small_dataset), "--max-files", "5",
-                        "--line-cases", "10", "--fim-cases", "10", "--parse-cases", "3",
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                        "--line-cases", "10", "--fim-cases", "10", "--fim-bpb-cases", "6",
+                        "--parse-cases", "3", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     assert "validation bits/byte (model)" in r.stdout
     res = json.loads(out.read_text())
     assert 0 < res["bits_per_byte"]["model"] < 10
     assert res["line_completion"]["cases"] == 10 and res["fim_single_line"]["cases"] == 10
     assert 0 <= res["parse"]["parse_rate"] <= 1
+    assert res["fim_bits_per_byte"]["cases"] == 6 and res["fim_bits_per_byte"]["model"] > 0
+    assert "FIM middle bits/byte (model)" in r.stdout
+    # Only the middle and the <|endoftext|> closing it are scored: with uniform logits each
+    # scored token costs log2(vocab) bits, so the total tells how many tokens were counted.
+    from model.checkpoint import load_model_dir
+    from training.evaluate import fim_bits_per_byte, validation_texts
+    lm = load_model_dir(run_dir / "best", device="cpu", dtype="fp32")
+    vocab = lm.config.vocab_size
+
+    class Uniform(torch.nn.Module):
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, vocab)
+
+    lm.model = Uniform()
+    texts = validation_texts(str(small_dataset))[:3]
+    fb = fim_bits_per_byte(lm, texts, 6, random.Random(7))
+    rng, tok, scored = random.Random(7), lm.tokenizer, 0
+    window = lm.config.max_position_embeddings * 3 // 4
+    for i in range(6):          # the same cases, counted by hand
+        ids = tok.encode(texts[i % 3])
+        start = rng.randrange(max(1, len(ids) - window + 1))
+        piece = tok.decode(ids[start:start + window])
+        a, b = sorted(rng.randrange(len(piece) + 1) for _ in range(2))
+        scored += len(tok.encode(piece[a:b])) + 1
+    assert fb["cases"] == 6
+    assert fb["model"] * fb["bytes"] == pytest.approx(scored * math.log2(vocab))
     r = subprocess.run([sys.executable, "-m", "training.evaluate", "--model",
                         str(tmp_path / "nope"), "--data", str(small_dataset)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
@@ -333,3 +399,27 @@ def test_ab_benchmark_gives_both_arms_the_same_seconds(small_dataset):
     for r in (ours, base):
         assert 6.0 <= r["train_seconds"] < 7.5, r     # the budget, plus at most one step
         assert r["steps"] > 8 and 0 < r["val_bpb"] < 20, r
+
+
+def test_fim_rate_benchmark_continues_one_checkpoint_per_arm(tmp_path, small_dataset):
+    """Each arm starts from the same weights and differs only in its FIM settings."""
+    base = train(tiny_config(small_dataset, tmp_path, max_steps=10, eval_every=10,
+                             checkpoint_every=10), log=lambda s: None)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.fim_rate", "--config", "cpu-tiny",
+                        "--init-from", str(base / "checkpoints" / "step_0000010"),
+                        "--data", str(small_dataset), "--arms", "context:1,document:1",
+                        "--steps", "6", "--runs-dir", str(tmp_path / "arms"),
+                        "--eval-args", "--max-files 3 --line-cases 4 --fim-cases 4 "
+                        "--fim-bpb-cases 4 --parse-cases 1"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| fim-ctx100 | context | 1.0 |" in r.stdout
+    report = json.loads((tmp_path / "arms" / "fim_rate.json").read_text())
+    assert [a["arm"] for a in report["arms"]] == ["fim-ctx100", "fim-doc100"]
+    for arm in ("fim-ctx100", "fim-doc100"):
+        cfg = json.loads((tmp_path / "arms" / arm / "config.json").read_text())["train"]
+        assert cfg["init_from"].endswith("step_0000010") and cfg["fim_rate"] == 1.0
+        assert cfg["fim_level"] == arm[4:7].replace("ctx", "context").replace(
+            "doc", "document")
+    assert all(a["fim_bpb"] > 0 for a in report["arms"])

@@ -32,6 +32,7 @@ class TrainConfig:
     grad_accum: int = 1
     fim_rate: float = 0.5
     spm_rate: float = 0.5
+    fim_level: str = "context"     # context: FIM inside each packed window | document
     # optimisation
     max_steps: int = 1000
     optimizer: str = "adamw"       # adamw | muon (Muon for 2-D hidden weights, AdamW rest)

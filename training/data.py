@@ -1,10 +1,11 @@
 """Token shards from `training.prepare`, read memory-mapped, packed into training batches
-with FIM applied per document on the fly.
+with FIM applied on the fly, per document or per packed window (`fim_level`).
 
 The loader is deterministic and resumable: the document order of each epoch is a seeded
 permutation, each document's FIM decision uses an RNG seeded by (seed, epoch, document),
-and the whole position is a small `state()` dict (epoch, cursor, the leftover tokens)
-that the checkpoint stores. Under DDP, rank r of w reads documents r, r+w, r+2w, ...
+each window's by (seed, rank, window number), and the whole position is a small `state()`
+dict (epoch, cursor, windows made, the leftover tokens) that the checkpoint stores.
+Under DDP, rank r of w reads documents r, r+w, r+2w, ...
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from model.tokenizer import Tokenizer
-from training.fim import document_tokens
+from training.fim import context_fim, document_tokens
 from training.prepare import MANIFEST, TOKENIZER
 
 
@@ -64,13 +65,25 @@ def load_dataset(data_dir: str | Path) -> tuple[Tokenizer, dict, dict[str, Split
     return tok, manifest, splits
 
 
+FIM_LEVELS = ("document", "context")
+
+
 class PackedLoader:
-    """Yields (batch, seq_len + 1) int64 arrays of packed documents, forever."""
+    """Yields (batch, seq_len + 1) int64 arrays of packed documents, forever.
+
+    fim_level "document" turns whole documents into FIM examples before packing;
+    "context" packs documents left to right and then makes FIM examples inside each
+    window (see `training.fim.context_fim` for why that is the one to use with a short
+    context)."""
 
     def __init__(self, split: Split, tok: Tokenizer, seq_len: int, batch_size: int,
-                 seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1):
+                 seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1,
+                 fim_level: str = "context"):
         if not split.docs:
             raise DataError("the training split has no documents.")
+        if fim_level not in FIM_LEVELS:
+            raise DataError(f"fim_level {fim_level!r} is not one of {', '.join(FIM_LEVELS)}.")
+        self.fim_level, self.windows = fim_level, 0
         self.split, self.tok = split, tok
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.fim_rate, self.spm_rate = seed, fim_rate, spm_rate
@@ -88,7 +101,8 @@ class PackedLoader:
         shard, start, end = self.split.docs[doc_index]
         ids = self.split.tokens[shard][start:end]
         rng = random.Random(f"{self.seed}:{self.epoch}:{doc_index}")
-        if self.fim_rate <= 0 or rng.random() >= self.fim_rate:
+        if (self.fim_level != "document" or self.fim_rate <= 0
+                or rng.random() >= self.fim_rate):
             return [*ids.tolist(), self.tok.eot_id]
         # FIM spans are character-level, so go back to text for this document.
         return document_tokens(self.tok, self.tok.decode(ids.tolist()), rng,
@@ -103,15 +117,22 @@ class PackedLoader:
                 self._order = self._permutation(self.epoch)
             self.buffer.extend(self._document(int(self._order[self.cursor])))
             self.cursor += 1
-        out = np.asarray(self.buffer[:need], dtype=np.int64)
+        rows = [self.buffer[i:i + self.seq_len + 1] for i in range(0, need, self.seq_len + 1)]
         del self.buffer[:need]
-        return out.reshape(self.batch_size, self.seq_len + 1)
+        if self.fim_level == "context" and self.fim_rate > 0:
+            rows = [context_fim(self.tok, row, random.Random(
+                f"{self.seed}:{self.rank}:window{self.windows + i}"), self.fim_rate,
+                self.spm_rate) for i, row in enumerate(rows)]
+        self.windows += len(rows)
+        return np.asarray(rows, dtype=np.int64)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "buffer": list(self.buffer)}
+        return {"epoch": self.epoch, "cursor": self.cursor, "windows": self.windows,
+                "buffer": list(self.buffer)}
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.windows = int(state.get("windows", 0))   # checkpoints from before fim_level
         self.buffer = [int(t) for t in state["buffer"]]
         self._order = self._permutation(self.epoch)
 

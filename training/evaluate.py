@@ -7,6 +7,9 @@ Reports, on the validation split (whole repositories training never saw):
   gzip -9 and xz -9 compressing each file on its own — the same files, the same bytes;
 - line completion (CodeXGLUE style): cut a line at a random point, complete the rest of
   the line greedily with token healing; exact match and edit similarity;
+- FIM bits per byte: the model's loss on middles cut at random characters from random
+  windows of held-out files, given prefix and suffix in its own FIM order — the FIM
+  counterpart of the left-to-right number, and far less noisy than exact match;
 - FIM single-line exact match: remove one whole line, give prefix and suffix;
 - the share of sampled function bodies that parse with `ast`;
 - generation throughput on this machine.
@@ -43,6 +46,7 @@ class EvalConfig:
     max_files: int = 200          # validation files used for bits per byte
     line_cases: int = 300
     fim_cases: int = 200
+    fim_bpb_cases: int = 400      # middles for FIM bits per byte (two per file)
     parse_cases: int = 40
     context: int = 384            # prompt tokens for completion cases
     seed: int = 1234
@@ -88,6 +92,32 @@ def bits_per_byte(lm: LoadedModel, texts: list[str]) -> float:
             nats += NextTokenLoss(model)(chunk[None], reduction="sum").item()
         nbytes += len(text.encode("utf-8"))
     return nats / math.log(2) / max(1, nbytes)
+
+
+@torch.no_grad()
+def fim_bits_per_byte(lm: LoadedModel, texts: list[str], n: int, rng: random.Random) -> dict:
+    """Bits per byte of FIM middles, counting the <|endoftext|> that closes each middle
+    (a completion must know where to stop). Each case: a window of 3/4 of the context from
+    a random place in a file, two random character cuts in it, then prefix and suffix in
+    the model's FIM order and the loss on the middle only."""
+    tok, ctx = lm.tokenizer, lm.config.max_position_embeddings
+    window = ctx * 3 // 4
+    loss = NextTokenLoss(lm.model)
+    nats, nbytes, cases = 0.0, 0, 0
+    for i in range(n):
+        ids = tok.encode(texts[i % len(texts)])
+        start = rng.randrange(max(1, len(ids) - window + 1))
+        piece = tok.decode(ids[start:start + window])
+        a, b = sorted(rng.randrange(len(piece) + 1) for _ in range(2))
+        head = fim_layout(tok, tok.encode(piece[:a]), tok.encode(piece[b:]), lm.meta.fim_order)
+        seq = [*head, *tok.encode(piece[a:b]), tok.eot_id]
+        if len(seq) > ctx + 1:          # re-tokenising at the cuts made it too long
+            continue
+        per_token = loss(torch.tensor([seq], device=lm.device), reduction="none")
+        nats += per_token[len(head) - 1:].sum().item()
+        nbytes += len(piece[a:b].encode("utf-8"))
+        cases += 1
+    return {"model": nats / math.log(2) / max(1, nbytes), "cases": cases, "bytes": nbytes}
 
 
 def compressor_bpb(texts: list[str]) -> dict[str, float]:
@@ -222,6 +252,8 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
                                **compressor_bpb(bpb_files), "files": len(bpb_files),
                                "bytes": sum(len(t.encode()) for t in bpb_files)}
     log(f"bits/byte done in {time.time() - t0:.0f}s")
+    result["fim_bits_per_byte"] = fim_bits_per_byte(lm, bpb_files, cfg.fim_bpb_cases,
+                                                    random.Random(cfg.seed + 4))
     result["line_completion"] = run_line_completion(
         lm, line_cases(texts, cfg.line_cases, random.Random(cfg.seed + 1)), cfg)
     if not cfg.heal:
@@ -235,10 +267,13 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
 
 def format_table(r: dict) -> str:
     b, lc, fim, p = r["bits_per_byte"], r["line_completion"], r["fim_single_line"], r["parse"]
+    fb = r.get("fim_bits_per_byte")     # absent from results saved before it existed
+    fim_bpb = f"{fb['model']:.3f}  ({fb['cases']} middles)" if fb else "-"
     rows = [
         ("validation bits/byte (model)", f"{b['model']:.3f}"),
         ("  gzip -9 per file", f"{b['gzip']:.3f}"),
         ("  xz -9 per file", f"{b['xz']:.3f}"),
+        ("FIM middle bits/byte (model)", fim_bpb),
         ("line completion exact match", f"{lc['exact_match']:.3f}  ({lc['cases']} cases)"),
         ("line completion edit similarity", f"{lc['edit_similarity']:.3f}"),
         ("FIM single-line exact match", f"{fim['exact_match']:.3f}  ({fim['cases']} cases)"),
@@ -256,12 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-heal", action="store_true")
-    for name in ("max_files", "line_cases", "fim_cases", "parse_cases", "context", "seed"):
+    fields = ("max_files", "line_cases", "fim_cases", "fim_bpb_cases", "parse_cases",
+              "context", "seed")
+    for name in fields:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int,
                         default=getattr(EvalConfig, name))
     args = ap.parse_args(argv)
-    cfg = EvalConfig(args.max_files, args.line_cases, args.fim_cases, args.parse_cases,
-                     args.context, args.seed, heal=not args.no_heal)
+    cfg = EvalConfig(**{name: getattr(args, name) for name in fields},
+                     heal=not args.no_heal)
     try:
         r = evaluate(args.model, args.data, cfg, args.device,
                      log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -94,7 +94,8 @@ def run_meta(cfg: TrainConfig, step: int, **provenance: Any) -> ModelMeta:
     order in training), context size, and where the weights came from."""
     return ModelMeta(fim_order=SPM if cfg.spm_rate >= 0.5 else PSM, context_size=cfg.seq_len,
                      provenance={"run": cfg.name, "step": step, "data": cfg.data,
-                                 "fim_rate": cfg.fim_rate, **provenance})
+                                 "fim_rate": cfg.fim_rate, "fim_level": cfg.fim_level,
+                                 **provenance})
 
 
 def token_byte_lengths(tok: Tokenizer, vocab: int) -> torch.Tensor:
@@ -237,7 +238,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     model = Transformer(mcfg).to(device)
     optimizers = build_optimizers(model, cfg)
     loader = PackedLoader(splits["train"], tok, cfg.seq_len, cfg.batch_size, cfg.seed,
-                          cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world)
+                          cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world, cfg.fim_level)
     # The same validation windows whatever the process count: eval_batches global batches.
     val = validation_batches(splits["val"], tok, cfg.seq_len, cfg.batch_size,
                              cfg.eval_batches * dd.world)
