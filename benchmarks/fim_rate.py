@@ -44,7 +44,11 @@ def run_arm(level: str, rate: float, args: argparse.Namespace) -> None:
                     "--checkpoint-every", every, "--fim-level", level, "--fim-rate", str(rate),
                     "--runs-dir", args.runs_dir], check=True)
     run = Path(args.runs_dir) / name
-    subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(run / "best"),
+    # The last step, not best/: best/ is chosen by left-to-right validation loss, and a short
+    # re-warmed continuation can end above its starting point, leaving best/ = the start.
+    subprocess.run([sys.executable, "-m", "training.export", "--run", str(run), "--out",
+                    str(run / "final"), "--checkpoint", "latest", "--fp32"], check=True)
+    subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(run / "final"),
                     "--data", args.data, "--out", str(run / "eval.json"),
                     *shlex.split(args.eval_args)], check=True)
 
