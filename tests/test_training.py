@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from scraper.store import CorpusStore
 from training.config import load_config
-from training.data import PackedLoader, load_dataset
+from training.data import DataError, PackedLoader, load_dataset
 from training.fim import reassemble
 from training.prepare import PrepareConfig, prepare, split_repos
 from training.train import train
@@ -109,6 +109,9 @@ def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
     again = PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=1.0, spm_rate=0.5)
     again.load_state(state)
     assert (again.next_batch() == expected).all()
+    with pytest.raises(DataError, match="fim_level 'line' is not one of document, context"):
+        PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.5, spm_rate=0.5,
+                     fim_level="line")
 
 
 def test_cpu_tiny_learns(tmp_path, small_dataset):
