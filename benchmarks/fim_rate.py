@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.machine import describe
+from training.data import FIM_LEVELS
 
 RECIPE = ["--warmup-steps", "15", "--lr", "4e-4", "--muon-lr", "0.005", "--weight-decay",
           "0.02", "--decay-fraction", "0.5"]
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = []
     for spec in args.arms.split(","):
         level, _, rate = spec.partition(":")
-        if level not in ("context", "document") or not rate:
-            ap.error(f"arm {spec!r} is not LEVEL:RATE with LEVEL context or document")
+        if level not in FIM_LEVELS or not rate:
+            ap.error(f"arm {spec!r} is not LEVEL:RATE with LEVEL one of {', '.join(FIM_LEVELS)}")
         arms.append((level, float(rate)))
     if not args.report_only:
         for level, rate in arms:

@@ -82,14 +82,14 @@ def validation_texts(data: str) -> list[str]:
 def bits_per_byte(lm: LoadedModel, texts: list[str]) -> float:
     """Left-to-right bits per byte over whole files, in non-overlapping context windows
     (each file starts after <|endoftext|>, as in training)."""
-    tok, model = lm.tokenizer, lm.model
+    tok, loss = lm.tokenizer, NextTokenLoss(lm.model)
     ctx = lm.config.max_position_embeddings
     nats, nbytes = 0.0, 0
     for text in texts:
         ids = torch.tensor([tok.eot_id, *tok.encode(text)], device=lm.device)
         for start in range(0, len(ids) - 1, ctx):
             chunk = ids[start:start + ctx + 1]
-            nats += NextTokenLoss(model)(chunk[None], reduction="sum").item()
+            nats += loss(chunk[None], reduction="sum").item()
         nbytes += len(text.encode("utf-8"))
     return nats / math.log(2) / max(1, nbytes)
 
@@ -104,8 +104,9 @@ def fim_bits_per_byte(lm: LoadedModel, texts: list[str], n: int, rng: random.Ran
     window = ctx * 3 // 4
     loss = NextTokenLoss(lm.model)
     nats, nbytes, cases = 0.0, 0, 0
+    encoded = [tok.encode(text) for text in texts[:n]]     # each file once, however many cases
     for i in range(n):
-        ids = tok.encode(texts[i % len(texts)])
+        ids = encoded[i % len(encoded)]
         start = rng.randrange(max(1, len(ids) - window + 1))
         piece = tok.decode(ids[start:start + window])
         a, b = sorted(rng.randrange(len(piece) + 1) for _ in range(2))

@@ -75,6 +75,7 @@ def train_small(tok: Tokenizer, texts: list[str], config: ModelConfig, steps: in
     model = Transformer(config)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    next_token_loss = NextTokenLoss(model)
     warmup = max(1, steps // 20)
     use_bf16 = cpu_has_fast_bf16()
     gen = np.random.default_rng(seed)
@@ -87,7 +88,7 @@ def train_small(tok: Tokenizer, texts: list[str], config: ModelConfig, steps: in
         starts = gen.integers(0, len(data) - seq_len - 1, batch_size)
         chunk = torch.from_numpy(np.stack([data[s:s + seq_len + 1] for s in starts]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = NextTokenLoss(model)(chunk)
+            loss = next_token_loss(chunk)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
