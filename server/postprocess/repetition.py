@@ -1,14 +1,28 @@
-"""Small models loop: the same line again and again, or the same few characters. Cut the
-completion where a line repeats for the third time in a row, and drop single-line text
-that is one short pattern repeated."""
+"""Small models loop: the same line again and again, or the same few words. Cut the
+completion where a line repeats for the third time in a row, or where a short unit of
+tokens starts repeating, and drop the completion if the loop is all there is.
+
+Loops are found on tokens, not characters: whitespace is no token, so indentation is never
+a loop (an indented method body is not "six spaces repeated"); a number is one token
+(`1000000`), and a run of one decoration character is one token (`# ----------`). A unit of
+tokens counts as looping only when it names something (an identifier or keyword: `1, True:`
+again and again, `'update', 'update', ...`) or is one bracket or punctuation character
+repeated; rows of literals such as `0, 0, 0, 0, 0, 0` are data, not loops.
+"""
 
 from __future__ import annotations
 
 import re
 
 from server.postprocess.context import CompletionContext
+from server.words import IDENTIFIER
 
-SHORT_LOOP = re.compile(r"(.{1,8}?)\1{5,}")
+# A word (identifier or number), a run of one decoration character, or one other character.
+TOKEN = re.compile(r"\w+|([-=*#~_+.<>/\\|^])\1*|[^\w\s]")
+MAX_UNIT = 16                      # longest repeating unit looked for, in tokens
+MIN_REPEATS = {1: 8, 2: 6}         # a unit of this many tokens loops at this many repeats
+MIN_REPEATS_LONGER = 5             # ... and longer units at this many
+REPEATED_WORD = re.compile(r"([^\W\d_]{1,4}?)\1{5,}")   # `abababababab` inside one word
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:
@@ -17,9 +31,32 @@ def apply(text: str, ctx: CompletionContext) -> str | None:
         if lines[i].strip() and lines[i] == lines[i - 1] == lines[i - 2]:
             text = "\n".join(lines[:i])
             break
-    m = SHORT_LOOP.search(text)
-    if m:
-        if not text[:m.start()].strip():
+    cut = loop_start(text)
+    if cut is not None:
+        start, unit_end = cut
+        if not text[:start].strip():
             return None                         # nothing but the loop
-        text = text[:m.start() + len(m.group(1))]
+        text = text[:unit_end]
     return text if text.strip() else None
+
+
+def loop_start(text: str) -> tuple[int, int] | None:
+    """(where the first looping unit starts, where it ends) in `text`, or None."""
+    tokens = [(m.start(), m.end(), m.group()) for m in TOKEN.finditer(text)]
+    words = [t[2] for t in tokens]
+    for i in range(len(words)):
+        m = REPEATED_WORD.fullmatch(words[i])
+        if m:
+            return tokens[i][0], tokens[i][0] + len(m.group(1))
+        for k in range(1, min(MAX_UNIT, (len(words) - i) // 2) + 1):
+            unit = words[i:i + k]
+            if k > 1 and not any(IDENTIFIER.fullmatch(w) for w in unit):
+                continue
+            if k == 1 and (IDENTIFIER.fullmatch(unit[0]) or unit[0][0].isdigit()):
+                continue                        # one word again: rare, and often intended
+            need = MIN_REPEATS.get(k, MIN_REPEATS_LONGER)
+            if len(words) - i < need * k:
+                continue
+            if all(words[i + j * k:i + (j + 1) * k] == unit for j in range(1, need)):
+                return tokens[i][0], tokens[i + k - 1][1]
+    return None
