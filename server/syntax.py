@@ -46,3 +46,46 @@ def cursor_region(prefix: str) -> str:
             quote = None           # an unterminated one-line string ends at the line end
         i += 1
     return CODE if quote is None else STRING
+
+
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def own_depths(text: str) -> list[int]:
+    """How many brackets and strings that `text` itself opened are still open before each
+    of its positions (len(text) + 1 values). A closer or a quote that closes something
+    opened before `text` began (the prefix's `(`, an auto-closed quote) counts nothing, so
+    depth 0 at a position means: everything right of it that closes, closes the prefix's.
+
+    Used to tell a completion's own balanced `len(x)` from a trailing `)` that duplicates
+    the editor's auto-closed bracket. Comments run to the line end; escapes are skipped."""
+    depths = [0] * (len(text) + 1)
+    stack: list[str] = []          # closers expected, innermost last; a quote for a string
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        top = stack[-1] if stack else None
+        step = 1
+        if top is not None and top[0] in "'\"":          # inside a string it opened
+            if c == "\\":
+                step = 2
+            elif text.startswith(top, i):
+                stack.pop()
+                step = len(top)
+            elif c == "\n" and len(top) == 1:
+                stack.pop()
+        elif c == "#":
+            nl = text.find("\n", i)
+            step = (nl if nl != -1 else n) - i
+        elif c in "'\"":
+            quote = text[i:i + 3] if text[i:i + 3] in ("'''", '"""') else c
+            stack.append(quote)
+            step = len(quote)
+        elif c in OPENERS:
+            stack.append(OPENERS[c])
+        elif c in ")]}" and top == c:
+            stack.pop()
+        for j in range(i + 1, min(n, i + step) + 1):
+            depths[j] = len(stack)
+        i += step
+    return depths

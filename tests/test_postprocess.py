@@ -17,6 +17,7 @@ from server.postprocess import (
     run_chain,
     trailing_whitespace,
 )
+from server.syntax import own_depths
 
 
 def ctx(prefix: str, suffix: str = "", multiline: bool = False) -> CompletionContext:
@@ -48,6 +49,17 @@ def test_block_end_stop_function():
     ("print(a)\nprint(b)", "print(a)\nprint(b)"),
     ("foo" + ")" * 20, "foo)"),
     ("abababababababab", None),
+    # indentation, digit runs and decoration are not loops
+    ("if self.x:\n            return 1", "if self.x:\n            return 1"),
+    ("x = 1000000", "x = 1000000"),
+    ("# ----------", "# ----------"),
+    ("x = [0, 0, 0, 0, 0, 0, 0, 0, 0]", "x = [0, 0, 0, 0, 0, 0, 0, 0, 0]"),
+    ("f(g(h(x))))", "f(g(h(x))))"),
+    # loops of units longer than a few characters, as seen in held-out evaluation
+    (" 1, True: 1, True: 1, True: 1, True: 1, True: 1, True:", None),
+    ("d = {1: True, 1: True, 1: True, 1: True, 1: True, 1: True", "d = {1: True,"),
+    ("x = ['update', 'update', 'update', 'update', 'update', 'update', 'update'",
+     "x = ['update',"),
 ])
 def test_repetition(text, want):
     assert repetition.apply(text, ctx("", multiline=True)) == want
@@ -59,6 +71,9 @@ def test_repetition(text, want):
     ("total = 0\n    for i in x:\n        total += i\n    return total",
      ctx(BODY, "\n    for i in x:\n        total += i\n", multiline=True), "total = 0"),
     (")", ctx("f(", ")"), None),
+    ("len(x)", ctx("print(", ")"), "len(x)"),                   # its own bracket: kept
+    ("len(x) + 1", ctx("print(", ") + 1"), "len(x) + 1"),
+    ("x) + 1", ctx("print(", ") + 1"), "x"),
 ])
 def test_duplicate_suffix(text, c, want):
     assert duplicate_suffix.apply(text, c) == want
@@ -66,7 +81,10 @@ def test_duplicate_suffix(text, c, want):
 
 @pytest.mark.parametrize("text, c, want", [
     ("x, y)", ctx("f(", ")"), "x, y"),
-    ("'name']", ctx("d[", "']"), "'name"),                      # partially auto-closed
+    ("name']", ctx("d['", "']"), "name"),                       # quote and bracket
+    ("len(x)", ctx("print(", ")"), "len(x)"),                   # the completion's own
+    ("len(x))", ctx("print(", ")"), "len(x)"),
+    ('"a)"', ctx("f(", ")"), '"a)"'),                           # inside its own string
     ("x, y)", ctx("f(", ""), "x, y)"),                          # nothing to replace
     ("a]", ctx("f(", ")"), "a]"),                               # a different closer
 ])
@@ -104,6 +122,18 @@ def test_trailing_whitespace():
     c = ctx(BODY, multiline=True)
     assert trailing_whitespace.apply(" x = 1   \n    y = 2  \n\n", c) == " x = 1\n    y = 2"
     assert trailing_whitespace.apply("  \n \n", c) is None
+
+
+def test_chain_keeps_balanced_brackets_before_an_auto_closed_one():
+    c = ctx("    print(", ")\n")
+    assert run_chain("len(x))", c, PRE_CACHE + POST_CACHE) == "len(x)"
+    assert run_chain("len(x)", c, PRE_CACHE + POST_CACHE) == "len(x)"
+
+
+def test_own_depths():
+    assert own_depths("len(x)") == [0, 0, 0, 0, 1, 1, 0]
+    assert own_depths("x)") == [0, 0, 0]                        # closes the prefix's
+    assert own_depths("'(' # (\n") == [0, 1, 1, 0, 0, 0, 0, 0, 0]
 
 
 def test_chain_order_and_phases():

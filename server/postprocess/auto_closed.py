@@ -1,10 +1,12 @@
 """Editors auto-close brackets and quotes: with `foo(|)` the `)` is already there. A
 completion that ends by closing it would double it, so the closers already right of the
-cursor are removed from the completion's end."""
+cursor are removed from the completion's end, but only those the completion did not open
+itself: at `print(|)` the completion `len(x)` keeps its `)`, `x)` loses it."""
 
 from __future__ import annotations
 
 from server.postprocess.context import CompletionContext
+from server.syntax import own_depths
 
 CLOSERS = ")]}\"'"
 
@@ -15,7 +17,8 @@ def apply(text: str, ctx: CompletionContext) -> str | None:
     if not closers or "\n" in text:
         return text
     body = text.rstrip()
+    depths = own_depths(body)
     for n in range(len(closers), 0, -1):
-        if body.endswith(closers[:n]):
+        if body.endswith(closers[:n]) and depths[len(body) - n] == 0:
             return body[:-n]
     return text

@@ -1,18 +1,20 @@
 """Never insert what is already there: text that ends with the rest of the cursor's line
-loses that ending, and a multi-line completion stops where it starts repeating the lines
-that follow the cursor."""
+loses that ending (unless the completion opened a bracket or string the ending closes:
+`len(x)` at `print(|)` ends with `)` but needs it), and a multi-line completion stops where
+it starts repeating the lines that follow the cursor."""
 
 from __future__ import annotations
 
 from server.postprocess.context import CompletionContext
+from server.syntax import own_depths
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:
     rest = ctx.rest_of_line.strip()
     first, _, more = text.partition("\n")
-    if rest and first.rstrip().endswith(rest):
-        first = first.rstrip()[:-len(rest)]
-        text = first + ("\n" + more if more else "")
+    first = first.rstrip()
+    if rest and first.endswith(rest) and own_depths(first)[len(first) - len(rest)] == 0:
+        text = first[:-len(rest)] + ("\n" + more if more else "")
     following = [line.strip() for line in ctx.next_lines if line.strip()][:3]
     if following and "\n" in text:
         lines = text.split("\n")
