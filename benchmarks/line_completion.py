@@ -21,7 +21,8 @@ from pathlib import Path
 from benchmarks.machine import describe
 from model.checkpoint import ModelDirError, load_model_dir
 from model.paths import default_model_dir
-from server.engine import CompletionEngine, EngineSettings
+from server.engine import CompletionEngine
+from server.settings import EngineSettings
 from training.data import DataError
 from training.evaluate import (
     EvalConfig,

@@ -8,8 +8,10 @@ import sys
 
 from model.checkpoint import ModelDirError, load_model_dir
 from model.paths import default_model_dir
-from server.engine import CompletionEngine, EngineSettings
+from server.engine import CompletionEngine
 from server.lsp import build_server
+from server.settings import EngineSettings, update_settings
+from server.transport import serve_stdio, serve_tcp
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +41,12 @@ def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str 
         loaded = load_model_dir(path, device=args.device, dtype=args.dtype)
     except (ModelDirError, ValueError) as e:
         return None, f"codecomplete could not load its model: {e}"
-    settings = EngineSettings(temperature=args.temperature, top_p=args.top_p,
-                              max_tokens=args.max_tokens)
+    settings = EngineSettings()
+    problems = update_settings(settings, {"temperature": args.temperature, "top_p": args.top_p,
+                                          "max_tokens": args.max_tokens},
+                               loaded.config.max_position_embeddings)
+    for problem in problems:
+        logging.getLogger("codecomplete").warning(problem)
     return CompletionEngine(loaded, settings), None
 
 
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if not port.isdigit():
             print(f"--tcp {args.tcp!r} must look like HOST:PORT.", file=sys.stderr)
             return 2
-        server.start_tcp(host or "127.0.0.1", int(port))
+        serve_tcp(server, host or "127.0.0.1", int(port))
     else:
-        server.start_io()
+        serve_stdio(server)
     return 0

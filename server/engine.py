@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -26,27 +26,10 @@ from server import identifiers
 from server.modules import module_names_at
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
+from server.settings import EngineSettings
 from server.snippets import OpenDocument, SnippetFinder
 from server.syntax import COMMENT, STRING, cursor_region
 from server.words import inside_word
-
-
-@dataclass
-class EngineSettings:
-    """Completion settings; the same names are used by the CLI, LSP settings and docs."""
-
-    temperature: float = 0.2
-    top_p: float = 0.95
-    max_tokens: int = 64
-    candidates: int = 1
-    context_tokens: int = 768
-    enable: bool = True
-    comments: bool = True          # complete inside comments
-    strings: bool = True           # complete inside strings and docstrings
-    snippets: bool = False         # add a similar snippet from another open document
-    rerank: bool = True            # rank names after a partly typed identifier (see
-    #                                server/identifiers.py)
-    seed: int | None = 0
 
 
 @dataclass
@@ -55,11 +38,14 @@ class Completion:
     multiline: bool
 
 
+LATENCY_WINDOW = 1000             # the status percentiles are over this many requests
+
+
 @dataclass
 class EngineStats:
     requests: int = 0
     cache_hits: int = 0            # answered from the LRU or by typed-ahead reuse
-    latencies_ms: list[float] = field(default_factory=list)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     reused_tokens: int = 0
     prompt_tokens: int = 0
 
@@ -141,7 +127,10 @@ class CompletionEngine:
         self.loaded = loaded
         self.settings = settings or EngineSettings()
         self.stats = EngineStats()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the model and its KV cache (held while
+        #                                        generating)
+        self._state = threading.Lock()         # the LRU, the last answer and the stats,
+        #                                        changed by every request's worker thread
         self._cache: KVCache | None = None
         self._lru: OrderedDict[tuple, list[Completion]] = OrderedDict()
         self._last: Served | None = None
@@ -152,7 +141,9 @@ class CompletionEngine:
         self._quotes: tuple[int, ...] | None = None   # tokens that open a string (lazy)
 
     def describe(self) -> dict[str, object]:
-        lat = sorted(self.stats.latencies_ms)
+        with self._state:
+            lat = sorted(self.stats.latencies_ms)
+            stats = replace(self.stats, latencies_ms=deque())
 
         def pct(p: float) -> float | None:
             return round(lat[min(len(lat) - 1, int(p * len(lat)))], 1) if lat else None
@@ -162,13 +153,13 @@ class CompletionEngine:
             "device": str(self.loaded.device),
             "dtype": dtype_name(self.loaded.dtype),
             "parameters": self.loaded.config.num_parameters(),
-            "requests": self.stats.requests,
+            "requests": stats.requests,
             "latency_p50_ms": pct(0.5),
             "latency_p95_ms": pct(0.95),
-            "kv_reuse_rate": round(self.stats.reused_tokens / self.stats.prompt_tokens, 3)
-            if self.stats.prompt_tokens else None,
-            "cache_hit_rate": round(self.stats.cache_hits / self.stats.requests, 3)
-            if self.stats.requests else None,
+            "kv_reuse_rate": round(stats.reused_tokens / stats.prompt_tokens, 3)
+            if stats.prompt_tokens else None,
+            "cache_hit_rate": round(stats.cache_hits / stats.requests, 3)
+            if stats.requests else None,
             "generating": self.generating,
         }
 
@@ -237,37 +228,44 @@ class CompletionEngine:
             if (region == COMMENT and not s.comments) or (region == STRING and not s.strings):
                 return []
         started = time.perf_counter()
-        self.stats.requests += 1
         multiline = wants_multiline(prefix, suffix)
         ctx = CompletionContext(prefix, suffix, multiline)
         snippet = self.snippet_finder.best(prefix, neighbors) if s.snippets and neighbors \
             else ""
         key = self._key(prefix, suffix, snippet)
-        cached = self.typed_ahead(prefix, suffix)
-        if cached is None and key in self._lru:
-            self._lru.move_to_end(key)
-            cached = self._lru[key]
+        with self._state:
+            self.stats.requests += 1
+            cached = self.typed_ahead(prefix, suffix)
+            if cached is None and key in self._lru:
+                self._lru.move_to_end(key)
+                cached = self._lru[key]
+            if cached is not None:
+                self.stats.cache_hits += 1
+            else:
+                self.generating += 1
         if cached is not None:
-            self.stats.cache_hits += 1
             raw = cached
         else:
-            self.generating += 1
             try:
                 raw = self._generate(prefix, suffix, snippet, ctx, should_stop, module_roots)
             finally:
-                self.generating -= 1
+                with self._state:
+                    self.generating -= 1
             if raw is None:
                 return []                      # cancelled: nothing cached, nothing shown
-            self._lru[key] = raw
-            while len(self._lru) > LRU_SIZE:
-                self._lru.popitem(last=False)
-        self._last = Served(prefix, suffix, raw)
+        with self._state:
+            if cached is None:
+                self._lru[key] = raw
+                while len(self._lru) > LRU_SIZE:
+                    self._lru.popitem(last=False)
+            self._last = Served(prefix, suffix, raw)
         out: list[Completion] = []
         for c in raw:
             text = run_chain(c.text, CompletionContext(prefix, suffix, c.multiline), POST_CACHE)
             if text is not None and text not in [o.text for o in out]:
                 out.append(Completion(text, c.multiline))
-        self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
+        with self._state:
+            self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return out
 
     def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
@@ -362,8 +360,9 @@ class CompletionEngine:
                     return None
                 if better is not None:
                     first.text = better
-        self.stats.prompt_tokens += result.prompt_tokens
-        self.stats.reused_tokens += result.reused_tokens
+        with self._state:
+            self.stats.prompt_tokens += result.prompt_tokens
+            self.stats.reused_tokens += result.reused_tokens
         out: list[Completion] = []
         for c in result.candidates:
             if c.finish_reason == CANCELLED:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import fields
 from typing import Any
 
 from lsprotocol import types
@@ -19,7 +18,8 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from server.engine import CompletionEngine, EngineSettings
+from server.engine import CompletionEngine
+from server.settings import update_settings
 from server.snippets import OpenDocument
 
 log = logging.getLogger("codecomplete")
@@ -59,30 +59,24 @@ class CodecompleteServer(LanguageServer):
         # The newest request per document; an older one still running is told to stop.
         self.running: dict[str, threading.Event] = {}
         self.warmup_task: asyncio.Future | None = None
+        self.pending_problems: list[str] = []   # refused initializationOptions, shown
+        #                                         once the client is initialized
 
 
-def apply_settings(engine: CompletionEngine, options: Any) -> list[str]:
-    """Copy known keys of a settings object into the engine settings; returns problems."""
-    if not isinstance(options, dict):
+def apply_settings(ls: CodecompleteServer, options: Any) -> list[str]:
+    """Apply settings from the client; returns a sentence per refused value."""
+    if ls.engine is None:
         return []
-    options = options.get("codecomplete", options)
-    problems = []
-    current = engine.settings
-    for f in fields(EngineSettings):
-        if f.name not in options:
-            continue
-        value = options[f.name]
-        expected = type(getattr(current, f.name))
-        try:
-            if expected is bool:
-                if not isinstance(value, bool):
-                    raise TypeError
-            elif value is not None:
-                value = expected(value)
-            setattr(current, f.name, value)
-        except (TypeError, ValueError):
-            problems.append(f"setting {f.name}={value!r} is not a valid {expected.__name__}")
-    return problems
+    return update_settings(ls.engine.settings, options,
+                           ls.engine.loaded.config.max_position_embeddings)
+
+
+def report_problems(ls: CodecompleteServer, problems: list[str]) -> None:
+    """Tell the user once, in the editor, which settings were refused."""
+    if problems:
+        message = "codecomplete: " + " ".join(problems)
+        log.warning(message)
+        ls.window_show_message(types.ShowMessageParams(types.MessageType.Warning, message))
 
 
 def cursor_context(ls: CodecompleteServer, uri: str, position: types.Position
@@ -122,12 +116,12 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodecompleteServer, params: types.InitializeParams) -> None:
-        if ls.engine is not None:
-            for problem in apply_settings(ls.engine, params.initialization_options):
-                log.warning(problem)
+        ls.pending_problems = apply_settings(ls, params.initialization_options)
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodecompleteServer, params: types.InitializedParams) -> None:
+        report_problems(ls, ls.pending_problems)
+        ls.pending_problems = []
         if ls.load_error:
             ls.window_show_message(types.ShowMessageParams(types.MessageType.Error,
                                                            ls.load_error))
@@ -149,10 +143,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_config(ls: CodecompleteServer, params: types.DidChangeConfigurationParams) -> None:
-        if ls.engine is not None:
-            for problem in apply_settings(ls.engine, params.settings):
-                ls.window_log_message(types.LogMessageParams(types.MessageType.Warning,
-                                                             problem))
+        report_problems(ls, apply_settings(ls, params.settings))
 
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
                          invoked: bool = True):

@@ -10,6 +10,7 @@ per document version, so a request costs one pass over the cached sets.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -62,15 +63,20 @@ class SnippetFinder:
     def __init__(self, cache_size: int = 64):
         self._cache: OrderedDict[tuple[str, int], list[Window]] = OrderedDict()
         self.cache_size = cache_size
+        self._lock = threading.Lock()     # requests' worker threads share the cache
 
     def _windows(self, doc: OpenDocument) -> list[Window]:
         key = (doc.name, doc.version)
-        if key not in self._cache:
-            self._cache[key] = windows(doc.text)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        found = windows(doc.text)
+        with self._lock:
+            self._cache[key] = found
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+        return found
 
     def best(self, prefix: str, docs: list[OpenDocument]) -> str:
         """The prompt text for the most similar window, or "" when none is similar."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
 
 from model.checkpoint import LoadedModel, ModelMeta
 from model.tokenizer import PSM
-from server.engine import CompletionEngine, EngineSettings, cut_prefix, cut_suffix
+from server import engine as engine_module
+from server.engine import CompletionEngine, cut_prefix, cut_suffix
+from server.settings import EngineSettings
 from server.snippets import OpenDocument, SnippetFinder, windows
 from server.words import inside_word
 
@@ -112,7 +115,7 @@ def test_engine_puts_a_neighbor_snippet_into_the_prompt_only_when_enabled(tokeni
 def test_warmup_generates_without_counting_as_a_request(tokenizer, random_model):
     eng = engine(tokenizer, random_model)
     assert eng.warmup() > 0
-    assert eng.stats.requests == 0 and eng.stats.latencies_ms == []
+    assert eng.stats.requests == 0 and not eng.stats.latencies_ms
 
 
 def test_words_are_python_identifiers_in_any_script():
@@ -124,3 +127,34 @@ def test_words_are_python_identifiers_in_any_script():
     counts = identifiers.name_counts("größe = 1\n名前 = größe\nprint(größ", "", "größ")
     assert counts["größe"] == 2 and counts["名前"] == 1
     assert identifiers.greedy_name("grö", "ße + 1") == "größe"
+
+
+def test_engine_state_stays_bounded_and_consistent_under_concurrent_requests(
+        tokenizer, random_model):
+    """Requests run in worker threads and the status request reads the stats meanwhile:
+    the latency record is bounded, and no count is lost."""
+    eng = engine(tokenizer, random_model, max_tokens=2, temperature=0.0)
+    prefix = "def f(x):\n    return x"
+    eng.complete(prefix, "")                      # generated once, then served from the LRU
+    per_thread = engine_module.LATENCY_WINDOW // 2 + 50
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for i in range(per_thread):
+                eng.complete(prefix, "")
+                if i % 50 == 0:
+                    eng.describe()
+        except BaseException as e:               # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    info = eng.describe()
+    assert info["requests"] == 1 + 4 * per_thread
+    assert eng.stats.cache_hits == 4 * per_thread
+    assert len(eng.stats.latencies_ms) == engine_module.LATENCY_WINDOW

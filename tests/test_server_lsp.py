@@ -255,7 +255,7 @@ class RawClient:
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             msg = json.loads(await self.proc.stdout.readexactly(length))
-            if msg.get("id") == msg_id:
+            if "id" in msg and msg["id"] == msg_id and "method" not in msg:
                 return msg
 
 
@@ -290,6 +290,132 @@ async def test_malformed_messages_get_json_rpc_errors(tiny_model_dir):
         await raw.send({"jsonrpc": "2.0", "id": 6, "method": "codecomplete/status",
                         "params": {}})
         assert (await asyncio.wait_for(raw.receive(6), 30))["result"]["device"] == "cpu"
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_odd_settings_are_refused_once_and_requests_keep_working(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": None, "candidates": 0})
+    try:
+        uri = "file:///t/node.py"
+        open_doc(client, uri, NODE)
+        assert (await inline(client, uri, NODE)).items
+        warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
+        assert len(warnings) == 1 and "max_tokens=None" in warnings[0] \
+            and "candidates=0" in warnings[0]
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codecomplete": {"enable": None, "top_p": 2, "temperature": -1,
+                                       "max_tokens": 100_000}}))
+        assert (await inline(client, uri, NODE + " ")).items is not None
+        assert (await inline(client, uri, NODE)).items       # still enabled, still working
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codecomplete": {"max_tokens": 2, "enable": True}}))
+        open_doc(client, "file:///t/other.py", NODE)
+        items = (await inline(client, "file:///t/other.py", NODE)).items
+        assert items and len(items[0].insert_text) <= 12      # two tokens at most
+        warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
+        assert len(warnings) == 2 and "enable=None" in warnings[1]
+    finally:
+        await stop(client)
+
+
+def frame(body: bytes, length: int | None = None) -> bytes:
+    return b"Content-Length: %d\r\n\r\n" % (len(body) if length is None else length) + body
+
+
+async def test_odd_traffic_leaves_the_server_answering_every_request(tiny_model_dir):
+    """A fuzz of what a broken or hostile client may send; after each, a status request
+    must be answered, and each odd request gets its JSON-RPC error."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+    raw = RawClient(proc)
+
+    async def write(data: bytes) -> None:
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+
+    probe_id = 1000
+
+    async def answers() -> None:
+        nonlocal probe_id
+        probe_id += 1
+        await raw.send({"jsonrpc": "2.0", "id": probe_id, "method": "codecomplete/status",
+                        "params": {}})
+        assert "result" in await asyncio.wait_for(raw.receive(probe_id), 30)
+
+    try:
+        await raw.send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                        "params": {"capabilities": {}, "processId": None}})
+        await asyncio.wait_for(raw.receive(1), 60)
+        await raw.send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        uri = "file:///t/node.py"
+        await raw.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+            "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": NODE}}})
+        # Bodies that are not JSON-RPC requests: each answered with id null.
+        for body, code in ((b"{not json}", -32700), (b"\xff\xfe{}", -32700),
+                           (b"[1, 2]", -32600), (b'"text"', -32600), (b"{}", -32600)):
+            await write(frame(body))
+            reply = await asyncio.wait_for(raw.receive(None), 30)
+            assert reply["error"]["code"] == code and reply["id"] is None, (body, reply)
+            await answers()
+        # A body longer than its Content-Length (the rest looks like a header line), a
+        # header with no body separator, a blank line alone, a header of another kind.
+        await write(frame(b'{"jsonrpc": "2.0"} and then some', length=18))
+        await answers()
+        await write(b"Content-Type: application/vscode-jsonrpc\r\n" + frame(b"{}"))
+        await asyncio.wait_for(raw.receive(None), 30)
+        await answers()
+        await write(b"\r\n\r\ngarbage without a newline")
+        await answers()
+        # Requests with a string id: unknown method, bad params, odd positions.
+        await raw.send({"jsonrpc": "2.0", "id": "s1", "method": "no/such", "params": {}})
+        assert (await asyncio.wait_for(raw.receive("s1"), 30))["error"]["code"] == -32601
+        for n, params in enumerate([
+                None, [], {"textDocument": {"uri": uri}},
+                {"textDocument": {"uri": uri}, "position": {"line": 0, "character": "x"},
+                 "context": {"triggerKind": 1}}]):
+            await raw.send({"jsonrpc": "2.0", "id": f"p{n}",
+                            "method": "textDocument/inlineCompletion", "params": params})
+            assert (await asyncio.wait_for(raw.receive(f"p{n}"), 30))["error"]["code"] \
+                == -32602
+        for n, (line, ch) in enumerate([(10**9, 0), (5, 10**9), (0, 2**31 - 1)]):
+            await raw.send({"jsonrpc": "2.0", "id": f"q{n}",
+                            "method": "textDocument/inlineCompletion", "params": {
+                                "textDocument": {"uri": uri},
+                                "position": {"line": line, "character": ch},
+                                "context": {"triggerKind": 1}}})
+            assert "result" in await asyncio.wait_for(raw.receive(f"q{n}"), 60)
+        # Notifications about documents never opened, odd settings, huge text.
+        await raw.send({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": "file:///never.py", "version": 2},
+            "contentChanges": [{"text": "x"}]}})
+        await raw.send({"jsonrpc": "2.0", "method": "textDocument/didClose", "params": {
+            "textDocument": {"uri": "file:///never.py"}}})
+        await raw.send({"jsonrpc": "2.0", "method": "workspace/didChangeConfiguration",
+                        "params": {"settings": {"max_tokens": None, "candidates": "two",
+                                                "enable": None}}})
+        await raw.send({"jsonrpc": "2.0", "method": "workspace/didChangeConfiguration",
+                        "params": {"settings": None}})
+        await answers()
+        huge = "x = 1\n" * 200_000 + "def f(value):\n    return val"
+        await raw.send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+            "textDocument": {"uri": "file:///t/huge.py", "languageId": "python",
+                             "version": 1, "text": huge}}})
+        await raw.send({"jsonrpc": "2.0", "id": "h", "method": "textDocument/inlineCompletion",
+                        "params": {"textDocument": {"uri": "file:///t/huge.py"},
+                                   "position": {"line": 200_001, "character": 14},
+                                   "context": {"triggerKind": 1}}})
+        assert (await asyncio.wait_for(raw.receive("h"), 60))["result"]["items"]
+        await raw.send({"jsonrpc": "2.0", "id": "n", "method": "textDocument/inlineCompletion",
+                        "params": {"textDocument": {"uri": uri},
+                                   "position": {"line": 5, "character": 25},
+                                   "context": {"triggerKind": 1}}})
+        assert (await asyncio.wait_for(raw.receive("n"), 60))["result"]["items"]
+        await raw.send({"jsonrpc": "2.0", "id": "end", "method": "shutdown"})
+        assert "result" in await asyncio.wait_for(raw.receive("end"), 30)
     finally:
         proc.kill()
         await proc.wait()

@@ -1,0 +1,50 @@
+"""Settings from the client: each value is checked for type and range, a refused one keeps
+the previous value and is named in one sentence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from server.settings import EngineSettings, update_settings
+
+CONTEXT = 1024
+
+
+@pytest.mark.parametrize("name, value", [
+    ("max_tokens", None), ("max_tokens", 0), ("max_tokens", CONTEXT), ("max_tokens", "64"),
+    ("max_tokens", 2.5), ("max_tokens", True),
+    ("enable", None), ("enable", "yes"), ("enable", 1),
+    ("candidates", 0), ("candidates", 100),
+    ("temperature", -0.1), ("temperature", math.nan), ("temperature", math.inf),
+    ("top_p", 1.5), ("top_p", 0), ("context_tokens", 0), ("seed", -1), ("seed", "x"),
+])
+def test_a_refused_value_keeps_the_previous_one(name, value):
+    settings = EngineSettings()
+    before = getattr(settings, name)
+    problems = update_settings(settings, {name: value}, CONTEXT)
+    assert getattr(settings, name) == before
+    assert len(problems) == 1
+    assert problems[0].startswith(f"setting {name}=") and problems[0].endswith(".")
+    assert "keeping" in problems[0] and "\n" not in problems[0]
+
+
+def test_valid_values_are_taken_and_a_null_does_not_poison_later_ones():
+    settings = EngineSettings()
+    assert update_settings(settings, {"max_tokens": None}, CONTEXT)
+    assert update_settings(settings, {"codecomplete": {
+        "max_tokens": 32, "enable": False, "temperature": 0, "top_p": 1, "candidates": 3,
+        "seed": None, "context_tokens": 2048, "other_extension": "ignored"}}, CONTEXT) == []
+    assert (settings.max_tokens, settings.enable, settings.temperature, settings.top_p,
+            settings.candidates, settings.seed) == (32, False, 0, 1, 3, None)
+    assert settings.max_tokens == 32 and isinstance(settings.max_tokens, int)
+    assert update_settings(settings, {"max_tokens": 64.0}, CONTEXT) == []
+    assert settings.max_tokens == 64 and isinstance(settings.max_tokens, int)
+
+
+def test_not_a_settings_object_is_ignored():
+    settings = EngineSettings()
+    assert update_settings(settings, None, CONTEXT) == []
+    assert update_settings(settings, ["max_tokens", 3], CONTEXT) == []
+    assert settings == EngineSettings()
