@@ -11,6 +11,9 @@ Every way a directory can be wrong raises ModelDirError with one sentence naming
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,24 +75,65 @@ class LoadedModel:
     dtype: torch.dtype
 
 
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, META_FILE)
+
+
 def save_model_dir(path: str | Path, model: Transformer, tokenizer: Tokenizer,
                    meta: ModelMeta | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write all four files, each atomically; config.json last so a reader never sees a
-    config without its weights."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    """Write a model directory at `path`, which must be new, empty or one of our model
+    directories (it has codecomplete.json): anything else is refused with ModelDirError,
+    so `--out ~/projects` never deletes a user's folder. The new directory is written
+    beside the old one and swapped in, so a failed or killed export loses nothing; files
+    of the old directory that are not model files (a user's notes) move into the new one."""
+    path = Path(path).expanduser()
+    if path.exists() and not replaceable_model_dir(path):
+        raise ModelDirError(
+            f"{path} is not empty and not a codecomplete model directory (it has no "
+            f"{META_FILE}): refusing to replace it; choose a new or empty folder.")
     meta = meta or ModelMeta(context_size=model.config.max_position_embeddings)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                          f"{model.config.vocab_size} embeddings")
     tensors = state_dict_to_hf(model, dtype)
     save_dtype = dtype or model.embed_tokens.weight.dtype
-    atomic_write_bytes(path / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
-    atomic_write_text(path / TOKENIZER_FILE, tokenizer.to_str())
-    atomic_write_text(path / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
-    atomic_write_text(path / CONFIG_FILE, json.dumps(
-        model.config.to_hf_dict(torch_dtype=dtype_name(save_dtype)), indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    try:
+        atomic_write_bytes(new / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
+        atomic_write_text(new / TOKENIZER_FILE, tokenizer.to_str())
+        atomic_write_text(new / META_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+        atomic_write_text(new / CONFIG_FILE, json.dumps(
+            model.config.to_hf_dict(torch_dtype=dtype_name(save_dtype)), indent=2) + "\n")
+        swap_in(new, path)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     return path
+
+
+def replaceable_model_dir(path: Path) -> bool:
+    """An empty folder, or one holding our codecomplete.json."""
+    return path.is_dir() and (not any(path.iterdir()) or (path / META_FILE).is_file())
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Put the complete directory `new` at `path`: the old one's extra files are copied
+    over (the originals stay until the end), the old one is renamed aside, and removed only
+    after the new one is in place."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    for extra in path.iterdir():
+        if extra.name in MODEL_FILES or (new / extra.name).exists():
+            continue
+        if extra.is_dir() and not extra.is_symlink():
+            shutil.copytree(extra, new / extra.name, symlinks=True)
+        else:
+            shutil.copy2(extra, new / extra.name, follow_symlinks=False)
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.replace(path, old / path.name)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def state_dict_to_hf(model: Transformer, dtype: torch.dtype | None = None

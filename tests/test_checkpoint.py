@@ -163,3 +163,56 @@ def test_directory_without_codecomplete_json_uses_default_fim_names(model_dir):
 def test_save_is_atomic_no_temp_files_left(tmp_path, tiny):
     out = save_model_dir(tmp_path / "a", tiny.model, tiny.tokenizer, tiny.meta)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_saving_never_replaces_a_folder_that_is_not_a_model_directory(tmp_path, tiny):
+    projects = tmp_path / "projects"
+    projects.mkdir()
+    (projects / "notes.txt").write_text("mine")
+    with pytest.raises(ModelDirError, match=r"projects.*not a codecomplete model directory"):
+        save_model_dir(projects, tiny.model, tiny.tokenizer, tiny.meta)
+    assert (projects / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["projects"]   # no temp left
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ModelDirError):
+        save_model_dir(a_file, tiny.model, tiny.tokenizer, tiny.meta)
+    assert a_file.read_text() == "x"
+
+
+def test_replacing_a_model_directory_keeps_extra_files_and_survives_a_failure(
+        tmp_path, tiny, monkeypatch):
+    out = save_model_dir(tmp_path / "m", tiny.model, tiny.tokenizer, tiny.meta)
+    (out / "NOTES.md").write_text("how I trained it")
+    before = (out / "model.safetensors").read_bytes()
+
+    import model.checkpoint as checkpoint
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model_dir(out, tiny.model, tiny.tokenizer, tiny.meta, dtype=torch.bfloat16)
+    assert (out / "model.safetensors").read_bytes() == before       # old one intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    monkeypatch.undo()
+    save_model_dir(out, tiny.model, tiny.tokenizer, tiny.meta, dtype=torch.bfloat16)
+    assert (out / "NOTES.md").read_text() == "how I trained it"
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert (out / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_export_cli_refuses_to_replace_a_users_folder(tmp_path, tiny):
+    from training.export import main as export_main
+
+    run = tmp_path / "runs" / "x"
+    save_model_dir(run / "best", tiny.model, tiny.tokenizer, tiny.meta)
+    projects = tmp_path / "projects"
+    projects.mkdir()
+    (projects / "notes.txt").write_text("mine")
+    assert export_main(["--run", str(run), "--out", str(projects)]) == 2
+    assert (projects / "notes.txt").read_text() == "mine"
+    assert export_main(["--run", str(run), "--out", str(tmp_path / "new")]) == 0
+    assert load_model_dir(tmp_path / "new", device="cpu") is not None

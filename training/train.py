@@ -452,8 +452,6 @@ def export_best(run_dir: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -
     if not best.is_dir():
         raise CheckpointError(f"{run_dir} has no best/ model yet: no evaluation has run.")
     loaded = load_model_dir(best, device="cpu", dtype=torch.float32)
-    if out.exists() and out.resolve() != best.resolve():
-        shutil.rmtree(out)
     return save_model_dir(out, loaded.model, loaded.tokenizer, loaded.meta, dtype=dtype)
 
 
