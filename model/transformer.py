@@ -8,6 +8,7 @@ Hugging Face's `LlamaForCausalLM` so that its state-dict keys map by a fixed pre
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,10 @@ from model.config import ModelConfig
 from model.kv_cache import KVCache
 
 # scaled_dot_product_attention shares K/V heads itself from torch 2.5 (enable_gqa); before,
-# they are repeated to the query heads' count first (a copy per layer and step).
-_SDPA_GQA = torch.__version__ >= "2.5"
+# they are repeated to the query heads' count first (a copy per layer and step). Compared as
+# numbers: "2.13.0+cpu" >= "2.5" is False as plain strings (torch's TorchVersion happens to
+# compare properly, a plain str would not).
+_SDPA_GQA = tuple(int(p) for p in re.findall(r"\d+", str(torch.__version__))[:2]) >= (2, 5)
 
 
 class RMSNorm(nn.Module):

@@ -63,3 +63,11 @@ def test_context_overflow_is_a_clear_error(random_model, tokenizer):
 
     with pytest.raises(ValueError, match="does not fit the context"):
         generate(random_model, tokenizer, [5] * 1024)
+
+
+def test_sdpa_gqa_path_is_chosen_by_version_number():
+    from torch.torch_version import TorchVersion
+
+    from model import transformer
+    assert (TorchVersion(str(torch.__version__)) >= (2, 5)) == transformer._SDPA_GQA
+    assert "2.13.0+cpu" < "2.5"                # why plain string comparison was wrong
