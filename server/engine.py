@@ -23,6 +23,7 @@ from model.kv_cache import KVCache
 from model.scoring import score_continuations, word_end_mask
 from model.tokenizer import Tokenizer, fim_layout
 from server import identifiers
+from server.interpreter import SERVER, Interpreter
 from server.modules import module_names_at
 from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
 from server.postprocess.block_scope import block_end
@@ -65,6 +66,9 @@ class Served:
     suffix: str
     completions: list[Completion]
 
+
+# Where imported modules are looked up: the user's folders and the workspace's interpreter.
+ModuleSearch = tuple[tuple[str, ...], Interpreter]
 
 CHARS_PER_TOKEN_MAX = 16   # pre-trim by characters so a huge document costs O(budget)
 
@@ -211,7 +215,8 @@ class CompletionEngine:
                  should_stop: Callable[[], bool] | None = None,
                  invoked: bool = True,
                  neighbors: list[OpenDocument] | None = None,
-                 module_roots: tuple[str, ...] = ()) -> list[Completion]:
+                 module_roots: tuple[str, ...] = (),
+                 interpreter: Interpreter = SERVER) -> list[Completion]:
         """Completions to insert at the cursor between `prefix` and `suffix`.
 
         `invoked` is False for completions the editor asks for by itself while the user
@@ -219,7 +224,8 @@ class CompletionEngine:
         ghost text would only get in the way, but an explicit request gets an answer.
         `neighbors` are the user's other open documents (used with the snippets setting);
         `module_roots` the folders where the user's own modules are (the document's and the
-        workspace's), for the names of imported modules (server/modules.py)."""
+        workspace's), and `interpreter` the workspace's Python, for the names of imported
+        modules (server/modules.py)."""
         s = self.settings
         if not s.enable or (not invoked and inside_word(prefix, suffix)):
             return []
@@ -247,7 +253,8 @@ class CompletionEngine:
             raw = cached
         else:
             try:
-                raw = self._generate(prefix, suffix, snippet, ctx, should_stop, module_roots)
+                raw = self._generate(prefix, suffix, snippet, ctx, should_stop,
+                                     (module_roots, interpreter))
             finally:
                 with self._state:
                     self.generating -= 1
@@ -270,7 +277,7 @@ class CompletionEngine:
 
     def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
                 should_stop: Callable[[], bool] | None,
-                module_roots: tuple[str, ...] = ()) -> str | None:
+                modules: ModuleSearch = ((), SERVER)) -> str | None:
         """A better single-line completion when the cursor follows a partly typed name
         (see server/identifiers.py): None keeps `text`; CANCELLED when stopped. Runs under
         the model lock and leaves the KV cache holding the prompt."""
@@ -279,7 +286,7 @@ class CompletionEngine:
             return None
         greedy = identifiers.greedy_name(partial, text)
         counts = identifiers.name_counts(prefix, suffix, partial)
-        members = module_names_at(prefix[: len(prefix) - len(partial)], module_roots)
+        members = module_names_at(prefix[: len(prefix) - len(partial)], *modules)
         names = [greedy] + [n for n in identifiers.candidates(counts, partial, members)
                             if n != greedy]
         # A name the imported module cannot have is no candidate, even the model's pick.
@@ -321,7 +328,7 @@ class CompletionEngine:
 
     def _generate(self, prefix: str, suffix: str, snippet: str, ctx: CompletionContext,
                   should_stop: Callable[[], bool] | None,
-                  module_roots: tuple[str, ...] = ()) -> list[Completion] | None:
+                  modules: ModuleSearch = ((), SERVER)) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled."""
         s = self.settings
         stops: tuple[str, ...] = () if ctx.multiline else ("\n",)
@@ -355,7 +362,7 @@ class CompletionEngine:
                 first = result.candidates[0]
             if s.rerank and not ctx.multiline and first.finish_reason != CANCELLED:
                 better = self._rerank(prefix, suffix, ids, healed, first.text, should_stop,
-                                      module_roots)
+                                      modules)
                 if better is CANCELLED:
                     return None
                 if better is not None:

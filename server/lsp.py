@@ -19,6 +19,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from server.engine import CompletionEngine
+from server.interpreter import workspace_interpreter
 from server.settings import update_settings
 from server.snippets import OpenDocument
 
@@ -102,12 +103,17 @@ def cursor_context(ls: CodecompleteServer, uri: str, position: types.Position
     return source[:offset], source[offset:]
 
 
+def workspace_folders(ls: CodecompleteServer) -> tuple[str, ...]:
+    """The editor's workspace folders (and root) as paths."""
+    roots = [uris.to_fs_path(u) for u in ls.workspace.folders if u.startswith("file:")]
+    roots.append(ls.workspace.root_path)
+    return tuple(dict.fromkeys(r for r in roots if r))
+
+
 def module_roots(ls: CodecompleteServer, uri: str) -> tuple[str, ...]:
     """Folders where the user's own modules live: the document's, then the workspace's."""
     roots = [os.path.dirname(uris.to_fs_path(uri))] if uri.startswith("file:") else []
-    roots += [uris.to_fs_path(u) for u in ls.workspace.folders if u.startswith("file:")]
-    roots.append(ls.workspace.root_path)
-    return tuple(dict.fromkeys(r for r in roots if r))
+    return tuple(dict.fromkeys(r for r in (*roots, *workspace_folders(ls)) if r))
 
 
 def build_server(engine: CompletionEngine | None, load_error: str | None = None
@@ -165,8 +171,10 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
             older.set()
         ls.running[uri] = stop
         try:
+            interpreter = workspace_interpreter(workspace_folders(ls),
+                                                ls.engine.settings.python)
             return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked,
-                                           neighbors, module_roots(ls, uri))
+                                           neighbors, module_roots(ls, uri), interpreter)
         except asyncio.CancelledError:
             stop.set()
             raise

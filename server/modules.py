@@ -9,8 +9,14 @@ the top-level definitions, assignments and imports of its source file read with 
 (plus a package's submodules). Nothing is imported and no user code runs: modules are
 found with `importlib.machinery.PathFinder`, which only looks at files.
 
+Modules are looked up where the workspace's interpreter finds them (server/interpreter.py),
+after the user's own folders. When that interpreter is not the server's, `dir()` of the
+server's imported modules describes another installation and is not used, and a module
+found only on the server's own path gives an open list (a hint, never a veto).
+
 A name list is *closed* when it is all the module can have: source without a module
-`__getattr__` or a star import, or `dir()` of an imported module. The re-ranker then drops
+`__getattr__` or a star import, or `dir()` of an imported module, and found where the
+workspace's interpreter looks. The re-ranker then drops
 document names that the module cannot have (after `os.` the local variable `path_list`
 is not a candidate); an open list only adds candidates.
 """
@@ -24,6 +30,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.machinery import PathFinder
 from pathlib import Path
+
+from server.interpreter import SERVER, Interpreter
 
 MAX_SOURCE_BYTES = 2_000_000       # larger module sources are not parsed
 DOTTED = r"[^\W\d]\w*(?:\s*\.\s*[^\W\d]\w*)*"
@@ -61,7 +69,7 @@ def import_bindings(text: str) -> dict[str, str]:
     return out
 
 
-def module_for_receiver(before: str, roots: tuple[str, ...] = ()) -> str | None:
+def module_for_receiver(before: str, search: tuple[str, ...] | None = None) -> str | None:
     """The module that `before` (the text up to the partly typed name) ends with a dot
     after, e.g. `os.path.` -> "os.path" when the document imports os; None otherwise."""
     m = RECEIVER_CHAIN.search(before[-300:])
@@ -72,7 +80,7 @@ def module_for_receiver(before: str, roots: tuple[str, ...] = ()) -> str | None:
     if bound is None:
         return None
     name = ".".join([bound, *chain[1:]])
-    return name if module_file(name, roots) is not None or name in sys.modules else None
+    return name if module_file(name, search) is not None or name in sys.modules else None
 
 
 def module_for_from_import(before: str) -> str | None:
@@ -82,14 +90,19 @@ def module_for_from_import(before: str) -> str | None:
     return re.sub(r"\s", "", m.group(1)) if m else None
 
 
+def search_path(roots: tuple[str, ...], interpreter: Interpreter) -> tuple[str, ...]:
+    """Where the workspace finds modules: the user's folders, then its interpreter's."""
+    return (*roots, *(sys.path if interpreter.is_server else interpreter.paths))
+
+
 @lru_cache(maxsize=512)
-def module_file(name: str, roots: tuple[str, ...] = ()) -> Path | None:
-    """The source file (or package `__init__.py`) of a module, found in `roots` (the
-    user's folders) and then on sys.path without importing anything; None for unknown,
-    relative or compiled modules."""
+def module_file(name: str, search: tuple[str, ...] | None = None) -> Path | None:
+    """The source file (or package `__init__.py`) of a module, found in the folders of
+    `search` (default: the server's sys.path) without importing anything; None for
+    unknown, relative or compiled modules."""
     if not name or name.startswith("."):
         return None
-    path: list[str] | None = [*roots, *sys.path]
+    path: list[str] | None = list(sys.path if search is None else search)
     spec = None
     try:
         for part in name.split("."):
@@ -103,22 +116,33 @@ def module_file(name: str, roots: tuple[str, ...] = ()) -> Path | None:
     return Path(origin) if origin and origin.endswith(".py") else None
 
 
-def names_of(name: str, roots: tuple[str, ...] = ()) -> ModuleNames | None:
+def names_of(name: str, roots: tuple[str, ...] = (),
+             interpreter: Interpreter = SERVER) -> ModuleNames | None:
     """What module `name` defines, or None when it cannot be found."""
-    path = module_file(name, roots)
-    parsed = None
-    if path is not None:
-        try:
-            stat = path.stat()
-            parsed = _parse(path, stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            parsed = None
+    path = module_file(name, search_path(roots, interpreter))
+    parsed = parsed_names(path)
+    if not interpreter.is_server:
+        if path is not None:
+            return parsed
+        # Only the server's installation has it: a hint, not all the module can have.
+        elsewhere = parsed_names(module_file(name))
+        return ModuleNames(elsewhere.names, closed=False) if elsewhere else None
     loaded = sys.modules.get(name)
     if loaded is not None and not hasattr(loaded, "__getattr__"):
         # dir() has what the module made at run time; the file adds unimported submodules.
         return ModuleNames(frozenset(dir(loaded)) | (parsed.names if parsed else frozenset()),
                            closed=True)
     return parsed
+
+
+def parsed_names(path: Path | None) -> ModuleNames | None:
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+        return _parse(path, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return None
 
 
 @lru_cache(maxsize=64)
@@ -165,12 +189,17 @@ def _parse(path: Path, mtime_ns: int, size: int) -> ModuleNames | None:
     return ModuleNames(frozenset(names), closed)
 
 
-def module_names_at(before: str, roots: tuple[str, ...] = ()) -> ModuleNames | None:
+def module_names_at(before: str, roots: tuple[str, ...] = (),
+                    interpreter: Interpreter = SERVER) -> ModuleNames | None:
     """The names available where the cursor types an attribute of an imported module or a
-    name in a `from X import` line; None elsewhere. `roots` are folders searched before
-    sys.path: the document's own and the editor's workspace folders."""
+    name in a `from X import` line; None elsewhere. `roots` are folders searched first
+    (the document's own and the editor's workspace folders), then where `interpreter`
+    finds modules."""
     try:
-        module = module_for_from_import(before) or module_for_receiver(before, roots)
-        return names_of(module, roots) if module else None
+        search = search_path(roots, interpreter)
+        module = module_for_from_import(before) or (
+            module_for_receiver(before, search)
+            or (None if interpreter.is_server else module_for_receiver(before)))
+        return names_of(module, roots, interpreter) if module else None
     except Exception:       # a best-effort hint: a module with an odd __dir__ costs nothing
         return None

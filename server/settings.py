@@ -29,6 +29,9 @@ class EngineSettings:
     rerank: bool = True            # rank names after a partly typed identifier (see
     #                                server/identifiers.py)
     seed: int | None = 0
+    python: str = ""               # the workspace's interpreter (or environment folder), for
+    #                                the names of imported modules; "" finds it (see
+    #                                server/interpreter.py)
 
 
 MAX_CANDIDATES = 8
@@ -40,7 +43,7 @@ class Rule:
     """What one setting accepts: a kind (bool, int, float or an optional int) and bounds.
     `max_of_context` bounds an integer by a share of the model's context window."""
 
-    kind: str
+    kind: str                      # bool, int, optional int, float or str
     low: float | None = None
     high: float | None = None
     low_open: bool = False         # the low bound itself is not allowed
@@ -50,6 +53,10 @@ class Rule:
         """The value to store, or ValueError with one sentence naming the setting."""
         if self.kind == "optional int" and value is None:
             return None
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"setting {name}={value!r} must be a string")
+            return value
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"setting {name}={value!r} must be true or false")
@@ -87,6 +94,7 @@ RULES: dict[str, Rule] = {
     "snippets": Rule("bool"),
     "rerank": Rule("bool"),
     "seed": Rule("optional int", 0),
+    "python": Rule("str"),
 }
 assert set(RULES) == {f.name for f in fields(EngineSettings)}, "a setting without a rule"
 
