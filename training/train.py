@@ -1,4 +1,4 @@
-"""Train a codecomplete model: one flat loop you can follow top to bottom.
+"""Train a codecomplete model: a Trainer whose loop (`Trainer.run`) reads top to bottom.
 
     python -m training.train --config cpu-tiny --data data/NAME [--resume] [--lr 1e-3 ...]
     torchrun --nproc_per_node=2 -m training.train --config cpu-default --data data/NAME
@@ -216,191 +216,272 @@ class Logger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
-    """Run (or resume) training; returns the run folder."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    dd = init_distributed(device)
-    if dd.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    amp = autocast_dtype(cfg, device)
-    torch.manual_seed(cfg.seed)
+@dataclass
+class StepResult:
+    """What one optimizer step produced: the mean loss over its micro-batches (and
+    processes), the gradient norm before clipping, and whether either was not finite."""
 
-    tok, manifest, splits = load_dataset(cfg.data)
-    if "val" not in splits or not splits["val"].docs:
-        raise DataError(f"{cfg.data} has no validation split; re-run prepare with more "
-                        "than one repository.")
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    ckpt_dir = run_dir / "checkpoints"
-    mcfg = model_config(cfg, tok)
-    model = Transformer(mcfg).to(device)
-    optimizers = build_optimizers(model, cfg)
-    loader = PackedLoader(splits["train"], tok, cfg.seq_len, cfg.batch_size, cfg.seed,
-                          cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world, cfg.fim_level)
-    # The same validation windows whatever the process count: eval_batches global batches.
-    val = validation_batches(splits["val"], tok, cfg.seq_len, cfg.batch_size,
-                             cfg.eval_batches * dd.world)
-    byte_len = token_byte_lengths(tok, mcfg.vocab_size)
-    rs = RunState()
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    bad: bool
 
-    def restore(path: Path, with_data: bool) -> None:
+
+class Trainer:
+    """One training run, in named steps: `__init__` sets up (device, processes, data,
+    model, optimizers, resume or initial weights, the run folder, compilation), `run` is
+    the loop, and each of its parts (`step`, `skip_bad_step`, `log_progress`, `evaluate`,
+    `checkpoint`) is a method a reader can follow on its own."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
+        self.cfg, self.log = cfg, log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = select_device(cfg.device)
+        self.dd = init_distributed(self.device)
+        if self.dd.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        self.amp = autocast_dtype(cfg, self.device)
+        torch.manual_seed(cfg.seed)
+        self.load_data()
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.mcfg = model_config(cfg, self.tok)
+        self.byte_len = token_byte_lengths(self.tok, self.mcfg.vocab_size)
+        self.model = Transformer(self.mcfg).to(self.device)
+        self.optimizers = build_optimizers(self.model, cfg)
+        self.rs = RunState()
+        self.start_weights(resume)
+        self.write_run_config()
+        net: torch.nn.Module = NextTokenLoss(self.model)
+        if self.dd.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net)
+        self.net = compiled(net, cfg, self.device, log)
+        self.logger = Logger(self.run_dir, self.dd.main)
+        self.consecutive_bad = 0
+
+    def load_data(self) -> None:
+        """The tokenizer, the training loader and the fixed validation windows."""
+        cfg, dd = self.cfg, self.dd
+        self.tok, self.manifest, splits = load_dataset(cfg.data)
+        if "val" not in splits or not splits["val"].docs:
+            raise DataError(f"{cfg.data} has no validation split; re-run prepare with more "
+                            "than one repository.")
+        self.loader = PackedLoader(splits["train"], self.tok, cfg.seq_len, cfg.batch_size,
+                                   cfg.seed, cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world,
+                                   cfg.fim_level)
+        # The same validation windows whatever the process count: eval_batches global batches.
+        self.val = validation_batches(splits["val"], self.tok, cfg.seq_len, cfg.batch_size,
+                                      cfg.eval_batches * dd.world)
+
+    def start_weights(self, resume: bool) -> None:
+        """Resume the latest checkpoint, or start from `init_from`, or from scratch (a run
+        folder with checkpoints is never started over)."""
+        cfg = self.cfg
+        latest = latest_checkpoint(self.ckpt_dir)
+        if cfg.init_from and not (resume and latest is not None):
+            init_weights(self.model, Path(cfg.init_from), self.tok, self.manifest, self.loader,
+                         self.dd, self.log)
+        if resume:
+            if latest is None:
+                self.log(f"no checkpoint in {self.ckpt_dir}; starting from scratch")
+            else:
+                self.restore(latest, with_data=True)
+                self.log(f"resumed {self.run_dir} at step {self.rs.step}")
+        elif self.dd.main and self.ckpt_dir.exists() and any(self.ckpt_dir.iterdir()):
+            raise CheckpointError(f"{self.run_dir} already has checkpoints; pass --resume to "
+                                  "continue it or choose another --name.")
+
+    def write_run_config(self) -> None:
+        if self.dd.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(
+                {"train": self.cfg.to_dict(), "model": self.mcfg.to_hf_dict(),
+                 "world_size": self.dd.world,
+                 "data_manifest": {k: self.manifest[k]
+                                   for k in ("fingerprint", "tokenizer_sha256")}},
+                indent=2) + "\n")
+
+    def restore(self, path: Path, with_data: bool) -> None:
+        """Weights and optimizer state from a checkpoint; with `with_data` also the run
+        state, data position and RNG (an exact resume), without it only the weights and
+        moments (a rollback after non-finite losses)."""
         ck = load_checkpoint(path)
-        apply_weights(model, ck)
+        apply_weights(self.model, ck)
         saved = ck.state
         try:
-            for opt, sd in zip(optimizers, saved["optimizers"], strict=True):
+            for opt, sd in zip(self.optimizers, saved["optimizers"], strict=True):
                 opt.load_state_dict(sd)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this config "
                                   f"({e}).") from None
         if with_data:
-            rs.__dict__.update(saved["run"])
-            loader.load_state(saved["data"][dd.rank])
+            self.rs.__dict__.update(saved["run"])
+            self.loader.load_state(saved["data"][self.dd.rank])
             torch.set_rng_state(saved["rng"])
 
-    if cfg.init_from and not (resume and latest_checkpoint(ckpt_dir) is not None):
-        init_weights(model, Path(cfg.init_from), tok, manifest, loader, dd, log)
-    if resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is None:
-            log(f"no checkpoint in {ckpt_dir}; starting from scratch")
-        else:
-            restore(latest, with_data=True)
-            log(f"resumed {run_dir} at step {rs.step}")
-    elif dd.main and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        raise CheckpointError(f"{run_dir} already has checkpoints; pass --resume to continue "
-                              "it or choose another --name.")
-    if dd.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(
-            {"train": cfg.to_dict(), "model": mcfg.to_hf_dict(), "world_size": dd.world,
-             "data_manifest": {k: manifest[k] for k in ("fingerprint", "tokenizer_sha256")}},
-            indent=2) + "\n")
+    def checkpoint(self) -> None:
+        data_states = [self.loader.state()]
+        if self.dd.world > 1:
+            data_states = [None] * self.dd.world
+            dist.all_gather_object(data_states, self.loader.state())
+        if self.dd.main:
+            save_checkpoint(self.ckpt_dir, self.rs.step, self.model, {
+                "optimizers": [o.state_dict() for o in self.optimizers], "data": data_states,
+                "rng": torch.get_rng_state(), "run": dict(self.rs.__dict__)},
+                self.cfg.keep_checkpoints)
 
-    net: torch.nn.Module = NextTokenLoss(model)
-    if dd.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net)
-    net = compiled(net, cfg, device, log)
-    logger = Logger(run_dir, dd.main)
-
-    def checkpoint() -> None:
-        data_states = [loader.state()]
-        if dd.world > 1:
-            data_states = [None] * dd.world
-            dist.all_gather_object(data_states, loader.state())
-        if dd.main:
-            save_checkpoint(ckpt_dir, rs.step, model, {
-                "optimizers": [o.state_dict() for o in optimizers], "data": data_states,
-                "rng": torch.get_rng_state(), "run": dict(rs.__dict__)}, cfg.keep_checkpoints)
-
-    def run_eval() -> None:
-        loss, bpb = evaluate_loss(model, val, byte_len, device, amp)
+    def evaluate(self) -> None:
+        """Validation loss and bits/byte; a new best is saved as `best/`."""
+        rs, cfg = self.rs, self.cfg
+        loss, bpb = evaluate_loss(self.model, self.val, self.byte_len, self.device, self.amp)
         record: dict[str, Any] = {"val_loss": loss, "val_bpb": bpb, "tokens": rs.tokens}
-        if dd.main and cfg.sample_every_eval:
-            record["samples"] = sample_completions(model, tok, val, cfg.sample_every_eval,
-                                                   device)
+        if self.dd.main and cfg.sample_every_eval:
+            record["samples"] = sample_completions(self.model, self.tok, self.val,
+                                                   cfg.sample_every_eval, self.device)
         if loss < rs.best_val:
             rs.best_val = loss
-            if dd.main:
+            if self.dd.main:
                 meta = run_meta(cfg, rs.step, val_loss=loss, val_bpb=bpb, tokens=rs.tokens)
-                save_model_dir(run_dir / "best", model, tok, meta)
-        logger.log(rs.step, record)
+                save_model_dir(self.run_dir / "best", self.model, self.tok, meta)
+        self.logger.log(rs.step, record)
         rs.history.append({"step": rs.step, "val_loss": loss, "val_bpb": bpb})
-        log(f"step {rs.step}: val loss {loss:.4f}, {bpb:.4f} bits/byte")
+        self.log(f"step {rs.step}: val loss {loss:.4f}, {bpb:.4f} bits/byte")
 
-    from tqdm import tqdm
-    bar = tqdm(total=cfg.max_steps, initial=rs.step, disable=not dd.main or None,
-               unit="step", dynamic_ncols=True)
-    model.train()
-    consecutive_bad = 0
-    t_last, tok_last = time.time(), rs.tokens
-    t_start, step_start = t_last, rs.step
-    window_loss, window_steps = torch.zeros((), device=device), 0   # mean over a log window
-    if rs.step == 0:
-        run_eval()
-    while rs.step < cfg.max_steps:
-        t_step = time.time()
-        set_lr(optimizers, lr_scale(rs.step, cfg) * rs.lr_factor)
+    def step(self) -> StepResult:
+        """Forward and backward over `grad_accum` micro-batches (DDP syncs on the last),
+        then the clipped gradient norm; the optimizers have not stepped yet."""
+        cfg, dd, device = self.cfg, self.dd, self.device
+        set_lr(self.optimizers, lr_scale(self.rs.step, cfg) * self.rs.lr_factor)
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            batch = torch.from_numpy(loader.next_batch()).to(device, non_blocking=True)
+            batch = torch.from_numpy(self.loader.next_batch()).to(device, non_blocking=True)
             sync = contextlib.nullcontext() if (dd.world == 1 or micro == cfg.grad_accum - 1) \
-                else net.no_sync()
-            with sync, torch.autocast(device.type, dtype=amp or torch.float32,
-                                      enabled=amp is not None):
-                loss = net(batch) / cfg.grad_accum
-                if rs.step in cfg.debug_nan_steps:
+                else self.net.no_sync()
+            with sync, torch.autocast(device.type, dtype=self.amp or torch.float32,
+                                      enabled=self.amp is not None):
+                loss = self.net(batch) / cfg.grad_accum
+                if self.rs.step in cfg.debug_nan_steps:
                     loss = loss * float("nan")
                 loss.backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         if dd.world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= dd.world
         bad = not (torch.isfinite(loss_sum).item() and torch.isfinite(grad_norm).item())
-        if bad:
-            rs.skipped += 1
-            consecutive_bad += 1
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            logger.log(rs.step, {"skipped_steps": rs.skipped, "event": "non-finite loss"})
-            log(f"step {rs.step}: non-finite loss or gradient, step skipped "
-                f"({rs.skipped} so far)")
-            if consecutive_bad >= cfg.nan_patience:
-                latest = latest_checkpoint(ckpt_dir)
-                if latest is not None:
-                    restore(latest, with_data=False)
-                rs.lr_factor *= cfg.rollback_lr_factor
-                rs.rollbacks += 1
-                consecutive_bad = 0
-                log(f"rolled back to {latest} with learning rate x{rs.lr_factor:g}")
-                logger.log(rs.step, {"event": "rollback", "lr_factor": rs.lr_factor})
-        else:
-            consecutive_bad = 0
-            window_loss += loss_sum
-            window_steps += 1
-            for opt in optimizers:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        rs.step += 1
-        rs.tokens += cfg.tokens_per_step * dd.world
-        rs.elapsed += time.time() - t_step
-        bar.update(1)
-        if rs.step % cfg.log_every == 0 or rs.step == cfg.max_steps:
-            now = time.time()
-            tps = (rs.tokens - tok_last) / max(1e-9, now - t_last)
-            t_last, tok_last = now, rs.tokens
-            loss_v = (window_loss / max(1, window_steps)).item()
-            window_loss.zero_()
-            window_steps = 0
-            bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{tps:,.0f}")
-            if dd.main and bar.disable:       # no terminal (a log file): a plain line instead
-                eta = (cfg.max_steps - rs.step) * (now - t_start) / max(1, rs.step - step_start)
-                log(f"step {rs.step}/{cfg.max_steps}: loss {loss_v:.3f}, {tps:,.0f} tokens/s, "
-                    f"ETA {eta / 60:.0f} min")
-            logger.log(rs.step, {"train_loss": loss_v, "lr": optimizers[0].param_groups[0]["lr"],
-                                 "grad_norm": float(grad_norm), "tokens_per_s": tps,
-                                 "elapsed_s": rs.elapsed,
-                                 "tokens": rs.tokens, "skipped_steps": rs.skipped})
-        if rs.step % cfg.eval_every == 0 or rs.step == cfg.max_steps:
-            run_eval()
-        if rs.step % cfg.checkpoint_every == 0 or rs.step == cfg.max_steps:
-            checkpoint()
-    bar.close()
-    logger.close()
-    if dd.main and cfg.export_dir:
-        export_best(run_dir, Path(cfg.export_dir))
-    if dd.world > 1:
-        # Leave together and drop DDP's reducer (it holds the process group) first: a rank
-        # that reached interpreter exit with gloo work still referenced died with SIGABRT
-        # ("terminate called without an active exception") about one run in twelve.
-        del net
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
-    return run_dir
+        return StepResult(loss_sum, grad_norm, bad)
+
+    def apply_step(self) -> None:
+        self.consecutive_bad = 0
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def skip_bad_step(self) -> None:
+        """A non-finite loss or gradient: drop the gradients and count it; after
+        `nan_patience` in a row, roll back to the last checkpoint at a lower learning rate."""
+        rs, cfg = self.rs, self.cfg
+        rs.skipped += 1
+        self.consecutive_bad += 1
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.logger.log(rs.step, {"skipped_steps": rs.skipped, "event": "non-finite loss"})
+        self.log(f"step {rs.step}: non-finite loss or gradient, step skipped "
+                 f"({rs.skipped} so far)")
+        if self.consecutive_bad >= cfg.nan_patience:
+            latest = latest_checkpoint(self.ckpt_dir)
+            if latest is not None:
+                self.restore(latest, with_data=False)
+            rs.lr_factor *= cfg.rollback_lr_factor
+            rs.rollbacks += 1
+            self.consecutive_bad = 0
+            self.log(f"rolled back to {latest} with learning rate x{rs.lr_factor:g}")
+            self.logger.log(rs.step, {"event": "rollback", "lr_factor": rs.lr_factor})
+
+    def run(self) -> Path:
+        """The loop: step, log, evaluate, checkpoint; then export and leave DDP."""
+        from tqdm import tqdm
+        cfg, rs, dd = self.cfg, self.rs, self.dd
+        bar = tqdm(total=cfg.max_steps, initial=rs.step, disable=not dd.main or None,
+                   unit="step", dynamic_ncols=True)
+        self.model.train()
+        progress = Progress(self, bar)
+        if rs.step == 0:
+            self.evaluate()
+        while rs.step < cfg.max_steps:
+            t_step = time.time()
+            result = self.step()
+            if result.bad:
+                self.skip_bad_step()
+            else:
+                self.apply_step()
+                progress.add(result.loss)
+            rs.step += 1
+            rs.tokens += cfg.tokens_per_step * dd.world
+            rs.elapsed += time.time() - t_step
+            bar.update(1)
+            if rs.step % cfg.log_every == 0 or rs.step == cfg.max_steps:
+                progress.report(result.grad_norm)
+            if rs.step % cfg.eval_every == 0 or rs.step == cfg.max_steps:
+                self.evaluate()
+            if rs.step % cfg.checkpoint_every == 0 or rs.step == cfg.max_steps:
+                self.checkpoint()
+        bar.close()
+        self.logger.close()
+        if dd.main and cfg.export_dir:
+            export_best(self.run_dir, Path(cfg.export_dir))
+        if dd.world > 1:
+            # Leave together and drop DDP's reducer (it holds the process group) first: a rank
+            # that reached interpreter exit with gloo work still referenced died with SIGABRT
+            # ("terminate called without an active exception") about one run in twelve.
+            del self.net
+            gc.collect()
+            dist.barrier()
+            dist.destroy_process_group()
+        return self.run_dir
+
+
+class Progress:
+    """The training loss averaged over a log window, tokens/s and ETA, for the progress bar,
+    a plain log line (without a terminal) and metrics.jsonl."""
+
+    def __init__(self, trainer: Trainer, bar):
+        self.trainer, self.bar = trainer, bar
+        rs = trainer.rs
+        self.t_last, self.tok_last = time.time(), rs.tokens
+        self.t_start, self.step_start = self.t_last, rs.step
+        self.loss = torch.zeros((), device=trainer.device)
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def report(self, grad_norm: torch.Tensor) -> None:
+        t, cfg, rs = self.trainer, self.trainer.cfg, self.trainer.rs
+        now = time.time()
+        tps = (rs.tokens - self.tok_last) / max(1e-9, now - self.t_last)
+        self.t_last, self.tok_last = now, rs.tokens
+        loss_v = (self.loss / max(1, self.steps)).item()
+        self.loss.zero_()
+        self.steps = 0
+        self.bar.set_postfix(loss=f"{loss_v:.3f}", tok_s=f"{tps:,.0f}")
+        if t.dd.main and self.bar.disable:    # no terminal (a log file): a plain line instead
+            eta = (cfg.max_steps - rs.step) * (now - self.t_start) / max(
+                1, rs.step - self.step_start)
+            t.log(f"step {rs.step}/{cfg.max_steps}: loss {loss_v:.3f}, {tps:,.0f} tokens/s, "
+                  f"ETA {eta / 60:.0f} min")
+        t.logger.log(rs.step, {"train_loss": loss_v,
+                               "lr": t.optimizers[0].param_groups[0]["lr"],
+                               "grad_norm": float(grad_norm), "tokens_per_s": tps,
+                               "elapsed_s": rs.elapsed, "tokens": rs.tokens,
+                               "skipped_steps": rs.skipped})
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    return Trainer(cfg, resume, log).run()
 
 
 def init_weights(model: Transformer, src: Path, tok: Tokenizer, manifest: dict,
