@@ -1,13 +1,14 @@
-"""Line completion as an editor user gets it: the model alone vs the server's engine.
+"""Line completion as an editor user gets it: the shared completion path vs the server's
+engine.
 
     python -m benchmarks.line_completion --data data/NAME [--model DIR] [--cases 300]
 
-The cases are `training.evaluate`'s (random cut points inside held-out lines, the text
-before the cut as the only context, CodeXGLUE style; the target is the rest of the line)
-with the same seed, so the first row repeats its line-completion numbers. The second row
-puts the same cases through `server.engine.CompletionEngine` at temperature 0, which adds
-what the server does on top of the model: identifier re-ranking after a partly typed name
-and the post-processing chain. Both rows use one loaded model (fp32 on CPU).
+The cases are `training.evaluate`'s (random cut points inside held-out lines; the lines
+below are the suffix; the target is the rest of the line) with the same seed, so the first
+row repeats its line-completion numbers: completion/pipeline.py's prompt, generation and
+filters, greedy. The second row puts the same cases through `server.engine.CompletionEngine`
+at temperature 0, which adds identifier re-ranking after a partly typed name. Both rows use
+one loaded model (fp32 on CPU) and the same settings otherwise.
 """
 
 from __future__ import annotations
@@ -22,23 +23,23 @@ from benchmarks.machine import describe
 from model.checkpoint import ModelDirError, load_model_dir
 from model.paths import default_model_dir
 from server.engine import CompletionEngine
-from server.settings import EngineSettings
 from training.data import DataError
 from training.evaluate import (
     EvalConfig,
     edit_similarity,
     line_cases,
-    prompt_budget,
     run_line_completion,
+    settings_for,
     validation_texts,
 )
 
 
-def run_engine(engine: CompletionEngine, cases: list[tuple[str, str]]) -> dict[str, float]:
+def run_engine(engine: CompletionEngine, cases: list[tuple[str, str, str]]
+               ) -> dict[str, float]:
     """Exact match and edit similarity of the engine's first completion's first line."""
     em = es = 0.0
-    for prefix, target in cases:
-        out = engine.complete(prefix, "")
+    for prefix, target, suffix in cases:
+        out = engine.complete(prefix, suffix)
         pred = out[0].text.split("\n")[0] if out else ""
         em += pred.strip() == target.strip()
         es += edit_similarity(pred.strip(), target.strip())
@@ -61,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cases = line_cases(texts, cfg.line_cases, random.Random(cfg.seed + 1))   # as evaluate
-    engine = CompletionEngine(lm, EngineSettings(temperature=0.0, max_tokens=48,
-                                                 context_tokens=prompt_budget(lm, cfg)))
+    engine = CompletionEngine(lm, settings_for(cfg, rerank=True))
     print(f"machine: {describe()}")
-    for name, fn in (("model, greedy + healing", lambda: run_line_completion(lm, cases, cfg)),
+    for name, fn in (("shared path (evaluate)", lambda: run_line_completion(lm, cases, cfg)),
                      ("server engine", lambda: run_engine(engine, cases))):
         t0 = time.time()
         r = fn()

@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 
+from completion.settings import EngineSettings, update_settings
 from model.checkpoint import ModelDirError, load_model_dir
 from model.paths import default_model_dir
 from server.engine import CompletionEngine
 from server.lsp import build_server
-from server.settings import EngineSettings, update_settings
 from server.transport import serve_stdio, serve_tcp
 
 

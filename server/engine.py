@@ -1,9 +1,11 @@
 """The completion engine: document text and cursor in, completion strings out.
 
 It knows nothing of LSP (server/lsp.py translates), so tests and benchmarks call it
-directly. It builds the FIM prompt within a token budget, heals the token at the cursor,
-decides single- vs multi-line, and keeps one KV cache across requests so that a prompt
-sharing a prefix with the previous one only computes its new tail.
+directly. The prompt, generation and filters are completion/pipeline.py's, shared with the
+evaluation; the engine adds what only a server needs: one KV cache kept across requests
+(a prompt sharing a prefix with the previous one only computes its new tail), an LRU of
+answers and typed-ahead reuse, cancellation, identifier re-ranking, snippets of other open
+documents, and the stats of the status request.
 """
 
 from __future__ import annotations
@@ -15,22 +17,20 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from completion.pipeline import filter_texts, generate_candidates, prepare
+from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
+from completion.settings import EngineSettings
+from completion.syntax import COMMENT, STRING, cursor_region
+from completion.words import inside_word
 from model.checkpoint import LoadedModel
 from model.device import dtype_name
 from model.generate import CANCELLED, GenerationConfig, generate
-from model.healing import heal_tail
 from model.kv_cache import KVCache
 from model.scoring import score_continuations, word_end_mask
-from model.tokenizer import Tokenizer, fim_layout
 from server import identifiers
 from server.interpreter import SERVER, Interpreter
 from server.modules import module_names_at
-from server.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, run_chain
-from server.postprocess.block_scope import block_end
-from server.settings import EngineSettings
 from server.snippets import OpenDocument, SnippetFinder
-from server.syntax import COMMENT, STRING, cursor_region
-from server.words import inside_word
 
 
 @dataclass
@@ -69,60 +69,6 @@ class Served:
 
 # Where imported modules are looked up: the user's folders and the workspace's interpreter.
 ModuleSearch = tuple[tuple[str, ...], Interpreter]
-
-CHARS_PER_TOKEN_MAX = 16   # pre-trim by characters so a huge document costs O(budget)
-
-
-def clean_text(text: str) -> str:
-    """Text safe to tokenize: lone surrogates (possible in JSON strings) become U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def cut_prefix(tok: Tokenizer, text: str, budget: int) -> list[int]:
-    """Token ids of the end of `text` within `budget` tokens, cut at a line start."""
-    if len(text) > budget * CHARS_PER_TOKEN_MAX:
-        text = text[-budget * CHARS_PER_TOKEN_MAX:]
-        text = text[text.find("\n") + 1:] if "\n" in text else text
-    text = clean_text(text)
-    ids = tok.encode(text)
-    if len(ids) <= budget:
-        return ids
-    skip = sum(len(tok.token_bytes(i)) for i in ids[: len(ids) - budget])
-    data = text.encode("utf-8")
-    nl = data.find(b"\n", skip)
-    rest = data[nl + 1:] if nl != -1 else data[skip:]
-    return tok.encode(rest.decode("utf-8", errors="ignore"))[-budget:]
-
-
-def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
-    """Token ids of the start of `text` within `budget` tokens, cut at a line end."""
-    if len(text) > budget * CHARS_PER_TOKEN_MAX:
-        text = text[:budget * CHARS_PER_TOKEN_MAX]
-        text = text[:text.rfind("\n") + 1] if "\n" in text else text
-    text = clean_text(text)
-    ids = tok.encode(text)
-    if len(ids) <= budget:
-        return ids
-    keep = sum(len(tok.token_bytes(i)) for i in ids[:budget])
-    data = text.encode("utf-8")
-    nl = data.rfind(b"\n", 0, keep)
-    head = data[: nl + 1] if nl != -1 else data[:keep]
-    return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
-
-
-def wants_multiline(prefix: str, suffix: str) -> bool:
-    """Multi-line when the cursor sits on an empty line opening a block body."""
-    ctx = CompletionContext(prefix, suffix, multiline=False)
-    current = ctx.current_line
-    if current.strip() or ctx.rest_of_line.strip():
-        return False
-    previous = prefix[: len(prefix) - len(current)].rstrip("\n").rsplit("\n", 1)[-1]
-    return previous.rstrip().endswith(":")
-
 
 class CompletionEngine:
     """Serialises generation on one model and owns the reusable KV cache."""
@@ -182,17 +128,9 @@ class CompletionEngine:
 
     def build_prompt(self, prefix: str, suffix: str, snippet: str = ""
                      ) -> tuple[list[int], bytes]:
-        """FIM prompt ids and the healed bytes. The suffix gets up to a quarter of the
-        context, a snippet from another document up to a quarter, the prefix the rest."""
-        tok = self.loaded.tokenizer
-        ctx = min(self.settings.context_tokens,
-                  self.loaded.config.max_position_embeddings - self.settings.max_tokens - 4)
-        suffix_budget = ctx // 4 if suffix.strip() else 0
-        snippet_ids = cut_suffix(tok, snippet, ctx // 4) if snippet else []
-        prefix_ids = snippet_ids + cut_prefix(tok, prefix, ctx - suffix_budget - len(snippet_ids))
-        suffix_ids = cut_suffix(tok, suffix, suffix_budget) if suffix_budget else []
-        prefix_ids, healed = heal_tail(tok, prefix_ids)
-        return fim_layout(tok, prefix_ids, suffix_ids, self.loaded.meta.fim_order), healed
+        """The FIM prompt ids and healed bytes this engine would send (completion/prompt.py)."""
+        p = prepare(self.loaded, prefix, suffix, self.settings, snippet)
+        return p.ids, p.healed
 
     def _key(self, prefix: str, suffix: str, snippet: str) -> tuple:
         s = self.settings
@@ -234,8 +172,6 @@ class CompletionEngine:
             if (region == COMMENT and not s.comments) or (region == STRING and not s.strings):
                 return []
         started = time.perf_counter()
-        multiline = wants_multiline(prefix, suffix)
-        ctx = CompletionContext(prefix, suffix, multiline)
         snippet = self.snippet_finder.best(prefix, neighbors) if s.snippets and neighbors \
             else ""
         key = self._key(prefix, suffix, snippet)
@@ -253,7 +189,7 @@ class CompletionEngine:
             raw = cached
         else:
             try:
-                raw = self._generate(prefix, suffix, snippet, ctx, should_stop,
+                raw = self._generate(prefix, suffix, snippet, should_stop,
                                      (module_roots, interpreter))
             finally:
                 with self._state:
@@ -266,11 +202,9 @@ class CompletionEngine:
                 while len(self._lru) > LRU_SIZE:
                     self._lru.popitem(last=False)
             self._last = Served(prefix, suffix, raw)
-        out: list[Completion] = []
-        for c in raw:
-            text = run_chain(c.text, CompletionContext(prefix, suffix, c.multiline), POST_CACHE)
-            if text is not None and text not in [o.text for o in out]:
-                out.append(Completion(text, c.multiline))
+        multiline = bool(raw) and raw[0].multiline        # one answer's candidates agree
+        out = [Completion(text, multiline) for text in filter_texts(
+            [c.text for c in raw], CompletionContext(prefix, suffix, multiline), POST_CACHE)]
         with self._state:
             self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return out
@@ -317,51 +251,25 @@ class CompletionEngine:
             return CANCELLED
         return names[best][len(partial):] + rest.text
 
-    def _quote_tokens(self) -> tuple[int, ...]:
-        """Tokens that begin (after spaces) with a quote: what a docstring starts with."""
-        if self._quotes is None:
-            tok = self.loaded.tokenizer
-            self._quotes = tuple(i for i in range(tok.vocab_size)
-                                 if i not in tok.special_ids
-                                 and tok.token_bytes(i).lstrip(b" \t")[:1] in (b'"', b"'"))
-        return self._quotes
-
-    def _generate(self, prefix: str, suffix: str, snippet: str, ctx: CompletionContext,
+    def _generate(self, prefix: str, suffix: str, snippet: str,
                   should_stop: Callable[[], bool] | None,
                   modules: ModuleSearch = ((), SERVER)) -> list[Completion] | None:
-        """Model output after the pre-cache filters, or None when cancelled."""
-        s = self.settings
-        stops: tuple[str, ...] = () if ctx.multiline else ("\n",)
-        stop_text = block_end(ctx.indent) if ctx.multiline else None
-        if self.slow_tokens_s:
-            polled = should_stop
-
-            def should_stop() -> bool:
-                time.sleep(self.slow_tokens_s)
-                return polled() if polled else False
+        """Model output after the pre-cache filters, or None when cancelled: the shared
+        steps of completion/pipeline.py under the model lock, re-ranking a partly typed
+        name on a single line, then the stats."""
+        should_stop = self._slowed(should_stop)
         with self._lock:
             if should_stop is not None and should_stop():
                 return None
-            ids, healed = self.build_prompt(prefix, suffix, snippet)
+            p = prepare(self.loaded, prefix, suffix, self.settings, snippet)
             if self._cache is None:
                 self._cache = self.loaded.model.new_cache(1)
-            cfg = GenerationConfig(max_new_tokens=s.max_tokens, temperature=s.temperature,
-                                   top_p=s.top_p, n=s.candidates, seed=s.seed, stop=stops)
-            result = generate(self.loaded.model, self.loaded.tokenizer, ids, cfg,
-                              cache=self._cache, heal=healed, should_stop=should_stop,
-                              stop_text=stop_text)
+            result = generate_candidates(self.loaded, p, self._cache, should_stop)
+            if any(c.finish_reason == CANCELLED for c in result.candidates):
+                return None
             first = result.candidates[0]
-            if ctx.multiline and s.candidates == 1 and first.finish_reason != CANCELLED \
-                    and first.text.lstrip().startswith(('"""', "'''")) \
-                    and run_chain(first.text, ctx, PRE_CACHE) is None:
-                # A docstring that the post-processing would drop whole (cut off before
-                # its first line ended): ask once more for code instead of nothing.
-                result = generate(self.loaded.model, self.loaded.tokenizer, ids, replace(
-                    cfg, ban_first=self._quote_tokens()), cache=self._cache, heal=healed,
-                    should_stop=should_stop, stop_text=stop_text)
-                first = result.candidates[0]
-            if s.rerank and not ctx.multiline and first.finish_reason != CANCELLED:
-                better = self._rerank(prefix, suffix, ids, healed, first.text, should_stop,
+            if self.settings.rerank and not p.ctx.multiline:
+                better = self._rerank(prefix, suffix, p.ids, p.healed, first.text, should_stop,
                                       modules)
                 if better is CANCELLED:
                     return None
@@ -370,11 +278,16 @@ class CompletionEngine:
         with self._state:
             self.stats.prompt_tokens += result.prompt_tokens
             self.stats.reused_tokens += result.reused_tokens
-        out: list[Completion] = []
-        for c in result.candidates:
-            if c.finish_reason == CANCELLED:
-                return None
-            text = run_chain(c.text, ctx, PRE_CACHE)
-            if text is not None and text not in [o.text for o in out]:
-                out.append(Completion(text, ctx.multiline))
-        return out
+        texts = filter_texts([c.text for c in result.candidates], p.ctx, PRE_CACHE)
+        return [Completion(text, p.ctx.multiline) for text in texts]
+
+    def _slowed(self, should_stop: Callable[[], bool] | None
+                ) -> Callable[[], bool] | None:
+        """The test seam SLOW_TOKENS_ENV: a stop check that sleeps, so each token is slow."""
+        if not self.slow_tokens_s:
+            return should_stop
+
+        def slow() -> bool:
+            time.sleep(self.slow_tokens_s)
+            return should_stop() if should_stop else False
+        return slow

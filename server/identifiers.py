@@ -24,8 +24,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from completion.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER
 from server.modules import ModuleNames
-from server.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER
 
 RECEIVER = re.compile(r"([^\W\d]\w*)\.$")
 MAX_CANDIDATES = 24

@@ -18,9 +18,9 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
+from completion.settings import update_settings
 from server.engine import CompletionEngine
 from server.interpreter import workspace_interpreter
-from server.settings import update_settings
 from server.snippets import OpenDocument
 
 log = logging.getLogger("codecomplete")

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from server.words import IDENTIFIER
+from completion.words import IDENTIFIER
 
 WINDOW_LINES = 12          # lines per candidate window (and lines of query context)
 STEP_LINES = 6             # windows overlap by half

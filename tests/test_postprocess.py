@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.postprocess import (
+from completion.postprocess import (
     POST_CACHE,
     PRE_CACHE,
     CompletionContext,
@@ -17,7 +17,7 @@ from server.postprocess import (
     run_chain,
     trailing_whitespace,
 )
-from server.syntax import own_depths
+from completion.syntax import own_depths
 
 
 def ctx(prefix: str, suffix: str = "", multiline: bool = False) -> CompletionContext:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
+from completion.prompt import cut_prefix, cut_suffix
+from completion.settings import EngineSettings
+from completion.words import inside_word
 from model.checkpoint import LoadedModel, ModelMeta
 from model.tokenizer import PSM
 from server import engine as engine_module
-from server.engine import CompletionEngine, cut_prefix, cut_suffix
-from server.settings import EngineSettings
+from server.engine import CompletionEngine
 from server.snippets import OpenDocument, SnippetFinder, windows
-from server.words import inside_word
 
 LINES = [f"value_{i} = compute_{i}(argument_{i})" for i in range(200)]
 TEXT = "\n".join(LINES) + "\n"
@@ -158,3 +159,31 @@ def test_engine_state_stays_bounded_and_consistent_under_concurrent_requests(
     assert info["requests"] == 1 + 4 * per_thread
     assert eng.stats.cache_hits == 4 * per_thread
     assert len(eng.stats.latencies_ms) == engine_module.LATENCY_WINDOW
+
+
+def test_training_does_not_import_the_server():
+    import subprocess
+    import sys
+    code = ("import sys, training.evaluate, training.train, training.prepare, "
+            "benchmarks.fim_rate\n"
+            "bad = sorted(m for m in sys.modules if m == 'server' or m.startswith('server.'))\n"
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_engine_and_the_evaluation_send_the_same_prompt_and_filter_alike(
+        tokenizer, random_model):
+    """One path: for the same cursor and settings the engine's prompt is the pipeline's,
+    and its answer (re-ranking off) is what training.evaluate scores."""
+    from completion import pipeline
+
+    eng = engine(tokenizer, random_model, temperature=0.0, rerank=False, max_tokens=12)
+    cases = [(TEXT[:500], TEXT[500:]), ("def f(x):\n    ", "\n\nprint(f(2))\n"),
+             ("x = compute_1(", ")\n")]
+    for prefix, suffix in cases:
+        p = pipeline.prepare(eng.loaded, prefix, suffix, eng.settings)
+        assert eng.build_prompt(prefix, suffix) == (p.ids, p.healed)
+        assert [c.text for c in eng.complete(prefix, suffix)] == \
+            pipeline.complete(eng.loaded, prefix, suffix, eng.settings)

@@ -54,8 +54,8 @@ def test_identifier_candidates():
 
 
 def test_engine_ranks_a_name_from_the_document_first(tiny):
+    from completion.settings import EngineSettings
     from server.engine import CompletionEngine
-    from server.settings import EngineSettings
 
     doc = ("zeta_quantity_total = 0\n"
            + "".join(f"zeta_quantity_total += {i}\n" for i in range(6))
@@ -74,8 +74,8 @@ def test_engine_ranks_a_name_from_the_document_first(tiny):
 
 
 def test_engine_after_a_module_suggests_only_its_names(tiny):
+    from completion.settings import EngineSettings
     from server.engine import CompletionEngine
-    from server.settings import EngineSettings
 
     # The document's own name is used often and recently, but `os` cannot have it.
     doc = ("import os\n" + "".join(f"pathway_items = {i}\n" for i in range(6))

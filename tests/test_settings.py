@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from server.settings import EngineSettings, update_settings
+from completion.settings import EngineSettings, update_settings
 
 CONTEXT = 1024
 

@@ -274,8 +274,9 @@ def test_evaluation_cases_and_metrics():
     assert edit_similarity("return y", "return x") == pytest.approx(1 - 1 / 8)
     assert edit_similarity("", "abc") == 0.0
     text = "import os\n\n\ndef f(a, b):\n    total = a + b\n    return total * 2\n"
-    for prefix, target in line_cases([text], 20, random.Random(0)):
-        assert text.startswith(prefix + target)
+    for prefix, target, suffix in line_cases([text], 20, random.Random(0)):
+        assert text.startswith(prefix + target) and text.endswith(suffix)
+        assert prefix + target + suffix == text
         assert "\n" not in target and target.strip()
     for prefix, line, suffix in fim_cases([text], 20, random.Random(0)):
         assert prefix + line + suffix == text and "\n" not in line

@@ -5,13 +5,17 @@
 Reports, on the validation split (whole repositories training never saw):
 - bits per byte of the model (left-to-right, windows of the model's context) beside
   gzip -9 and xz -9 compressing each file on its own — the same files, the same bytes;
-- line completion (CodeXGLUE style): cut a line at a random point, complete the rest of
-  the line greedily with token healing; exact match and edit similarity;
+- line completion: cut a line at a random point, complete the rest of the line greedily
+  as the server would (the lines below are the suffix); exact match and edit similarity;
 - FIM bits per byte: the model's loss on middles cut at random characters from random
   windows of held-out files, given prefix and suffix in its own FIM order — the FIM
   counterpart of the left-to-right number, and far less noisy than exact match;
 - FIM single-line exact match: remove one whole line, give prefix and suffix;
 - the share of sampled function bodies that parse with `ast`;
+Every completion goes through completion/pipeline.py: the prompt (budget, cuts at line
+boundaries, healing, FIM layout), the generation and the filters the server uses, with
+the server's settings except greedy decoding and no re-ranking (a server-only extra that
+benchmarks/line_completion.py measures). So these numbers are what a user gets.
 - generation throughput on this machine.
 Cut points come from a seeded RNG, so two models are compared on the same cases.
 """
@@ -27,16 +31,15 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from completion.pipeline import complete
+from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
-from model.generate import GenerationConfig, generate
-from model.healing import heal_tail
 from model.tokenizer import fim_layout
-from server.postprocess.block_scope import block_end
 from training.data import DataError, load_dataset
 from training.train import NextTokenLoss
 
@@ -48,9 +51,8 @@ class EvalConfig:
     fim_cases: int = 200
     fim_bpb_cases: int = 400      # middles for FIM bits per byte (two per file)
     parse_cases: int = 40
-    context: int = 384            # prompt tokens for completion cases
+    context: int = EngineSettings.context_tokens   # prompt budget (the server's setting)
     seed: int = 1234
-    heal: bool = True
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -128,18 +130,16 @@ def compressor_bpb(texts: list[str]) -> dict[str, float]:
             "xz": sum(len(lzma.compress(b, preset=9)) for b in raw) * 8 / total}
 
 
-def prompt_budget(lm: LoadedModel, cfg: EvalConfig, new_tokens: int = 96) -> int:
-    """Prompt tokens that leave room for `new_tokens` in the model's context."""
-    return max(16, min(cfg.context, lm.config.max_position_embeddings - new_tokens))
+def settings_for(cfg: EvalConfig, **changes) -> EngineSettings:
+    """The server's default settings, greedy, with the evaluation's prompt budget."""
+    return EngineSettings(**{"temperature": 0.0, "context_tokens": cfg.context,
+                             "rerank": False, **changes})
 
 
-def _prompt(lm: LoadedModel, prefix: str, budget: int, heal: bool) -> tuple[list[int], bytes]:
-    ids = lm.tokenizer.encode(prefix[-budget * 8:])[-budget:]
-    return heal_tail(lm.tokenizer, ids) if heal else (ids, b"")
-
-
-def line_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, str]]:
-    """(prefix, rest of line) at random cut points inside non-blank lines."""
+def line_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(prefix, rest of line, suffix) at random cut points inside non-blank lines, as an
+    editor has them while the line is being typed: the lines below the cursor are the
+    suffix (it starts with their newline), the rest of the line is still to come."""
     cases = []
     for _ in range(n * 20):
         if len(cases) >= n:
@@ -157,7 +157,7 @@ def line_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, 
         if not target.strip():
             continue
         prefix = "\n".join(lines[:i]) + "\n" + line[:cut]
-        cases.append((prefix, target))
+        cases.append((prefix, target, "".join("\n" + rest for rest in lines[i + 1:])))
     return cases
 
 
@@ -179,59 +179,59 @@ def fim_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, s
     return cases
 
 
+def first_line(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings) -> str:
+    """The first line of what the server would show at this cursor (the shared prompt,
+    generation and filters of completion/pipeline.py), "" when it would show nothing."""
+    out = complete(lm, prefix, suffix, settings)
+    return out[0].split("\n")[0] if out else ""
+
+
 def run_line_completion(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, float]:
+    """Exact match and edit similarity of the first suggested line against the rest of
+    the line (both stripped). Serves the line-completion and the FIM single-line cases:
+    each is (prefix, target, suffix)."""
     em = es = 0.0
-    gen = GenerationConfig(max_new_tokens=48, temperature=0.0, stop=["\n"])
-    for prefix, target in cases:
-        ids, healed = _prompt(lm, prefix, prompt_budget(lm, cfg), cfg.heal)
-        pred = generate(lm.model, lm.tokenizer, ids, gen, heal=healed).candidates[0].text
-        pred = pred.split("\n")[0]
-        em += pred.strip() == target.strip()
-        es += edit_similarity(pred.strip(), target.strip())
-    n = max(1, len(cases))
-    return {"exact_match": em / n, "edit_similarity": es / n, "cases": len(cases)}
-
-
-def run_fim(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, float]:
-    tok = lm.tokenizer
-    em = es = 0.0
-    gen = GenerationConfig(max_new_tokens=48, temperature=0.0, stop=["\n"])
-    budget = prompt_budget(lm, cfg) - 3          # three FIM sentinel tokens
+    settings = settings_for(cfg)
     for prefix, target, suffix in cases:
-        p_ids = tok.encode(prefix[-budget * 8:])[-(budget * 3 // 4):]
-        s_ids = tok.encode(suffix[:budget * 4])[:budget // 4]
-        ids = fim_layout(tok, p_ids, s_ids, lm.meta.fim_order)
-        pred = generate(lm.model, tok, ids, gen).candidates[0].text.split("\n")[0]
+        pred = first_line(lm, prefix, suffix, settings)
         em += pred.strip() == target.strip()
         es += edit_similarity(pred.strip(), target.strip())
     n = max(1, len(cases))
     return {"exact_match": em / n, "edit_similarity": es / n, "cases": len(cases)}
 
 
-def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
-              cfg: EvalConfig) -> dict[str, float]:
-    """Sample function bodies (temperature 0.8) after real `def` lines; a body is cut at
-    the end of its block and at its last complete line, then the def must parse."""
+def body_sites(texts: list[str]) -> list[tuple[str, str, str]]:
+    """(prefix ending in the body's indentation, def line, suffix after the body) for each
+    top-level `def` with its header on one line: where a user starts a new function body."""
     sites = []
     for text in texts:
         lines = text.split("\n")
         for i, line in enumerate(lines):
             if line.startswith("def ") and line.rstrip().endswith(":"):
-                sites.append(("\n".join(lines[:i + 1]) + "\n", line))
+                end = next((j for j in range(i + 1, len(lines)) if lines[j].strip()
+                            and not lines[j].startswith((" ", "\t"))), len(lines))
+                sites.append(("\n".join(lines[:i + 1]) + "\n    ", line,
+                              "\n" + "\n".join(lines[end:])))
+    return sites
+
+
+def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
+              cfg: EvalConfig) -> dict[str, float]:
+    """Sample function bodies (temperature 0.8) where a user starts a new body: the
+    server's multi-line path (stops at the block's end, post-processed). A body counts
+    when the def with it parses; a body the filters drop counts as not parsing."""
+    sites = body_sites(texts)
     rng.shuffle(sites)
     sites = sites[:n]
     ok = 0
     samples = []
-    gen = GenerationConfig(max_new_tokens=96, temperature=0.8, top_p=0.95, seed=cfg.seed)
-    for prefix, def_line in sites:
-        ids, healed = _prompt(lm, prefix, prompt_budget(lm, cfg), cfg.heal)
-        body = generate(lm.model, lm.tokenizer, ids, gen, heal=healed,
-                        stop_text=block_end(1)).candidates[0].text
-        if "\n" in body and not body.endswith("\n"):
-            body = body[:body.rindex("\n") + 1]
+    settings = settings_for(cfg, temperature=0.8, top_p=0.95, seed=cfg.seed, max_tokens=96)
+    for prefix, def_line, suffix in sites:
+        out = complete(lm, prefix, suffix, settings)
+        body = "    " + out[0] if out else ""
         try:
             ast.parse(def_line + "\n" + body)
-            ok += 1
+            ok += bool(body.strip())
         except (SyntaxError, ValueError):
             pass
         if len(samples) < 12:
@@ -257,10 +257,9 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
                                                     random.Random(cfg.seed + 4))
     result["line_completion"] = run_line_completion(
         lm, line_cases(texts, cfg.line_cases, random.Random(cfg.seed + 1)), cfg)
-    if not cfg.heal:
-        result["line_completion"]["healing"] = False
-    result["fim_single_line"] = run_fim(
+    result["fim_single_line"] = run_line_completion(
         lm, fim_cases(texts, cfg.fim_cases, random.Random(cfg.seed + 2)), cfg)
+    result["settings"] = asdict(settings_for(cfg))
     result["parse"] = run_parse(lm, texts, cfg.parse_cases, random.Random(cfg.seed + 3), cfg)
     result["seconds"] = time.time() - t0
     return result
@@ -291,15 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-heal", action="store_true")
     fields = ("max_files", "line_cases", "fim_cases", "fim_bpb_cases", "parse_cases",
               "context", "seed")
     for name in fields:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int,
                         default=getattr(EvalConfig, name))
     args = ap.parse_args(argv)
-    cfg = EvalConfig(**{name: getattr(args, name) for name in fields},
-                     heal=not args.no_heal)
+    cfg = EvalConfig(**{name: getattr(args, name) for name in fields})
     try:
         r = evaluate(args.model, args.data, cfg, args.device,
                      log=lambda s: print(s, file=sys.stderr, flush=True))

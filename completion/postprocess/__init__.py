@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.postprocess import (
+from completion.postprocess import (
     auto_closed,
     block_scope,
     duplicate_suffix,
@@ -19,7 +19,7 @@ from server.postprocess import (
     repetition,
     trailing_whitespace,
 )
-from server.postprocess.context import CompletionContext
+from completion.postprocess.context import CompletionContext
 
 Filter = Callable[[str, CompletionContext], str | None]
 
@@ -45,4 +45,4 @@ def run_chain(text: str, ctx: CompletionContext, chain: list[Filter]) -> str | N
     return text
 
 
-__all__ = ["POST_CACHE", "PRE_CACHE", "CompletionContext", "run_chain"]
+__all__ = ["POST_CACHE", "PRE_CACHE", "CompletionContext", "Filter", "run_chain"]

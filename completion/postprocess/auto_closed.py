@@ -5,8 +5,8 @@ itself: at `print(|)` the completion `len(x)` keeps its `)`, `x)` loses it."""
 
 from __future__ import annotations
 
-from server.postprocess.context import CompletionContext
-from server.syntax import own_depths
+from completion.postprocess.context import CompletionContext
+from completion.syntax import own_depths
 
 CLOSERS = ")]}\"'"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from server.postprocess.context import CompletionContext
+from completion.postprocess.context import CompletionContext
 
 
 def block_end(indent: int) -> Callable[[str], int | None]:

@@ -5,8 +5,8 @@ it starts repeating the lines that follow the cursor."""
 
 from __future__ import annotations
 
-from server.postprocess.context import CompletionContext
-from server.syntax import own_depths
+from completion.postprocess.context import CompletionContext
+from completion.syntax import own_depths
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:

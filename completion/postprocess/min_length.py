@@ -3,7 +3,7 @@ character that the user would type faster than read."""
 
 from __future__ import annotations
 
-from server.postprocess.context import CompletionContext
+from completion.postprocess.context import CompletionContext
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:

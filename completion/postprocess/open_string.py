@@ -10,8 +10,8 @@ rest of the line is checked by other rules."""
 
 from __future__ import annotations
 
-from server.postprocess.context import CompletionContext
-from server.syntax import CODE, cursor_region
+from completion.postprocess.context import CompletionContext
+from completion.syntax import CODE, cursor_region
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:

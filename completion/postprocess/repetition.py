@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-from server.postprocess.context import CompletionContext
-from server.words import IDENTIFIER
+from completion.postprocess.context import CompletionContext
+from completion.words import IDENTIFIER
 
 # A word (identifier or number), a run of one decoration character, or one other character.
 TOKEN = re.compile(r"\w+|([-=*#~_+.<>/\\|^])\1*|[^\w\s]")

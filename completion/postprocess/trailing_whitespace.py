@@ -3,7 +3,7 @@ leave them in the file."""
 
 from __future__ import annotations
 
-from server.postprocess.context import CompletionContext
+from completion.postprocess.context import CompletionContext
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:

@@ -1,0 +1,96 @@
+"""From a document's prefix and suffix to filtered completion texts: the steps the server
+takes for every request, as plain functions that `training.evaluate` and the benchmarks
+call too.
+
+    prepare -> generate_candidates -> filter_texts(PRE_CACHE) -> filter_texts(POST_CACHE)
+
+The server runs the first three under its model lock (adding KV-cache reuse,
+cancellation and identifier re-ranking), caches the result, and runs the post-cache
+filters on each answer; `complete` runs them all at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, Filter, run_chain
+from completion.postprocess.block_scope import block_end
+from completion.prompt import build_prompt, prompt_budget, wants_multiline
+from completion.settings import EngineSettings
+from model.checkpoint import LoadedModel
+from model.generate import CANCELLED, GenerationConfig, GenerationResult, generate
+from model.kv_cache import KVCache
+from model.tokenizer import Tokenizer
+
+
+@dataclass
+class Prepared:
+    """One request, ready to generate: the prompt and how to generate and filter."""
+
+    ids: list[int]                 # the FIM prompt
+    healed: bytes                  # the cursor's partial token, which generation re-grows
+    ctx: CompletionContext         # prefix, suffix and single- vs multi-line
+    config: GenerationConfig
+    stop_text: Callable[[str], int | None] | None   # the block's end, when multi-line
+
+
+def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
+            snippet: str = "") -> Prepared:
+    """The prompt and generation settings for a cursor between `prefix` and `suffix`:
+    multi-line on an empty line opening a block body, else the rest of one line."""
+    multiline = wants_multiline(prefix, suffix)
+    ctx = CompletionContext(prefix, suffix, multiline)
+    budget = prompt_budget(lm.config.max_position_embeddings, settings.context_tokens,
+                           settings.max_tokens)
+    ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, snippet)
+    config = GenerationConfig(max_new_tokens=settings.max_tokens,
+                              temperature=settings.temperature, top_p=settings.top_p,
+                              n=settings.candidates, seed=settings.seed,
+                              stop=() if multiline else ("\n",))
+    return Prepared(ids, healed, ctx, config, block_end(ctx.indent) if multiline else None)
+
+
+def generate_candidates(lm: LoadedModel, p: Prepared, cache: KVCache | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+    """Generate for a prepared request. A block body that is a docstring the filters
+    would drop whole (cut off before its first line ended) is generated once more with
+    string-opening first tokens banned: a new function gets code rather than nothing."""
+    result = generate(lm.model, lm.tokenizer, p.ids, p.config, cache=cache, heal=p.healed,
+                      should_stop=should_stop, stop_text=p.stop_text)
+    first = result.candidates[0]
+    if p.ctx.multiline and p.config.n == 1 and first.finish_reason != CANCELLED \
+            and first.text.lstrip().startswith(('"""', "'''")) \
+            and run_chain(first.text, p.ctx, PRE_CACHE) is None:
+        result = generate(lm.model, lm.tokenizer, p.ids,
+                          replace(p.config, ban_first=quote_tokens(lm.tokenizer)),
+                          cache=cache, heal=p.healed, should_stop=should_stop,
+                          stop_text=p.stop_text)
+    return result
+
+
+@lru_cache(maxsize=8)
+def quote_tokens(tok: Tokenizer) -> tuple[int, ...]:
+    """Tokens that begin (after spaces) with a quote: what a docstring starts with."""
+    return tuple(i for i in range(tok.vocab_size) if i not in tok.special_ids
+                 and tok.token_bytes(i).lstrip(b" \t")[:1] in (b'"', b"'"))
+
+
+def filter_texts(texts: list[str], ctx: CompletionContext, chain: list[Filter]) -> list[str]:
+    """Each text through the filter chain; dropped ones and repeats left out."""
+    out: list[str] = []
+    for text in texts:
+        kept = run_chain(text, ctx, chain)
+        if kept is not None and kept not in out:
+            out.append(kept)
+    return out
+
+
+def complete(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
+             cache: KVCache | None = None) -> list[str]:
+    """Completions as the server would show them, without its caches and re-ranking."""
+    p = prepare(lm, prefix, suffix, settings)
+    result = generate_candidates(lm, p, cache)
+    texts = [c.text for c in result.candidates if c.finish_reason != CANCELLED]
+    return filter_texts(texts, p.ctx, PRE_CACHE + POST_CACHE)
