@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from scraper.filters import FilterConfig
-from scraper.store import CorpusStore, StoreError
+from scraper.store import CorpusStore, ScrapeLock, StoreError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Commands that write the corpus: one of them at a time per database (ScrapeLock).
+WRITERS = {"local", "github", "dedup"}
+
+
 def print_stats(stats: dict) -> None:
     repos = stats["repos"]
     print(f"repositories  {sum(repos.values()):>10,}  "
@@ -92,37 +96,49 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    lock = ScrapeLock(args.db)
     try:
+        if args.command in WRITERS:
+            lock.acquire()
         store = CorpusStore(args.db)
     except StoreError as e:
+        lock.release()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with store:
-        if args.command == "local":
-            return _local(store, args)
-        if args.command == "github":
-            from scraper.github import run_github
-            return run_github(store, args)
-        if args.command == "stats":
-            stats = store.stats()
-            if args.json:
-                print(json.dumps(stats, indent=2))
-            else:
-                print_stats(stats)
-            return 0
-        if args.command == "dedup":
-            from scraper.dedup import near_duplicates
-            dups = near_duplicates(((f.sha, f.stars, f.content)
-                                    for f in store.iter_files(include_near_dups=True)),
-                                   args.threshold)
-            store.set_near_dups(dups.items())
-            print(f"marked {len(dups):,} near-duplicate files (Jaccard >= {args.threshold})")
-            return 0
-        if args.command == "export":
-            from scraper.export import export
-            n = export(store, args.out, args.include_near_dups)
-            print(f"wrote {n:,} files to {args.out}")
-            return 0
+    try:
+        return run_command(store, args)
+    finally:
+        store.close()
+        lock.release()
+
+
+def run_command(store: CorpusStore, args: argparse.Namespace) -> int:
+    """Run one subcommand on an open store; returns the exit status."""
+    if args.command == "local":
+        return _local(store, args)
+    if args.command == "github":
+        from scraper.github import run_github
+        return run_github(store, args)
+    if args.command == "stats":
+        stats = store.stats()
+        if args.json:
+            print(json.dumps(stats, indent=2))
+        else:
+            print_stats(stats)
+        return 0
+    if args.command == "dedup":
+        from scraper.dedup import near_duplicates
+        dups = near_duplicates(((f.sha, f.stars, f.content)
+                                for f in store.iter_files(include_near_dups=True)),
+                               args.threshold)
+        store.set_near_dups(dups.items())
+        print(f"marked {len(dups):,} near-duplicate files (Jaccard >= {args.threshold})")
+        return 0
+    if args.command == "export":
+        from scraper.export import export
+        n = export(store, args.out, args.include_near_dups)
+        print(f"wrote {n:,} files to {args.out}")
+        return 0
     return 1
 
 

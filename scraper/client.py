@@ -119,9 +119,18 @@ def parse_link_header(value: str) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class CachedPage:
+    """A remembered answer: its ETag, `Link` header (pagination) and body."""
+
+    etag: str
+    link: str
+    body: bytes
+
+
 class EtagCache(Protocol):
-    def etag(self, url: str) -> tuple[str, bytes] | None: ...
-    def save_etag(self, url: str, etag: str, body: bytes) -> None: ...
+    def etag(self, url: str) -> CachedPage | None: ...
+    def save_etag(self, url: str, etag: str, body: bytes, link: str = "") -> None: ...
 
 
 class GitHubClient:
@@ -235,7 +244,7 @@ class GitHubClient:
                 headers["Authorization"] = f"Bearer {ident.token}"
             cached = self.etags.etag(url) if (use_etag and self.etags and not stream) else None
             if cached:
-                headers["If-None-Match"] = cached[0]
+                headers["If-None-Match"] = cached.etag
             self._pace()
             try:
                 raw = self.session.get(url, headers=headers, timeout=60, stream=stream,
@@ -249,7 +258,12 @@ class GitHubClient:
             status = raw.status_code
             if status == 304 and cached:
                 raw.close()
-                return Response(200, dict(raw.headers), cached[1], url, from_cache=True)
+                # Header names compared in lower case, as for a 200; the remembered Link
+                # keeps pagination going when a 304 carries none.
+                seen = _lower(raw.headers)
+                if cached.link and "link" not in seen:
+                    seen["link"] = cached.link
+                return Response(200, seen, cached.body, url, from_cache=True)
             if 200 <= status < 300:
                 if stream:
                     return _StreamResponse(status, _lower(raw.headers), b"", url, raw=raw)
@@ -261,10 +275,11 @@ class GitHubClient:
                         attempt = self._retry_or_raise(
                             attempt, f"malformed JSON from {self._safe(url)}", status, url)
                         continue
-                etag = raw.headers.get("etag")
+                seen = _lower(raw.headers)
+                etag = seen.get("etag")
                 if etag and use_etag and self.etags:
-                    self.etags.save_etag(url, etag, body)
-                return Response(status, _lower(raw.headers), body, url)
+                    self.etags.save_etag(url, etag, body, seen.get("link", ""))
+                return Response(status, seen, body, url)
             body = raw.content if not stream else raw.raw.read(65536, decode_content=True)
             raw.close()
             wait = self._rate_limit_wait(status, raw.headers, body, attempt)

@@ -283,28 +283,12 @@ def fetch_repo(client: GitHubClient, store: CorpusStore, repo: RepoRow,
 
 # -- the command ---------------------------------------------------------------------------
 
-def run_github(store: CorpusStore, args: argparse.Namespace, clock=None,
-               today: date | None = None) -> int:
+def crawl(client: GitHubClient, store: CorpusStore, args: argparse.Namespace,
+          slices: list, licenses: set[str] | None) -> tuple[int, list]:
+    """Discover repositories slice by slice, then fetch each; returns (new files, the
+    repositories fetched)."""
     from tqdm import tqdm
 
-    from scraper.tokens import TokenError, install_redactor, load_tokens
-    try:
-        tokens = load_tokens(args.token_file)
-        slices = month_slices(args.since, args.until, today)
-    except (TokenError, ValueError) as e:
-        print(f"error: {e}")
-        return 2
-    install_redactor(tokens)
-    client = GitHubClient(args.api_url, tokens, clock=clock, etags=store,
-                          min_interval=getattr(args, "min_interval", 0.0))
-    licenses = {x.strip().lower() for x in args.license.split(",")} if args.license else None
-    try:
-        client.resolve_identities()
-    except GitHubError as e:
-        print(f"error: {e}")
-        return 2
-    if not tokens:
-        log.warning("no GITHUB_TOKEN: running unauthenticated at 60 requests/hour")
     if getattr(args, "refresh", False):
         store.db.execute("UPDATE slices SET status='pending', next_url=NULL"
                          " WHERE status IN ('done', 'partial')")
@@ -326,6 +310,38 @@ def run_github(store: CorpusStore, args: argparse.Namespace, clock=None,
         left = client.remaining("core")
         fbar.set_postfix(files=new, budget="?" if left is None else left)
     fbar.close()
+    return new, todo
+
+
+def run_github(store: CorpusStore, args: argparse.Namespace, clock=None,
+               today: date | None = None) -> int:
+
+    from scraper.tokens import TokenError, install_redactor, load_tokens
+    try:
+        tokens = load_tokens(args.token_file)
+        slices = month_slices(args.since, args.until, today)
+    except (TokenError, ValueError) as e:
+        print(f"error: {e}")
+        return 2
+    install_redactor(tokens)
+    client = GitHubClient(args.api_url, tokens, clock=clock, etags=store,
+                          min_interval=getattr(args, "min_interval", 0.0))
+    licenses = {x.strip().lower() for x in args.license.split(",")} if args.license else None
+    try:
+        client.resolve_identities()
+    except GitHubError as e:
+        print(f"error: {e}")
+        return 2
+    if not tokens:
+        log.warning("no GITHUB_TOKEN: running unauthenticated at 60 requests/hour")
+    try:
+        new, todo = crawl(client, store, args, slices, licenses)
+    except GitHubError as e:
+        # Anything a repository's own record cannot absorb (a token revoked mid-crawl: 401)
+        # ends the run in one sentence; every repository finished so far is saved.
+        print(f"error: {e}; the crawl stopped here and resumes from this point when "
+              "rerun.")
+        return 2
     print(f"{new:,} new files from {len(todo):,} repositories; {client.requests_made:,} "
           f"requests, {client.waited:,.0f}s waited")
     return 0

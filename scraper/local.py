@@ -145,7 +145,8 @@ def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
 
 def scan_local(store: CorpusStore, repo: LocalRepo, config: FilterConfig) -> int:
     """Filter one local repository into the store; returns how many files were new."""
-    row = store.upsert_repo(repo.name, "local", license=repo.license)
+    name = store.claim_local_name(repo.name, str(repo.root.resolve()))
+    row = store.upsert_repo(name, "local", license=repo.license)
     if row.status in (DONE, SKIPPED):
         return 0
     accepted: list[Accepted] = []

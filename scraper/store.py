@@ -12,18 +12,25 @@ Tables
 - `occurrences`: every qualifying (repo, path) and its SHA; `occurrences - files` is the
   number of exact duplicates dropped.
 - `rejections`: (repo, path, reason) for every file a filter turned away.
+- `local_origins`: the directory each `local:` repository name stands for, so two
+  directories with the same name get two repositories.
 - `slices`: search-API discovery state (query, created range, result count, next page).
-- `etags`: the last ETag and body seen for a URL, sent back as `If-None-Match`.
+- `etags`: the last ETag, `Link` header and body (zlib) seen for a URL, sent back as
+  `If-None-Match`; a bounded cache (ETAG_CACHE_BYTES, least recently used out first).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from scraper.client import CachedPage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS repos (
@@ -74,7 +81,14 @@ CREATE TABLE IF NOT EXISTS slices (
 CREATE TABLE IF NOT EXISTS etags (
     url TEXT PRIMARY KEY,
     etag TEXT NOT NULL,
-    body BLOB NOT NULL
+    link TEXT,
+    body BLOB NOT NULL,
+    used REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS etags_used ON etags(used);
+CREATE TABLE IF NOT EXISTS local_origins (
+    name TEXT PRIMARY KEY,
+    origin TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_repo ON files(repo_id);
 """
@@ -126,6 +140,51 @@ class Accepted:
     text: str
 
 
+ETAG_CACHE_BYTES = 64 * 2**20
+
+
+class ScrapeLock:
+    """One scrape per database at a time: an exclusive lock on `DB.lock` beside it, held
+    for the life of the process and released by the OS if the process dies (no stale
+    locks). The file holds the holder's pid, so the second process can say who it is."""
+
+    def __init__(self, db_path: str | Path):
+        self.path = Path(str(db_path) + ".lock")
+        self._file = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:                  # not POSIX: no lock, as before
+            return
+        f = open(self.path, "a+")  # noqa: SIM115 - held open until release()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise StoreError(f"another scrape (pid {pid}) holds {self.path.with_suffix('')}; "
+                             "wait for it to finish or stop it first.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ScrapeLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class CorpusStore:
     """All reads and writes of the corpus database go through this class."""
 
@@ -135,9 +194,17 @@ class CorpusStore:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self._drop_old_etags()
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path} is not a usable corpus database ({e}).") from None
+
+    def _drop_old_etags(self) -> None:
+        """Databases from before the bounded ETag cache kept every body uncompressed and
+        forever; that table is only a cache, so it is dropped and made anew."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(etags)")}
+        if cols and "used" not in cols:
+            self.db.execute("DROP TABLE etags")
 
     def close(self) -> None:
         self.db.close()
@@ -161,6 +228,17 @@ class CorpusStore:
         repo = self.repo(name)
         assert repo is not None
         return repo
+
+    def claim_local_name(self, name: str, origin: str) -> str:
+        """The store name for the local directory `origin`: `name` when it is free or
+        already this directory's, else `name@<hash of the path>` (two folders both called
+        `src` are two repositories, and the second is not skipped as done)."""
+        row = self.db.execute("SELECT origin FROM local_origins WHERE name=?",
+                              (name,)).fetchone()
+        if row is not None and row[0] != origin:
+            name = f"{name}@{hashlib.sha256(origin.encode()).hexdigest()[:8]}"
+        self.db.execute("INSERT OR IGNORE INTO local_origins VALUES(?,?)", (name, origin))
+        return name
 
     def repo(self, name: str) -> RepoRow | None:
         row = self.db.execute(
@@ -266,12 +344,34 @@ class CorpusStore:
             " incomplete=max(slices.incomplete, excluded.incomplete)",
             (query, start, end, total, status, next_url, int(incomplete)))
 
-    def etag(self, url: str) -> tuple[str, bytes] | None:
-        row = self.db.execute("SELECT etag, body FROM etags WHERE url=?", (url,)).fetchone()
-        return (row[0], row[1]) if row else None
+    def etag(self, url: str) -> CachedPage | None:
+        row = self.db.execute("SELECT etag, link, body FROM etags WHERE url=?",
+                              (url,)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = zlib.decompress(row[2])
+        except zlib.error:
+            self.db.execute("DELETE FROM etags WHERE url=?", (url,))
+            return None
+        self.db.execute("UPDATE etags SET used=? WHERE url=?", (time.time(), url))
+        return CachedPage(row[0], row[1] or "", body)
 
-    def save_etag(self, url: str, etag: str, body: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO etags VALUES(?,?,?)", (url, etag, body))
+    def save_etag(self, url: str, etag: str, body: bytes, link: str = "") -> None:
+        """Remember a page for conditional requests; the cache keeps at most
+        ETAG_CACHE_BYTES (compressed), dropping the least recently used pages first."""
+        data = zlib.compress(body, 6)
+        if len(data) > ETAG_CACHE_BYTES // 8:
+            self.db.execute("DELETE FROM etags WHERE url=?", (url,))
+            return
+        self.db.execute("INSERT OR REPLACE INTO etags VALUES(?,?,?,?,?)",
+                        (url, etag, link or None, data, time.time()))
+        total = self.db.execute("SELECT coalesce(sum(length(body)), 0) FROM etags").fetchone()[0]
+        while total > ETAG_CACHE_BYTES:
+            rows = self.db.execute("SELECT url, length(body) FROM etags ORDER BY used LIMIT 64"
+                                   ).fetchall()
+            self.db.executemany("DELETE FROM etags WHERE url=?", [(r[0],) for r in rows])
+            total -= sum(r[1] for r in rows)
 
     # -- reading the corpus ------------------------------------------------------------
 

@@ -8,7 +8,7 @@ Imitated: `/user`, `/search/repositories` (qualifiers `created:A..B` and `stars:
 same host, a gzipped tar with a pax commit header, symlink members), ETags and 304s,
 per-token rate-limit headers (core and search budgets with resets), and injectable
 faults: 5xx, malformed JSON, 403 secondary limits with and without `retry-after`, 429,
-403 primary limits, plain 403, 404 and 451 repositories.
+403 primary limits, plain 403, 401 (a revoked token), 404 and 451 repositories.
 
 The clock is shared with the client in tests (`FakeClock`), so an hour of rate-limit
 waiting costs no real time.
@@ -359,6 +359,8 @@ class FakeGitHub:
             return self._send(h, 403, {"message": "API rate limit exceeded"},
                               dict(limit_headers, **{"x-ratelimit-remaining": "0",
                                                      "x-ratelimit-reset": reset}))
+        if fault == "401":
+            return self._send(h, 401, {"message": "Bad credentials"}, limit_headers)
         if fault == "forbidden":
             return self._send(h, 403, {"message": "Resource not accessible by integration"},
                               limit_headers)

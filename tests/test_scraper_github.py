@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import random
@@ -290,3 +291,73 @@ def test_cli_rejects_bad_arguments_clearly(tmp_path):
                         str(tmp_path / "c.sqlite"), "--since", "soon"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "2015-01" in r.stdout + r.stderr
+
+
+def test_refresh_follows_every_page_of_a_slice(tmp_path):
+    """A re-crawl answered with 304s still walks page 2 and on (the 304's headers are
+    read case-insensitively, and the remembered Link header is the fallback)."""
+    clock = FakeClock()
+    gh = FakeGitHub(standard_world(filler_day_repos=150), clock=clock).start()
+    try:
+        db = tmp_path / "c.sqlite"
+        first = crawl(gh, clock, db)
+        n = len(gh.log)
+        again = crawl(gh, clock, db, refresh=True)
+    finally:
+        gh.stop()
+    assert again["repos"] == first["repos"]
+    searches = [e for e in gh.log[n:] if e["path"] == "/search/repositories"]
+    assert any("page=2" in e["query"] for e in searches)
+    assert all(e["status"] == 304 for e in searches)          # and all of them were free
+
+
+def test_a_token_revoked_mid_crawl_ends_in_one_sentence_and_resumes(world, tmp_path,
+                                                                    monkeypatch, capsys):
+    gh, clock = world
+    monkeypatch.setenv("GITHUB_TOKEN", SECRET)
+    clean = crawl(gh, FakeClock(), tmp_path / "clean.sqlite")
+    gh.inject(r"/acme/small/git/trees", "401")
+    db = tmp_path / "c.sqlite"
+    with CorpusStore(db) as store:
+        assert run_github(store, args(db, gh.url), clock=clock, today=TODAY) == 2
+        done_before = {r.name for r in store.repos("done")}
+    out = capsys.readouterr().out
+    error = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "401" in error[0] and "resumes" in error[0]
+    assert SECRET not in out and "Traceback" not in out
+    assert "acme/big" in done_before                          # work before it is kept
+    assert crawl(gh, clock, db)["files"] == clean["files"]   # and the rerun finishes
+
+
+def test_etag_cache_is_compressed_bounded_and_keeps_the_link(tmp_path, monkeypatch):
+    from scraper import store as store_module
+    monkeypatch.setattr(store_module, "ETAG_CACHE_BYTES", 64 * 1024)
+    db = tmp_path / "c.sqlite"
+    with CorpusStore(db) as store:
+        body = json.dumps({"tree": [{"path": f"f{i}.py"} for i in range(2000)]}).encode()
+        store.save_etag("u0", '"e0"', body, '<x?page=2>; rel="next"')
+        got = store.etag("u0")
+        assert (got.etag, got.body, got.link) == ('"e0"', body, '<x?page=2>; rel="next"')
+        stored = store.db.execute("SELECT length(body) FROM etags").fetchone()[0]
+        assert stored < len(body) / 5                          # compressed
+        for i in range(1, 200):                                # far more than the bound
+            store.save_etag(f"u{i}", f'"e{i}"', os.urandom(2000))
+        total = store.db.execute("SELECT sum(length(body)) FROM etags").fetchone()[0]
+        assert total <= 64 * 1024
+        assert store.etag("u199") is not None and store.etag("u1") is None   # oldest out
+        store.save_etag("huge", '"h"', os.urandom(64 * 1024))  # alone over an 8th: not kept
+        assert store.etag("huge") is None
+
+
+def test_an_old_etag_table_is_replaced(tmp_path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE etags (url TEXT PRIMARY KEY, etag TEXT NOT NULL, "
+                "body BLOB NOT NULL)")
+    con.execute("INSERT INTO etags VALUES('u', 'e', x'00')")
+    con.commit()
+    con.close()
+    with CorpusStore(db) as store:
+        assert store.etag("u") is None
+        store.save_etag("u", "e2", b"{}")
+        assert store.etag("u").body == b"{}"

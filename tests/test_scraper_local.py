@@ -125,3 +125,30 @@ def test_killed_transaction_leaves_no_partial_repo(tmp_path):
         assert store.stats()["files"] == 0
         assert store.repo("r").status == "pending"
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_two_directories_with_the_same_name_are_two_repositories(tmp_path):
+    for parent, word in (("one", "alpha"), ("two", "gamma")):
+        (tmp_path / parent / "src").mkdir(parents=True)
+        (tmp_path / parent / "src" / "m.py").write_text(CODE.replace("alpha", word))
+    db = tmp_path / "c.sqlite"
+    with CorpusStore(db) as store:
+        assert crawl_local(store, [tmp_path / "one" / "src"]) == 1
+        assert crawl_local(store, [tmp_path / "two" / "src"]) == 1     # not "done" already
+        assert crawl_local(store, [tmp_path / "one" / "src"]) == 0     # the same one again
+        names = sorted(r.name for r in store.repos())
+    assert len(names) == 2 and names[0] == "local:src" and names[1].startswith("local:src@")
+
+
+def test_a_second_scrape_on_one_database_is_refused_in_one_sentence(tmp_path):
+    from scraper.store import ScrapeLock
+    make_tree(tmp_path / "tree")
+    db = tmp_path / "c.sqlite"
+    with ScrapeLock(db):
+        r = run_cli("local", str(tmp_path / "tree"), "--db", str(db))
+        assert r.returncode == 2
+        assert f"another scrape (pid {os.getpid()}) holds {db}" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert run_cli("stats", "--db", str(db)).returncode == 0      # readers are not held
+    r = run_cli("local", str(tmp_path / "tree"), "--db", str(db))
+    assert r.returncode == 0, r.stderr
