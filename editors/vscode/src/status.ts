@@ -1,5 +1,6 @@
 // The status bar item: starting / ready / generating / disabled / error, last latency.
 import * as vscode from 'vscode';
+import { statusView } from './statusView';
 
 export class StatusItem implements vscode.Disposable {
   private item = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
@@ -33,10 +34,8 @@ export class StatusItem implements vscode.Disposable {
         if (!s) {
           return;
         }
-        const p50 = s.latency_p50_ms === null ? '-' : `${s.latency_p50_ms} ms`;
-        this.set(s.generating ? 'generating' : 'ready',
-          `codecomplete: ${String(s.model)} on ${String(s.device)}; p50 ${p50}; `
-          + `cache hits ${String(s.cache_hit_rate ?? '-')}`);
+        const view = statusView(s);
+        this.set(view.state, view.detail);
       } catch {
         // a restart is in progress; the next tick will tell
       }
