@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up and show one completion from the default model, end to end over LSP.
-# Until the trained default model ships in model/default/, the first run builds a small
-# stand-in model from the local Python standard library (about 5-10 minutes on 2 cores)
-# into ~/.cache/codecomplete/standin-model; later runs reuse it.
+# Set up what running needs (not the test tools) and show one completion from the shipped
+# default model (model/default/), end to end over LSP. Only where that directory is
+# missing (a checkout without it) is a small stand-in model built first from the local
+# Python standard library (5-10 minutes on 2 cores) into ~/.cache/codecomplete.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

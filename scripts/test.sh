@@ -2,6 +2,6 @@
 # Set up (if needed) and run the whole test suite plus the linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh dev
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

@@ -10,7 +10,7 @@
 # package its own "repository", so whole packages are held out for validation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh train     # + matplotlib for the loss curve at the end
 PY=.venv/bin/python
 VOCAB=${VOCAB:-16384}
 NAME=${NAME:-default}
