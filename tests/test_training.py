@@ -427,3 +427,18 @@ def test_fim_rate_benchmark_continues_one_checkpoint_per_arm(tmp_path, small_dat
         assert cfg["fim_level"] == arm[4:7].replace("ctx", "context").replace(
             "doc", "document")
     assert all(a["fim_bpb"] > 0 for a in report["arms"])
+
+
+def test_train_help_lists_every_setting_with_its_default_and_meaning():
+    import dataclasses
+
+    from training.config import TrainConfig
+    r = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for f in dataclasses.fields(TrainConfig):
+        line = next((x for x in r.stdout.splitlines()
+                     if x.strip().startswith(f"--{f.name.replace('_', '-')} ")), None)
+        assert line is not None, f.name
+        assert "(default: " in line and f.metadata["help"] in line
+    assert "cpu-default" in r.stdout

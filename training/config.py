@@ -13,58 +13,64 @@ from typing import Any
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+def opt(default: Any, help: str) -> Any:
+    """A TrainConfig field with its one-line meaning (shown by `training.train --help`)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    name: str = ""                 # run name; runs/NAME/ (default: the preset's name)
-    data: str = "data/default"     # a `training.prepare` output folder
-    runs_dir: str = "runs"
+    name: str = opt("", "run name: runs/NAME/ (empty: the preset's name)")
+    data: str = opt("data/default", "a training.prepare output folder")
+    runs_dir: str = opt("runs", "where run folders are made")
     # model (Llama; vocab comes from the data's tokenizer)
-    hidden_size: int = 256
-    intermediate_size: int = 704
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 8
-    num_key_value_heads: int = 4
-    tie_word_embeddings: bool = True
-    rope_theta: float = 10000.0
+    hidden_size: int = opt(256, "model width")
+    intermediate_size: int = opt(704, "SwiGLU hidden width")
+    num_hidden_layers: int = opt(6, "decoder layers")
+    num_attention_heads: int = opt(8, "query heads")
+    num_key_value_heads: int = opt(4, "key/value heads (grouped-query attention)")
+    tie_word_embeddings: bool = opt(True, "share the input embedding and the output head")
+    rope_theta: float = opt(10000.0, "RoPE base")
     # data
-    seq_len: int = 512
-    batch_size: int = 16           # sequences per micro-batch, per process
-    grad_accum: int = 1
-    fim_rate: float = 0.5
-    spm_rate: float = 0.5
-    fim_level: str = "context"     # context: FIM inside each packed window | document
+    seq_len: int = opt(512, "tokens per training window (the model's context)")
+    batch_size: int = opt(16, "sequences per micro-batch, per process")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    fim_rate: float = opt(0.5, "share of documents turned into fill-in-the-middle examples")
+    spm_rate: float = opt(0.5, "share of FIM examples in SPM order (the rest PSM)")
+    fim_level: str = opt("context", "context: FIM inside each packed window | document")
     # optimisation
-    max_steps: int = 1000
-    optimizer: str = "adamw"       # adamw | muon (Muon for 2-D hidden weights, AdamW rest)
-    lr: float = 3e-3
-    muon_lr: float = 0.02
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    schedule: str = "cosine"       # cosine | wsd (warmup-stable-decay)
-    decay_fraction: float = 0.2    # wsd: share of steps spent decaying
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    max_steps: int = opt(1000, "optimizer steps of the run")
+    optimizer: str = opt("adamw", "adamw | muon (Muon for 2-D hidden weights, AdamW rest)")
+    lr: float = opt(3e-3, "peak AdamW learning rate")
+    muon_lr: float = opt(0.02, "peak Muon learning rate")
+    min_lr_ratio: float = opt(0.1, "final learning rate as a share of the peak")
+    warmup_steps: int = opt(100, "linear warmup steps")
+    schedule: str = opt("cosine", "cosine | wsd (warmup-stable-decay)")
+    decay_fraction: float = opt(0.2, "wsd: share of steps spent decaying")
+    weight_decay: float = opt(0.1, "decoupled weight decay")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "gradient norm clip")
     # robustness
-    nan_patience: int = 3          # consecutive bad steps before rolling back
-    rollback_lr_factor: float = 0.5
-    debug_nan_steps: list[int] = field(default_factory=list)  # tests: poison these steps
+    nan_patience: int = opt(3, "consecutive non-finite steps before rolling back")
+    rollback_lr_factor: float = opt(0.5, "learning-rate factor after each rollback")
+    debug_nan_steps: list[int] = field(default_factory=list, metadata={
+        "help": "tests: poison the loss at these steps (1,5,9)"})
     # bookkeeping
-    eval_every: int = 250
-    eval_batches: int = 16
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    sample_every_eval: int = 3     # completions logged as text at each eval
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"            # auto | bf16 | fp32 (autocast dtype)
-    compile: bool = False
-    threads: int = 0               # torch intra-op threads (0: torch's default)
-    export_dir: str = ""           # where the best checkpoint is exported at the end
-    init_from: str = ""            # start from these weights: a model directory or a
-    #                                training checkpoint (fine-tuning, continuing a run)
+    eval_every: int = opt(250, "steps between validations (and best/ updates)")
+    eval_batches: int = opt(16, "validation batches per evaluation")
+    checkpoint_every: int = opt(250, "steps between checkpoints")
+    keep_checkpoints: int = opt(2, "checkpoints kept (older ones are removed)")
+    log_every: int = opt(10, "steps between progress lines and metrics")
+    sample_every_eval: int = opt(3, "completions logged as text at each evaluation")
+    seed: int = opt(0, "seed of the data order, FIM and initialisation")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto | bf16 | fp32 (autocast dtype)")
+    compile: bool = opt(False, "torch.compile the model with its loss")
+    threads: int = opt(0, "torch intra-op threads (0: torch's default)")
+    export_dir: str = opt("", "export the best model directory here at the end")
+    init_from: str = opt("", "start from these weights: a model directory or a training "
+                             "checkpoint (fine-tuning, continuing a run)")
 
     @property
     def tokens_per_step(self) -> int:
@@ -72,6 +78,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def settings_help() -> str:
+    """Every setting as `--name VALUE  meaning (default: X)`, for --help."""
+    rows = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        rows.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata['help']} "
+                    f"(default: {shown!r})")
+    return "\n".join(rows)
 
 
 def preset_names() -> list[str]:

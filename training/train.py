@@ -43,7 +43,7 @@ from training.checkpoints import (
     save_checkpoint,
     write_metrics_line,
 )
-from training.config import TrainConfig, load_config
+from training.config import TrainConfig, load_config, preset_names, settings_help
 from training.data import DataError, PackedLoader, load_dataset, validation_batches
 from training.optim import build_optimizers, lr_scale, set_lr
 
@@ -537,8 +537,10 @@ def export_best(run_dir: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, str]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="Any TrainConfig field may be overridden: --lr 1e-3")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (each overrides the preset; a preset's values replace the defaults):\n"
+               + settings_help() + f"\n\npresets: {', '.join(preset_names())}")
     ap.add_argument("--config", required=True, help="preset name or .toml file")
     ap.add_argument("--resume", action="store_true")
     args, rest = ap.parse_known_args(argv)
