@@ -42,8 +42,7 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
     multi-line on an empty line opening a block body, else the rest of one line."""
     multiline = wants_multiline(prefix, suffix)
     ctx = CompletionContext(prefix, suffix, multiline)
-    budget = prompt_budget(lm.config.max_position_embeddings, settings.context_tokens,
-                           settings.max_tokens)
+    budget = prompt_budget(lm.context, settings.context_tokens, settings.max_tokens)
     ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, snippet)
     config = GenerationConfig(max_new_tokens=settings.max_tokens,
                               temperature=settings.temperature, top_p=settings.top_p,
@@ -91,6 +90,6 @@ def complete(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings
              cache: KVCache | None = None) -> list[str]:
     """Completions as the server would show them, without its caches and re-ranking."""
     p = prepare(lm, prefix, suffix, settings)
-    result = generate_candidates(lm, p, cache)
+    result = generate_candidates(lm, p, cache or lm.model.new_cache(1, lm.context))
     texts = [c.text for c in result.candidates if c.finish_reason != CANCELLED]
     return filter_texts(texts, p.ctx, PRE_CACHE + POST_CACHE)

@@ -14,26 +14,42 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from tokenizers import Tokenizer as HFTokenizer
 
 from model.atomic import atomic_write_bytes, atomic_write_text
 from model.config import ModelConfig
 from model.device import dtype_name, select_device, select_dtype
-from model.tokenizer import PSM, SPM, FimTokens, Tokenizer
+from model.families import (
+    WEIGHTS_FILE,
+    CheckpointFilesError,
+    Item,
+    our_tensors,
+    read_tensors,
+    weight_files,
+)
+from model.tokenizer import (
+    FIM_FAMILIES,
+    PSM,
+    SPM,
+    FimTokens,
+    Tokenizer,
+    detect_fim,
+    is_sentencepiece_style,
+)
 from model.transformer import Transformer
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "codecomplete.json"
 META_VERSION = 1
+FOREIGN_CONTEXT = 2048     # the context served for a model without codecomplete.json
 
 
 class ModelDirError(ValueError):
@@ -56,7 +72,13 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelMeta:
-        fim = FimTokens(**d.get("fim", {}))
+        named = d.get("fim", {})
+        if isinstance(named, str):
+            if named not in FIM_FAMILIES:
+                raise ValueError(f"fim {named!r} is not one of {', '.join(FIM_FAMILIES)}")
+            fim = FIM_FAMILIES[named]
+        else:
+            fim = FimTokens(**named)
         order = d.get("fim_order", PSM)
         if order not in (PSM, SPM):
             raise ValueError(f"fim_order must be 'psm' or 'spm', not {order!r}")
@@ -73,6 +95,13 @@ class LoadedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
+
+    @property
+    def context(self) -> int:
+        """Tokens a prompt and its completion may span here: the model's own context, or
+        less where codecomplete.json says so (a 32k-token model need not hold a 32k KV
+        cache to complete a line)."""
+        return min(self.config.max_position_embeddings, self.meta.context_size)
 
 
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, META_FILE)
@@ -154,8 +183,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "auto",
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist or is not a directory.")
     config = read_config(path)
-    tokenizer_meta = read_meta(path)
-    tokenizer = read_tokenizer(path, tokenizer_meta.fim)
+    hf = read_hf_tokenizer(path)
+    tokenizer_meta = read_meta(path) or foreign_meta(path, hf, config)
+    tokenizer = make_tokenizer(path, hf, tokenizer_meta.fim)
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelDirError(
             f"{path / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but {path / CONFIG_FILE} "
@@ -163,9 +193,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "auto",
         )
     dev = device if isinstance(device, torch.device) else select_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else select_dtype(dev, dtype)
-    model = Transformer(config)
-    load_weights(model, path / WEIGHTS_FILE)
-    model.to(device=dev, dtype=dt).eval()
+    model = Transformer.empty(config, dev, dt)
+    load_weights(model, path)
+    model.eval()
     return LoadedModel(model, tokenizer, config, tokenizer_meta, path, dev, dt)
 
 
@@ -178,73 +208,99 @@ def read_config(path: Path) -> ModelConfig:
         raise ModelDirError(f"{f} is not a usable Llama config: {e}.") from None
 
 
-def read_meta(path: Path) -> ModelMeta:
-    """codecomplete.json; when absent (a Llama code model from elsewhere) our default FIM
-    token names are assumed and checked against the tokenizer."""
+def read_meta(path: Path) -> ModelMeta | None:
+    """codecomplete.json, or None when absent (a code model from elsewhere)."""
     f = path / META_FILE
     if not f.exists():
-        return ModelMeta()
+        return None
     try:
         return ModelMeta.from_dict(_read_json(f))
     except (ValueError, TypeError) as e:
         raise ModelDirError(f"{f} is invalid: {e}.") from None
 
 
-def read_tokenizer(path: Path, fim: FimTokens) -> Tokenizer:
+def foreign_meta(path: Path, hf: HFTokenizer, config: ModelConfig) -> ModelMeta:
+    """What codecomplete.json would say of a model directory from elsewhere: the FIM
+    tokens of its family (found in its tokenizer), prefix-suffix-middle order as those
+    families document, and a context of at most FOREIGN_CONTEXT tokens."""
+    fim = detect_fim(hf)
+    if fim is None:
+        raise ModelDirError(
+            f"{path / TOKENIZER_FILE} has the FIM tokens of none of the families codecomplete "
+            f"knows ({', '.join(FIM_FAMILIES)}): name them in {path / META_FILE}.")
+    return ModelMeta(fim=fim, fim_order=PSM,
+                     context_size=min(config.max_position_embeddings, FOREIGN_CONTEXT),
+                     provenance={"fim": "detected from the tokenizer"})
+
+
+def read_hf_tokenizer(path: Path) -> HFTokenizer:
     f = path / TOKENIZER_FILE
     if not f.is_file():
         raise ModelDirError(f"{f} is missing: a model directory needs its tokenizer.")
     try:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        hf = HFTokenizer.from_file(str(f))
+        return HFTokenizer.from_file(str(f))
     except Exception as e:  # tokenizers raises plain Exception subclasses
         raise ModelDirError(f"{f} is not a valid tokenizers file ({_first_line(e)}).") from None
+
+
+def make_tokenizer(path: Path, hf: HFTokenizer, fim: FimTokens) -> Tokenizer:
+    if is_sentencepiece_style(hf):
+        raise ModelDirError(f"{path / TOKENIZER_FILE} is a SentencePiece-style tokenizer (▁ for "
+                            "spaces, <0x0A> byte fallback, as CodeLlama's), which is not "
+                            "supported yet; byte-level BPE tokenizers are.")
     try:
         return Tokenizer(hf, fim)
     except ValueError as e:
-        raise ModelDirError(f"{f} does not fit {path / META_FILE}: {e}.") from None
-
-
-def load_weights(model: Transformer, f: Path) -> None:
-    """Copy safetensors weights into `model`, checking names and shapes."""
-    if not f.is_file():
-        raise ModelDirError(f"{f} is missing: a model directory needs its weights.")
-    try:
-        tensors = st_load(f.read_bytes())
-    except (SafetensorError, ValueError, OSError, RuntimeError) as e:
-        raise ModelDirError(f"{f} is corrupt or not a safetensors file ({_first_line(e)}).") \
+        raise ModelDirError(f"{path / TOKENIZER_FILE} does not fit {path / META_FILE}: {e}.") \
             from None
-    assign_weights(model, tensors, f)
+
+
+def load_weights(model: Transformer, path: Path) -> None:
+    """Copy a model directory's weights into `model`, lazily, checking names and shapes."""
+    try:
+        files = weight_files(path)
+        assign_tensors(model, our_tensors(model.config, read_tensors(files)), files[0])
+    except CheckpointFilesError as e:
+        raise ModelDirError(str(e)) from None
 
 
 def assign_weights(model: Transformer, tensors: dict[str, torch.Tensor], f: Path) -> None:
-    """Copy HF-named tensors into `model` after checking names, shapes and dtypes; errors
-    name `f`, where the tensors came from."""
-    tensors = dict(tensors)
-    expected = {Transformer.hf_key(k): v for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
-        tensors.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    """Copy HF-named tensors (of our Llama layout) into `model`; errors name `f`."""
+    assign_tensors(model, ((Transformer.from_hf_key(k), v, f, k) for k, v in tensors.items()),
+                   f)
+
+
+@torch.no_grad()
+def assign_tensors(model: Transformer, items: Iterable[Item], where: Path) -> None:
+    """Copy (our name, tensor, file, name there) items into `model` after checking each
+    name, shape and dtype; every weight must be given. Errors name the file."""
+    params = model.state_dict()
+    tied = model.config.tie_word_embeddings
+    expected = {n for n in params if not (tied and n == "lm_head.weight")}
+    seen: set[str] = set()
+    unexpected: list[str] = []
+    for name, t, f, source in items:
+        if tied and name == "lm_head.weight":
+            continue
+        if name not in params:
+            unexpected.append(source)
+            continue
+        want = tuple(params[name].shape)
+        if tuple(t.shape) != want:
+            raise ModelDirError(
+                f"{f} tensor {source} has shape {tuple(t.shape)} but config.json implies {want}.")
+        if not t.is_floating_point():
+            raise ModelDirError(f"{f} tensor {source} has non-float dtype {t.dtype}.")
+        params[name].copy_(t)
+        seen.add(name)
+    missing = sorted(expected - seen)
     if missing or unexpected:
         detail = []
         if missing:
             detail.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
         if unexpected:
             detail.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
-        raise ModelDirError(f"{f} does not match config.json: {'; '.join(detail)}.")
-    for name, t in tensors.items():
-        want = tuple(expected[name].shape)
-        if tuple(t.shape) != want:
-            raise ModelDirError(
-                f"{f} tensor {name} has shape {tuple(t.shape)} but config.json implies {want}."
-            )
-        if not t.is_floating_point():
-            raise ModelDirError(f"{f} tensor {name} has non-float dtype {t.dtype}.")
-    state = {Transformer.from_hf_key(k): v for k, v in tensors.items()}
-    model.load_state_dict(state, strict=False)
+        raise ModelDirError(f"{where} does not match config.json: {'; '.join(detail)}.")
 
 
 def _read_json(f: Path) -> dict[str, Any]:

@@ -99,15 +99,15 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
     stop_text:   given a candidate's text, returns an index to cut it at (and stop), or None.
     """
     cfg = config or GenerationConfig()
-    ctx = model.config.max_position_embeddings
+    if cache is None:
+        cache = model.new_cache(1)
+    ctx = cache.capacity                 # the model's context, or less for a smaller cache
     if not prompt_ids:
         raise ValueError("the prompt is empty; generation needs at least one token.")
     if len(prompt_ids) >= ctx:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {ctx}")
     max_new = min(cfg.max_new_tokens, ctx - len(prompt_ids))
     device = model.embed_tokens.weight.device
-    if cache is None:
-        cache = model.new_cache(1)
     if cache.batch != 1:
         raise ValueError("generate() needs a batch-1 cache to reuse")
     generator = None

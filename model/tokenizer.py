@@ -39,7 +39,8 @@ SPM = "spm"
 
 @dataclass(frozen=True)
 class FimTokens:
-    """Names of the special tokens a model uses for FIM (other models name them otherwise)."""
+    """Names of the special tokens a model uses for FIM (other models name them otherwise).
+    `bos`, when set, starts every prompt (models whose tokenizer adds it, as DeepSeek's)."""
 
     prefix: str = FIM_PREFIX
     middle: str = FIM_MIDDLE
@@ -47,6 +48,37 @@ class FimTokens:
     pad: str | None = FIM_PAD
     eot: str = EOT
     file_sep: str | None = FILE_SEP
+    bos: str | None = None
+
+
+# The FIM tokens of the model families the server loads, as their model cards document
+# them (all in prefix-suffix-middle order). A model directory without codecomplete.json
+# gets the first whose tokens its tokenizer has; codecomplete.json can name one ("fim":
+# "qwen") or spell the tokens out.
+FIM_FAMILIES: dict[str, FimTokens] = {
+    "starcoder": FimTokens(),
+    "qwen": FimTokens("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                      "<|endoftext|>", "<|file_sep|>"),
+    "deepseek": FimTokens("<｜fim▁begin｜>", "<｜fim▁end｜>", "<｜fim▁hole｜>", None,
+                          "<｜end▁of▁sentence｜>", None, bos="<｜begin▁of▁sentence｜>"),
+    "santacoder": FimTokens("<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>",
+                            "<|endoftext|>", None),
+}
+
+
+def detect_fim(hf: HFTokenizer) -> FimTokens | None:
+    """The FIM tokens of the first family in FIM_FAMILIES whose prefix, middle, suffix
+    and end tokens the tokenizer has (optional ones it lacks are left out)."""
+    def has(token: str | None) -> bool:
+        return token is not None and hf.token_to_id(token) is not None
+
+    for fim in FIM_FAMILIES.values():
+        if all(has(t) for t in (fim.prefix, fim.middle, fim.suffix, fim.eot)):
+            return FimTokens(fim.prefix, fim.middle, fim.suffix,
+                             fim.pad if has(fim.pad) else None, fim.eot,
+                             fim.file_sep if has(fim.file_sep) else None,
+                             fim.bos if has(fim.bos) else None)
+    return None
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -67,6 +99,10 @@ class Tokenizer:
     """Thin wrapper over a `tokenizers.Tokenizer` that knows our special tokens."""
 
     def __init__(self, hf: HFTokenizer, fim: FimTokens | None = None):
+        if is_sentencepiece_style(hf):
+            raise ValueError("SentencePiece-style tokenizers (▁ for spaces, <0x0A> byte "
+                             "fallback, as CodeLlama's) are not supported yet; byte-level "
+                             "BPE ones are")
         self.hf = hf
         self.hf.encode_special_tokens = True  # special-token text in code is just text
         self.fim = fim or FimTokens()
@@ -80,11 +116,12 @@ class Tokenizer:
         self.fim_suffix_id = hf.token_to_id(self.fim.suffix)
         self.fim_pad_id = hf.token_to_id(self.fim.pad) if self.fim.pad else None
         self.file_sep_id = hf.token_to_id(self.fim.file_sep) if self.fim.file_sep else None
+        self.bos_id = hf.token_to_id(self.fim.bos) if self.fim.bos else None
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.special_ids = frozenset(
             i for t, i in hf.get_vocab(with_added_tokens=True).items()
             if t in SPECIAL_TOKENS or t in (self.fim.prefix, self.fim.middle, self.fim.suffix,
-                                            self.fim.eot)
+                                            self.fim.eot, self.fim.bos)
         ) | frozenset(
             i for i, tok in hf.get_added_tokens_decoder().items() if tok.special
         )
@@ -160,6 +197,12 @@ class Tokenizer:
         return hashlib.sha256(self.to_str().encode()).hexdigest()
 
 
+def is_sentencepiece_style(hf: HFTokenizer) -> bool:
+    """Tokens with ▁ for spaces and <0xNN> byte-fallback pieces instead of GPT-2 bytes."""
+    return bool(getattr(hf.model, "byte_fallback", False)) \
+        or hf.token_to_id("<0x0A>") is not None
+
+
 def fim_layout(tok: Tokenizer, prefix_ids: list[int], suffix_ids: list[int],
                order: str = PSM, middle_ids: list[int] | None = None) -> list[int]:
     """The one fill-in-the-middle layout, used by training, evaluation and serving.
@@ -168,13 +211,16 @@ def fim_layout(tok: Tokenizer, prefix_ids: list[int], suffix_ids: list[int],
     SPM: <fim_prefix> <fim_suffix> suffix <fim_middle> prefix [middle]
     In SPM the prefix comes last and runs straight into the middle, so a prompt whose prefix
     grows as the user types keeps its KV cache. Training appends middle + <|endoftext|>.
+    The token names are the model's (FimTokens: <|fim_prefix|> for Qwen, <｜fim▁begin｜>
+    for DeepSeek, ...), and a model that starts prompts with a BOS token gets it first.
     """
     middle_ids = middle_ids or []
+    bos = [tok.bos_id] if tok.bos_id is not None else []
     if order == PSM:
-        return ([tok.fim_prefix_id, *prefix_ids, tok.fim_suffix_id, *suffix_ids,
+        return ([*bos, tok.fim_prefix_id, *prefix_ids, tok.fim_suffix_id, *suffix_ids,
                  tok.fim_middle_id, *middle_ids])
     if order == SPM:
-        return ([tok.fim_prefix_id, tok.fim_suffix_id, *suffix_ids, tok.fim_middle_id,
+        return ([*bos, tok.fim_prefix_id, tok.fim_suffix_id, *suffix_ids, tok.fim_middle_id,
                  *prefix_ids, *middle_ids])
     raise ValueError(f"unknown FIM order {order!r}; expected 'psm' or 'spm'")
 

@@ -1,8 +1,14 @@
-"""The Llama-architecture decoder that training, evaluation and serving all share.
+"""The decoder that training, evaluation and serving all share.
 
 One small class per concept, readable top to bottom. Module attribute names follow
 Hugging Face's `LlamaForCausalLM` so that its state-dict keys map by a fixed prefix
 (see `hf_key`), which is what makes our `model.safetensors` loadable by `transformers`.
+
+The same classes run the other supported families (model/config.py FAMILIES) through a
+few switches of the config: biases on the projections, LayerNorm instead of RMSNorm, a
+plain GELU MLP (`c_fc`, `c_proj`, as Starcoder2 and GPTBigCode name it), learned
+positions instead of RoPE, and RoPE scaling (model/rope.py). model/families.py maps
+their checkpoints' tensor names onto these modules.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.kv_cache import KVCache
+from model.rope import inv_freq_and_scale
 
 # scaled_dot_product_attention shares K/V heads itself from torch 2.5 (enable_gqa); before,
 # they are repeated to the query heads' count first (a copy per layer and step). Compared as
@@ -39,18 +46,27 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def norm(config: ModelConfig) -> nn.Module:
+    """The family's normalisation: RMSNorm, or LayerNorm with a bias."""
+    if config.layer_norm:
+        return nn.LayerNorm(config.hidden_size, eps=config.rms_norm_eps)
+    return RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
 class Rotary(nn.Module):
-    """Rotary position embedding tables (the non-interleaved "rotate half" layout of HF)."""
+    """Rotary position embedding tables (the non-interleaved "rotate half" layout of HF),
+    with the checkpoint's RoPE scaling and its attention factor folded into cos and sin."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        hd = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        inv_freq, scale = inv_freq_and_scale(config.head_dim, config.rope_theta,
+                                             config.rope_scaling,
+                                             config.max_position_embeddings)
         t = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.register_buffer("cos", emb.cos() * scale, persistent=False)
+        self.register_buffer("sin", emb.sin() * scale, persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate x of shape [B, H, T, D] for positions start..start+T-1."""
@@ -70,19 +86,20 @@ class Attention(nn.Module):
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
         self.hd = config.head_dim
-        h = config.hidden_size
-        self.q_proj = nn.Linear(h, self.n_heads * self.hd, bias=False)
-        self.k_proj = nn.Linear(h, self.n_kv * self.hd, bias=False)
-        self.v_proj = nn.Linear(h, self.n_kv * self.hd, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=False)
+        h, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(h, self.n_heads * self.hd, bias=bias)
+        self.k_proj = nn.Linear(h, self.n_kv * self.hd, bias=bias)
+        self.v_proj = nn.Linear(h, self.n_kv * self.hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=config.attention_out_bias)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary, layer: int,
+    def forward(self, x: torch.Tensor, rotary: Rotary | None, layer: int,
                 cache: KVCache | None, start: int) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q, k = rotary(q, start), rotary(k, start)
+        if rotary is not None:
+            q, k = rotary(q, start), rotary(k, start)
         if cache is not None:
             k, v = cache.update(layer, k, v, start)
         gqa = {}
@@ -108,13 +125,35 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        h, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=False)
-        self.up_proj = nn.Linear(h, i, bias=False)
-        self.down_proj = nn.Linear(i, h, bias=False)
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias)
+        self.up_proj = nn.Linear(h, i, bias=bias)
+        self.down_proj = nn.Linear(i, h, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PlainMLP(nn.Module):
+    """GPT-style feed-forward (Starcoder2, GPTBigCode): c_proj(act(c_fc(x)))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h, i, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.c_fc = nn.Linear(h, i, bias=bias)
+        self.c_proj = nn.Linear(i, h, bias=bias)
+        self.act = config.hidden_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(activation(self.act, self.c_fc(x)))
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    if name == "silu":
+        return F.silu(x)
+    if name == "gelu":
+        return F.gelu(x)
+    return F.gelu(x, approximate="tanh")       # gelu_pytorch_tanh, gelu_new
 
 
 class Block(nn.Module):
@@ -122,10 +161,10 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = norm(config)
         self.self_attn = Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.post_attention_layernorm = norm(config)
+        self.mlp = MLP(config) if config.gated_mlp else PlainMLP(config)
 
     def forward(self, x, rotary, layer, cache, start):
         x = x + self.self_attn(self.input_layernorm(x), rotary, layer, cache, start)
@@ -139,22 +178,45 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings,
+                                            config.hidden_size) \
+            if config.learned_positions else None
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.rotary = Rotary(config)
+        self.rotary = None if config.learned_positions else Rotary(config)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        if self.embed_tokens.weight.device.type == "meta":
+            return                      # weights come from a checkpoint (see empty())
         self.apply(self._init_weights)
         # GPT-2 style: shrink the residual projections so depth does not blow up activations
         std = config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
         for block in self.layers:
             nn.init.normal_(block.self_attn.o_proj.weight, std=std)
-            nn.init.normal_(block.mlp.down_proj.weight, std=std)
+            mlp = block.mlp
+            nn.init.normal_(mlp.down_proj.weight if config.gated_mlp else mlp.c_proj.weight,
+                            std=std)
+
+    @classmethod
+    def empty(cls, config: ModelConfig, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> Transformer:
+        """A model whose weights are allocated but not initialised, for loading a
+        checkpoint into (no time spent on random initialisation, no second copy)."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device=device).to(dtype)
+        if model.rotary is not None:
+            model.rotary = Rotary(config).to(device=device, dtype=dtype)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        return model
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -170,6 +232,9 @@ class Transformer(nn.Module):
                 f"context of {self.config.max_position_embeddings}"
             )
         x = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            positions = torch.arange(start, start + input_ids.shape[1], device=x.device)
+            x = x + self.embed_positions(positions)
         for i, block in enumerate(self.layers):
             x = block(x, self.rotary, i, cache, start)
         if cache is not None:

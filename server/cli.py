@@ -44,7 +44,7 @@ def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str 
     settings = EngineSettings()
     problems = update_settings(settings, {"temperature": args.temperature, "top_p": args.top_p,
                                           "max_tokens": args.max_tokens},
-                               loaded.config.max_position_embeddings)
+                               loaded.context)
     for problem in problems:
         logging.getLogger("codecomplete").warning(problem)
     return CompletionEngine(loaded, settings), None

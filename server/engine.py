@@ -123,7 +123,7 @@ class CompletionEngine:
         with self._lock:
             ids, healed = self.build_prompt(text * 8, "")
             generate(self.loaded.model, tok, ids, GenerationConfig(max_new_tokens=4),
-                     cache=self.loaded.model.new_cache(1), heal=healed)
+                     cache=self.loaded.model.new_cache(1, self.loaded.context), heal=healed)
         return time.perf_counter() - t0
 
     def build_prompt(self, prefix: str, suffix: str, snippet: str = ""
@@ -263,7 +263,7 @@ class CompletionEngine:
                 return None
             p = prepare(self.loaded, prefix, suffix, self.settings, snippet)
             if self._cache is None:
-                self._cache = self.loaded.model.new_cache(1)
+                self._cache = self.loaded.model.new_cache(1, self.loaded.context)
             result = generate_candidates(self.loaded, p, self._cache, should_stop)
             if any(c.finish_reason == CANCELLED for c in result.candidates):
                 return None

@@ -69,7 +69,7 @@ def apply_settings(ls: CodecompleteServer, options: Any) -> list[str]:
     if ls.engine is None:
         return []
     return update_settings(ls.engine.settings, options,
-                           ls.engine.loaded.config.max_position_embeddings)
+                           ls.engine.loaded.context)
 
 
 def report_problems(ls: CodecompleteServer, problems: list[str]) -> None:

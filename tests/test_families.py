@@ -1,0 +1,217 @@
+"""Other families' checkpoints load and run here exactly as in transformers.
+
+No weights can be downloaded here, so each family is a tiny randomly initialised model made
+with transformers' own config and model classes and saved with `save_pretrained` (one of
+them sharded), with a byte-level BPE tokenizer that carries that family's special tokens.
+For each: our logits equal transformers' on the same input (fp32, atol 1e-4), greedy
+continuations are identical, and the FIM prompt is the family's documented layout,
+compared as an exact string.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from completion import pipeline
+from completion.settings import EngineSettings
+from model.checkpoint import ModelDirError, load_model_dir
+from model.config import ModelConfig
+from model.generate import GenerationConfig, generate
+from model.tokenizer import PRETOKENIZE_PATTERN
+
+transformers = pytest.importorskip("transformers")
+
+QWEN = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+        "<|file_sep|>", "<|repo_name|>"]
+DEEPSEEK = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>",
+            "<｜fim▁begin｜>", "<｜fim▁end｜>"]
+STARCODER = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
+             "<file_sep>", "<repo_name>"]
+SANTACODER = ["<|endoftext|>", "<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]
+
+PREFIX = "def total(items):\n    result = 0\n    for item in items:\n        "
+SUFFIX = "\n    return result\n"
+# The documented layouts (prefix-suffix-middle), spelled out character by character.
+LAYOUTS = {
+    "qwen": f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>",
+    "deepseek": f"<｜begin▁of▁sentence｜><｜fim▁begin｜>{PREFIX}<｜fim▁hole｜>{SUFFIX}"
+                "<｜fim▁end｜>",
+    "starcoder": f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>",
+    "santacoder": f"<fim-prefix>{PREFIX}<fim-suffix>{SUFFIX}<fim-middle>",
+}
+SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=256)
+
+
+def family_tokenizer(texts: list[str], specials: list[str]) -> HFTokenizer:
+    """A byte-level BPE like ours, whose special tokens are a family's."""
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return hf
+
+
+def llama(**extra):
+    return transformers.LlamaConfig(num_key_value_heads=2, **SMALL, **extra)
+
+
+# family id -> (config factory, special tokens, FIM family, save_pretrained shard size)
+CASES = {
+    "llama-biases-head_dim": (lambda: llama(attention_bias=True, mlp_bias=True, head_dim=24),
+                              DEEPSEEK, "deepseek", None),
+    "llama-rope-linear": (lambda: llama(rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}), DEEPSEEK, "deepseek",
+        None),
+    "llama-rope-dynamic": (lambda: llama(rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}), DEEPSEEK, "deepseek",
+        None),
+    "llama-rope-llama3": (lambda: llama(rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}), STARCODER,
+        "starcoder", None),
+    "llama-rope-yarn": (lambda: llama(rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+        "original_max_position_embeddings": 64}), QWEN, "qwen", None),
+    "qwen2": (lambda: transformers.Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True,
+                                               **SMALL), QWEN, "qwen", "40KB"),
+    "mistral": (lambda: transformers.MistralConfig(num_key_value_heads=1, sliding_window=128,
+                                                   **SMALL), STARCODER, "starcoder", None),
+    "starcoder2": (lambda: transformers.Starcoder2Config(
+        num_key_value_heads=2, use_bias=True, hidden_act="gelu_pytorch_tanh", **SMALL),
+        STARCODER, "starcoder", None),
+    "gpt_bigcode-mqa": (lambda: transformers.GPTBigCodeConfig(
+        n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=96, multi_query=True),
+        SANTACODER, "santacoder", None),
+    "gpt_bigcode-mha": (lambda: transformers.GPTBigCodeConfig(
+        n_embd=64, n_layer=2, n_head=4, n_positions=256, multi_query=False),
+        STARCODER, "starcoder", None),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def family_dir(request, tmp_path_factory, corpus):
+    """A saved tiny checkpoint of one family, and transformers' model of it."""
+    make_config, specials, fim, shard = CASES[request.param]
+    hf_tok = family_tokenizer(corpus[:200], specials)
+    config = make_config()
+    config.vocab_size = -(-hf_tok.get_vocab_size() // 64) * 64
+    config.eos_token_id = hf_tok.token_to_id(specials[1] if fim == "deepseek" else specials[0])
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():                     # biases start at zero: make them matter
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(std=0.02)
+    d = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(str(d), **({"max_shard_size": shard} if shard else {}))
+    hf_tok.save(str(d / "tokenizer.json"))
+    return request.param, d, model, fim
+
+
+def test_logits_and_greedy_tokens_equal_transformers(family_dir):
+    name, d, hf_model, _ = family_dir
+    if CASES[name][3]:          # saved in shards: each is read, lazily, one after another
+        index = json.loads((d / "model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) > 1
+        assert not (d / "model.safetensors").exists()
+    lm = load_model_dir(d, device="cpu", dtype="float32")
+    ids = lm.tokenizer.encode(PREFIX * 2)[:100]
+    with torch.no_grad():
+        ours = lm.model(torch.tensor([ids]))
+        theirs = hf_model(torch.tensor([ids])).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    # Greedy continuations, ours with the KV cache against theirs recomputed each step.
+    got = generate(lm.model, lm.tokenizer, ids, GenerationConfig(max_new_tokens=12,
+                                                                 ignore_eos=True))
+    want = list(ids)
+    with torch.no_grad():
+        for _ in range(12):
+            want.append(int(hf_model(torch.tensor([want])).logits[0, -1].argmax()))
+    assert got.candidates[0].token_ids == want[len(ids):], name
+
+
+def test_fim_prompt_is_the_familys_documented_layout(family_dir):
+    _, d, _, fim = family_dir
+    lm = load_model_dir(d, device="cpu", dtype="float32")
+    p = pipeline.prepare(lm, PREFIX, SUFFIX, EngineSettings(context_tokens=200, max_tokens=8))
+    text = lm.tokenizer.hf.decode(p.ids, skip_special_tokens=False) \
+        + p.healed.decode("utf-8")
+    assert text == LAYOUTS[fim]
+    assert lm.meta.fim_order == "psm" and lm.context == min(lm.config.max_position_embeddings,
+                                                            2048)
+
+
+def test_sliding_window_caps_the_context_and_configs_read_as_their_family():
+    mistral = ModelConfig.from_hf_dict(transformers.MistralConfig(
+        sliding_window=128, num_key_value_heads=2, **SMALL).to_dict())
+    assert mistral.max_position_embeddings == 128 and mistral.model_type == "mistral"
+    qwen = ModelConfig.from_hf_dict(transformers.Qwen2Config(
+        sliding_window=64, use_sliding_window=False, num_key_value_heads=2, **SMALL).to_dict())
+    assert qwen.max_position_embeddings == 256 and qwen.attention_bias \
+        and not qwen.attention_out_bias
+    big = ModelConfig.from_hf_dict(transformers.GPTBigCodeConfig(
+        n_embd=64, n_layer=2, n_head=4).to_dict())
+    assert big.num_key_value_heads == 1 and big.learned_positions and big.layer_norm
+
+
+def test_unsupported_architectures_and_tokenizers_are_one_sentence(tmp_path):
+    with pytest.raises(ValueError, match=r"unsupported architecture.*supported: LlamaForCausalLM"):
+        ModelConfig.from_hf_dict({"architectures": ["GPTNeoXForCausalLM"],
+                                  "model_type": "gpt_neox"})
+    with pytest.raises(ValueError, match="rope_scaling type 'longrope' is not supported"):
+        ModelConfig.from_hf_dict(llama(rope_parameters={
+            "rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0],
+            "long_factor": [1.0]}).to_dict() | {"rope_parameters": {"rope_type": "longrope"}})
+    # A tokenizer with no known FIM tokens and no codecomplete.json to name them.
+    d = tmp_path / "m"
+    transformers.LlamaForCausalLM(llama(vocab_size=512)).save_pretrained(str(d))
+    family_tokenizer(["def f(x):\n    return x\n"] * 20, ["<s>", "</s>"]).save(
+        str(d / "tokenizer.json"))
+    with pytest.raises(ModelDirError, match="FIM tokens of none of the families"):
+        load_model_dir(d, device="cpu")
+
+
+async def test_the_server_answers_inline_and_regular_completions(family_dir):
+    from lsprotocol import types
+
+    from tests.test_server_lsp import inline, open_doc, start, stop
+    _, d, _, _ = family_dir
+    client, _ = await start(d, {"max_tokens": 6})
+    try:
+        uri = "file:///t/total.py"
+        text = PREFIX
+        open_doc(client, uri, text + SUFFIX)
+        result = await inline(client, uri, text)
+        assert isinstance(result.items, (list, tuple))
+        lines = text.split("\n")
+        regular = await client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(line=len(lines) - 1, character=len(lines[-1]))))
+        assert isinstance(regular.items, (list, tuple))
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.requests == 2 and str(d) in status.model
+        assert not [m for m in client.messages if m.type == types.MessageType.Error]
+    finally:
+        await stop(client)
+
+
+def test_a_sentencepiece_style_tokenizer_is_refused_not_decoded_wrongly(tmp_path):
+    hf = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    hf.add_special_tokens(["<unk>", *QWEN])
+    hf.add_tokens(["<0x0A>", "▁def"])
+    d = tmp_path / "m"
+    transformers.LlamaForCausalLM(llama(vocab_size=64)).save_pretrained(str(d))
+    hf.save(str(d / "tokenizer.json"))
+    with pytest.raises(ModelDirError,
+                       match=r"tokenizer\.json is a SentencePiece-style tokenizer"):
+        load_model_dir(d, device="cpu")
