@@ -49,3 +49,36 @@ def test_not_a_settings_object_is_ignored():
     assert update_settings(settings, None, CONTEXT) == []
     assert update_settings(settings, ["max_tokens", 3], CONTEXT) == []
     assert settings == EngineSettings()
+
+
+def test_every_server_setting_is_reachable_from_both_editors():
+    """One source of truth: the server's RULES. VS Code's package.json offers each (camel
+    case, with the server's name in its description and the same static bounds), the
+    extension sends each under the server's name, and the Neovim README lists each."""
+    import json
+    import re
+    from pathlib import Path
+
+    from completion.settings import RULES
+
+    root = Path(__file__).resolve().parents[1]
+    props = json.loads((root / "editors/vscode/package.json").read_text())[
+        "contributes"]["configuration"]["properties"]
+    sent = (root / "editors/vscode/src/settings.ts").read_text()
+    sent = sent[sent.index("export function serverSettings"):]
+    sent = sent[:sent.index("\n}\n")]
+    sent_names = set(re.findall(r"^\s+(\w+):", sent, re.M))
+    readme = (root / "editors/neovim/README.md").read_text()
+    for name, rule in RULES.items():
+        camel = re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
+        prop = props.get(f"codecomplete.{camel}")
+        assert prop is not None, f"VS Code has no codecomplete.{camel}"
+        assert f"`{name}`" in prop["description"], name
+        if rule.low is not None and not rule.low_open:
+            assert prop.get("minimum") == rule.low, name
+        if rule.low_open:
+            assert prop.get("exclusiveMinimum") == rule.low, name
+        if rule.high is not None:
+            assert prop.get("maximum") == rule.high, name
+        assert f"| `{name}` |" in readme, f"the Neovim README does not list {name}"
+    assert sent_names == set(RULES)

@@ -25,6 +25,7 @@ export interface Host {
 export class Controller {
   client: Client | undefined;
   settings: Settings;
+  interpreter: string | undefined;    // the Python extension's active one, at the last start
 
   constructor(private host: Host) {
     this.settings = readSettings(host.config());
@@ -32,10 +33,11 @@ export class Controller {
 
   async start(): Promise<boolean> {
     this.settings = readSettings(this.host.config());
-    const cmd = serverCommand(this.settings, await this.host.activeInterpreter());
+    this.interpreter = await this.host.activeInterpreter();
+    const cmd = serverCommand(this.settings, this.interpreter);
     this.host.log(`starting: ${[cmd.command, ...cmd.args].join(' ')}`);
     this.host.setStatus('starting');
-    const client = this.host.createClient(cmd, serverSettings(this.settings));
+    const client = this.host.createClient(cmd, serverSettings(this.settings, this.interpreter));
     try {
       await client.start();
     } catch (error) {
@@ -79,7 +81,7 @@ export class Controller {
     this.settings = after;
     if (this.client) {
       await this.client.sendNotification('workspace/didChangeConfiguration',
-        { settings: { codecomplete: serverSettings(after) } });
+        { settings: { codecomplete: serverSettings(after, this.interpreter) } });
       this.host.setStatus(after.enable ? 'ready' : 'disabled');
     }
   }

@@ -12,6 +12,11 @@ export interface Settings {
   comments: boolean;
   strings: boolean;
   snippets: boolean;
+  candidates: number;
+  contextTokens: number;
+  rerank: boolean;
+  seed: number | null;
+  python: string;
 }
 
 export const DEFAULTS: Settings = {
@@ -25,6 +30,11 @@ export const DEFAULTS: Settings = {
   comments: true,
   strings: true,
   snippets: false,
+  candidates: 1,
+  contextTokens: 768,
+  rerank: true,
+  seed: 0,
+  python: '',
 };
 
 /** Anything with VS Code's WorkspaceConfiguration.get shape. */
@@ -40,16 +50,25 @@ export function readSettings(config: ConfigReader): Settings {
   return out;
 }
 
-/** The server's own setting names (see server/engine.py EngineSettings). */
-export function serverSettings(s: Settings): Record<string, unknown> {
+/**
+ * Every setting the server reads, under its own names (completion/settings.py; a test
+ * checks that none is missing). `python` falls back to the Python extension's active
+ * interpreter: the project's, whose libraries name the attributes of imported modules.
+ */
+export function serverSettings(s: Settings, activeInterpreter?: string): Record<string, unknown> {
   return {
     enable: s.enable,
     temperature: s.temperature,
     top_p: s.topP,
     max_tokens: s.maxTokens,
+    candidates: s.candidates,
+    context_tokens: s.contextTokens,
     comments: s.comments,
     strings: s.strings,
     snippets: s.snippets,
+    rerank: s.rerank,
+    seed: s.seed,
+    python: s.python || activeInterpreter || '',
   };
 }
 

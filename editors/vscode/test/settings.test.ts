@@ -10,10 +10,17 @@ const reader = (values: Record<string, unknown>) => ({
 
 test('settings become the server\'s initialization options, with its names', () => {
   const s = readSettings(reader({ topP: 0.5, maxTokens: 12, comments: false, snippets: true }));
-  assert.deepEqual(serverSettings(s), {
-    enable: true, temperature: 0.2, top_p: 0.5, max_tokens: 12, comments: false, strings: true,
-    snippets: true,
+  assert.deepEqual(serverSettings(s, '/project/.venv/bin/python'), {
+    enable: true, temperature: 0.2, top_p: 0.5, max_tokens: 12, candidates: 1,
+    context_tokens: 768, comments: false, strings: true, snippets: true, rerank: true, seed: 0,
+    python: '/project/.venv/bin/python',
   });
+  const own = readSettings(reader({ python: '/mine/python', candidates: 3, contextTokens: 256,
+    rerank: false, seed: null }));
+  assert.deepEqual(
+    [serverSettings(own, '/active/python').python, serverSettings(own).candidates,
+      serverSettings(own).context_tokens, serverSettings(own).rerank, serverSettings(own).seed],
+    ['/mine/python', 3, 256, false, null]);
 });
 
 test('server command: explicit command, then pythonPath, then the active interpreter', () => {
