@@ -8,6 +8,8 @@
     that were answered (not cancelled).
 (b) cold: random positions in freshly opened files, one request each.
 (c) responsiveness: how long a status request takes while a generation is running.
+Also the server's CPU seconds per 100 replayed keystrokes (Linux), and `--multiline` sets
+the server's multiline setting (auto, never, always) to compare them.
 Files come from the validation split of a prepared dataset (`--data`), else from the
 standard library. Prints p50/p95/p99, the server's cache hit rate and the machine.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import sys
@@ -62,6 +65,15 @@ def params(uri: str, pos: types.Position) -> types.InlineCompletionParams:
             trigger_kind=types.InlineCompletionTriggerKind.Automatic))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def drain_stderr(client: LanguageClient, path: Path) -> asyncio.Task:
     """Copy the server's stderr to `path`. pygls's client pipes it and never reads it, so
     a server that logs more than a pipe buffer (64 KB) would block on its next write."""
@@ -82,11 +94,13 @@ async def run(args: argparse.Namespace) -> dict:
     await client.start_io(*cmd)
     stderr_task = drain_stderr(client, Path(args.server_log))
     await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), process_id=None))
+        capabilities=types.ClientCapabilities(), process_id=None,
+        initialization_options={"multiline": args.multiline}))
     client.initialized(types.InitializedParams())
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
     typing, cold, status_ms = [], [], []
+    typing_cpu = 0.0            # the server's CPU seconds while keystrokes are replayed
     for i, text in enumerate(files):
         # (b) cold: open the file, ask at a random line end; each a freshly opened file
         for j in range(args.cold):
@@ -106,6 +120,7 @@ async def run(args: argparse.Namespace) -> dict:
             types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
         pending: tuple[asyncio.Future, float, str] | None = None
         version = 1
+        cpu_before = cpu_seconds(client._server.pid)
         for ch in text[start:start + args.keys]:
             pos = position_at(doc, len(doc))
             doc += ch
@@ -128,6 +143,7 @@ async def run(args: argparse.Namespace) -> dict:
         if pending:
             with contextlib.suppress(JsonRpcException):
                 await pending[0]
+        typing_cpu += cpu_seconds(client._server.pid) - cpu_before
         # (c) a status request while a long generation runs
         body_uri = f"file:///bench/body{i}.py"
         client.text_document_did_open(types.DidOpenTextDocumentParams(
@@ -147,7 +163,8 @@ async def run(args: argparse.Namespace) -> dict:
     stderr_task.cancel()
     cancelled = len(files) * args.keys - len(typing)
     return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
-            "server": status}
+            "server": status, "cpu_per_100_keys": typing_cpu * 100 / max(
+                1, len(files) * args.keys)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,13 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", type=int, default=3, help="cold requests per file")
     ap.add_argument("--dtype", default="auto", help="the server's --dtype")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--multiline", default="auto", choices=("auto", "never", "always"),
+                    help="the server's multiline setting")
     ap.add_argument("--server-log", default="logs/latency-server.log",
                     help="the server's stderr")
     args = ap.parse_args(argv)
     r = asyncio.run(run(args))
     s = r["server"]
     print(f"machine: {describe()}")
-    print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters)")
+    print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters); "
+          f"multiline {args.multiline}")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
     for name, values, bars in (("typing (answered requests)", r["typing"], "50 / 150"),
                                ("cold (fresh file)", r["cold"], "200 / 400"),
@@ -175,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{pct(values, .99):>9.1f}   targets p50/p95: {bars}")
     print(f"typing requests cancelled or superseded: {r['cancelled']}; "
           f"server cache hit rate {s.cache_hit_rate}; KV reuse {s.kv_reuse_rate}; "
-          f"mean typing latency {statistics.fmean(r['typing'] or [0]):.1f} ms")
+          f"mean typing latency {statistics.fmean(r['typing'] or [0]):.1f} ms; server CPU "
+          f"{r['cpu_per_100_keys']:.2f} s per 100 keystrokes")
     return 0
 
 

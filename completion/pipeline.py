@@ -40,7 +40,7 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
             snippet: str = "") -> Prepared:
     """The prompt and generation settings for a cursor between `prefix` and `suffix`:
     multi-line on an empty line opening a block body, else the rest of one line."""
-    multiline = wants_multiline(prefix, suffix)
+    multiline = wants_multiline(prefix, suffix, settings.multiline)
     ctx = CompletionContext(prefix, suffix, multiline)
     budget = prompt_budget(lm.context, settings.context_tokens, settings.max_tokens)
     ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, snippet)

@@ -52,11 +52,17 @@ def cut_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
     return tok.encode(head.decode("utf-8", errors="ignore"))[:budget]
 
 
-def wants_multiline(prefix: str, suffix: str) -> bool:
-    """Multi-line when the cursor sits on an empty line opening a block body."""
+def wants_multiline(prefix: str, suffix: str, mode: str = "auto") -> bool:
+    """Whether a completion may run over several lines (the `multiline` setting):
+    auto: when the cursor sits on an empty line opening a block body; never: no;
+    always: whenever nothing but blanks follows the cursor on its line."""
     ctx = CompletionContext(prefix, suffix, multiline=False)
+    if mode == "never" or ctx.rest_of_line.strip():
+        return False
+    if mode == "always":
+        return True
     current = ctx.current_line
-    if current.strip() or ctx.rest_of_line.strip():
+    if current.strip():
         return False
     previous = prefix[: len(prefix) - len(current)].rstrip("\n").rsplit("\n", 1)[-1]
     return previous.rstrip().endswith(":")

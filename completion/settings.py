@@ -29,6 +29,8 @@ class EngineSettings:
     rerank: bool = True            # rank names after a partly typed identifier (see
     #                                server/identifiers.py)
     seed: int | None = 0
+    multiline: str = "auto"        # auto: several lines in an empty block body only;
+    #                                never: always one line; always: also at a line's end
     python: str = ""               # the workspace's interpreter (or environment folder), for
     #                                the names of imported modules; "" finds it (see
     #                                server/interpreter.py)
@@ -43,16 +45,22 @@ class Rule:
     """What one setting accepts: a kind (bool, int, float or an optional int) and bounds.
     `max_of_context` bounds an integer by a share of the model's context window."""
 
-    kind: str                      # bool, int, optional int, float or str
+    kind: str                      # bool, int, optional int, float, str or choice
     low: float | None = None
     high: float | None = None
     low_open: bool = False         # the low bound itself is not allowed
     max_of_context: float | None = None
+    choices: tuple[str, ...] = ()  # the values a choice accepts
 
     def check(self, name: str, value: Any, model_context: int) -> Any:
         """The value to store, or ValueError with one sentence naming the setting."""
         if self.kind == "optional int" and value is None:
             return None
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"setting {name}={value!r} must be one of "
+                                 f"{', '.join(self.choices)}")
+            return value
         if self.kind == "str":
             if not isinstance(value, str):
                 raise ValueError(f"setting {name}={value!r} must be a string")
@@ -94,6 +102,7 @@ RULES: dict[str, Rule] = {
     "snippets": Rule("bool"),
     "rerank": Rule("bool"),
     "seed": Rule("optional int", 0),
+    "multiline": Rule("choice", choices=("auto", "never", "always")),
     "python": Rule("str"),
 }
 assert set(RULES) == {f.name for f in fields(EngineSettings)}, "a setting without a rule"

@@ -135,7 +135,7 @@ class CompletionEngine:
     def _key(self, prefix: str, suffix: str, snippet: str) -> tuple:
         s = self.settings
         return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], snippet, s.temperature, s.top_p,
-                s.max_tokens, s.candidates, s.context_tokens, s.seed)
+                s.max_tokens, s.candidates, s.context_tokens, s.seed, s.multiline)
 
     def typed_ahead(self, prefix: str, suffix: str) -> list[Completion] | None:
         """When the user typed exactly the start of the last suggestion, the rest of it."""

@@ -147,6 +147,15 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         except Exception as e:  # a failed warm-up must not take the server down
             log.warning("warm-up failed: %s", e)
 
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: CodecompleteServer, params: types.DidChangeTextDocumentParams) -> None:
+        """The document moved on: a completion still running (or waiting for the model) for
+        it would answer for text the user no longer has, so it stops before its next
+        token and answers nothing. (pygls has already applied the change.)"""
+        running = ls.running.get(params.text_document.uri)
+        if running is not None:
+            running.set()
+
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_config(ls: CodecompleteServer, params: types.DidChangeConfigurationParams) -> None:
         report_problems(ls, apply_settings(ls, params.settings))

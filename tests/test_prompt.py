@@ -187,3 +187,12 @@ def test_the_engine_and_the_evaluation_send_the_same_prompt_and_filter_alike(
         assert eng.build_prompt(prefix, suffix) == (p.ids, p.healed)
         assert [c.text for c in eng.complete(prefix, suffix)] == \
             pipeline.complete(eng.loaded, prefix, suffix, eng.settings)
+
+
+def test_multiline_modes():
+    from completion.prompt import wants_multiline
+    body, top = "def f():\n    ", "x = 1\n"
+    assert wants_multiline(body, "") and not wants_multiline(top, "")
+    assert not wants_multiline(body, "", "never")
+    assert wants_multiline(top, "", "always") and wants_multiline("x = f(", "", "always")
+    assert not wants_multiline("x = f(", ")\n", "always")    # text right of the cursor

@@ -419,3 +419,41 @@ async def test_odd_traffic_leaves_the_server_answering_every_request(tiny_model_
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_a_change_to_the_document_stops_its_running_completion(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": 400}, slow=0.2)
+    try:
+        uri = "file:///t/body.py"
+        open_doc(client, uri, BODY)
+        fut = asyncio.ensure_future(
+            client.text_document_inline_completion_async(inline_params(uri, 1, 4)))
+        await generating(client)
+        t0 = time.perf_counter()
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text=BODY + "x")]))
+        result = await asyncio.wait_for(fut, 30)
+        assert not result.items                      # 400 slow tokens would take 80 s
+        assert time.perf_counter() - t0 < 10
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.generating == 0
+    finally:
+        await stop(client)
+
+
+async def test_multiline_setting_never_and_always(tiny_model_dir):
+    client, _ = await start(tiny_model_dir, {"max_tokens": 24, "multiline": "never"})
+    try:
+        uri = "file:///t/body.py"
+        open_doc(client, uri, BODY)
+        items = (await inline(client, uri, BODY)).items
+        assert all("\n" not in i.insert_text for i in items)
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codecomplete": {"multiline": "sometimes"}}))   # refused, kept
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.requests == 1
+        warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
+        assert any("multiline='sometimes'" in w for w in warnings)
+    finally:
+        await stop(client)

@@ -19,7 +19,7 @@ CONTEXT = 1024
     ("candidates", 0), ("candidates", 100),
     ("temperature", -0.1), ("temperature", math.nan), ("temperature", math.inf),
     ("top_p", 1.5), ("top_p", 0), ("context_tokens", 0), ("seed", -1), ("seed", "x"),
-    ("python", 3), ("python", None),
+    ("python", 3), ("python", None), ("multiline", "sometimes"), ("multiline", None),
 ])
 def test_a_refused_value_keeps_the_previous_one(name, value):
     settings = EngineSettings()

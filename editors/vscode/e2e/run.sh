@@ -15,7 +15,9 @@ export E2E_ARTIFACTS=${E2E_ARTIFACTS:-$ROOT/editors/vscode/e2e/artifacts}
 if [ ! -f "$E2E_VSIX" ]; then
     (cd "$ROOT/editors/vscode" && npm ci --no-audit --no-fund && npm run build && npm run package)
 fi
-"$E2E_PYTHON" -c "import server" || {
+# Imported from another folder, as VS Code starts it: an install that misses a package
+# (an editable install older than pyproject.toml) fails here, not inside VS Code.
+(cd / && "$E2E_PYTHON" -c "import server.cli") || {
     echo "e2e: $E2E_PYTHON cannot import codecomplete's server; run ./scripts/setup.sh" >&2
     exit 1
 }

@@ -1,12 +1,31 @@
 // Entry point: wires VS Code to the Controller. Launching, settings and status live in
 // their own modules; this file only connects them.
 import * as vscode from 'vscode';
-import { LanguageClient } from 'vscode-languageclient/node';
+import { LanguageClient, Middleware } from 'vscode-languageclient/node';
 import { Controller, Host } from './controller';
-import { Command } from './settings';
+import { Command, debounceMs } from './settings';
 import { StatusItem } from './status';
 
+type InlineCompletionMiddleware = NonNullable<Middleware['provideInlineCompletionItems']>;
+
 let controller: Controller | undefined;
+
+/** Wait the debounce before asking the server; a newer keystroke cancels this request
+ * (VS Code cancels its token) and so it never reaches the server at all. */
+const debounced: InlineCompletionMiddleware = async (document, position, context, token, next) => {
+  const explicit = context.triggerKind === vscode.InlineCompletionTriggerKind.Invoke;
+  const ms = controller ? debounceMs(controller.settings, explicit) : 0;
+  if (ms > 0) {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      token.onCancellationRequested(() => { clearTimeout(timer); resolve(); });
+    });
+  }
+  if (token.isCancellationRequested) {
+    return null;
+  }
+  return next(document, position, context, token);
+};
 
 async function pythonExtensionInterpreter(): Promise<string | undefined> {
   const ext = vscode.extensions.getExtension('ms-python.python');
@@ -31,7 +50,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       // cwd first on sys.path, and a user's numbers.py or server.py would shadow ours.
       // No `transport`: stdio is the default and the command runs exactly as logged.
       { command: cmd.command, args: cmd.args, options: { cwd: context.extensionPath } },
-      { documentSelector: [{ language: 'python' }], initializationOptions, outputChannel: output },
+      { documentSelector: [{ language: 'python' }], initializationOptions, outputChannel: output,
+        middleware: { provideInlineCompletionItems: debounced } },
     ),
     showError: (message) => { void vscode.window.showErrorMessage(message, 'Show Logs')
       .then((choice) => { if (choice) { output.show(); } }); },

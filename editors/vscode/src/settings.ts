@@ -17,6 +17,8 @@ export interface Settings {
   rerank: boolean;
   seed: number | null;
   python: string;
+  multiline: string;
+  debounce: number;
 }
 
 export const DEFAULTS: Settings = {
@@ -35,6 +37,8 @@ export const DEFAULTS: Settings = {
   rerank: true,
   seed: 0,
   python: '',
+  multiline: 'auto',
+  debounce: 75,
 };
 
 /** Anything with VS Code's WorkspaceConfiguration.get shape. */
@@ -69,7 +73,14 @@ export function serverSettings(s: Settings, activeInterpreter?: string): Record<
     rerank: s.rerank,
     seed: s.seed,
     python: s.python || activeInterpreter || '',
+    multiline: s.multiline,
   };
+}
+
+/** How long an inline completion request waits before it goes to the server: the
+ * debounce for ones VS Code makes while the user types, none for explicit ones. */
+export function debounceMs(s: Settings, explicit: boolean): number {
+  return explicit ? 0 : Math.max(0, s.debounce);
 }
 
 export interface Command {

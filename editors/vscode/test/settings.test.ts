@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import {
-  DEFAULTS, needsRestart, readSettings, serverCommand, serverSettings, startFailureMessage,
+  DEFAULTS, debounceMs, needsRestart, readSettings, serverCommand, serverSettings,
+  startFailureMessage,
 } from '../src/settings';
 
 const reader = (values: Record<string, unknown>) => ({
@@ -13,7 +14,7 @@ test('settings become the server\'s initialization options, with its names', () 
   assert.deepEqual(serverSettings(s, '/project/.venv/bin/python'), {
     enable: true, temperature: 0.2, top_p: 0.5, max_tokens: 12, candidates: 1,
     context_tokens: 768, comments: false, strings: true, snippets: true, rerank: true, seed: 0,
-    python: '/project/.venv/bin/python',
+    python: '/project/.venv/bin/python', multiline: 'auto',
   });
   const own = readSettings(reader({ python: '/mine/python', candidates: 3, contextTokens: 256,
     rerank: false, seed: null }));
@@ -21,6 +22,13 @@ test('settings become the server\'s initialization options, with its names', () 
     [serverSettings(own, '/active/python').python, serverSettings(own).candidates,
       serverSettings(own).context_tokens, serverSettings(own).rerank, serverSettings(own).seed],
     ['/mine/python', 3, 256, false, null]);
+});
+
+test('typing waits the debounce, an explicit request does not', () => {
+  assert.equal(debounceMs(DEFAULTS, false), 75);
+  assert.equal(debounceMs(DEFAULTS, true), 0);
+  assert.equal(debounceMs({ ...DEFAULTS, debounce: 0 }, false), 0);
+  assert.equal(debounceMs({ ...DEFAULTS, debounce: -5 }, false), 0);
 });
 
 test('server command: explicit command, then pythonPath, then the active interpreter', () => {
