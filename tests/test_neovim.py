@@ -3,6 +3,7 @@ ghost-text plugin, talking to the real server over stdio."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -130,3 +131,115 @@ def test_accept_key_falls_back_when_nothing_is_shown(nvim):
 
 def lua_string(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def requests_served(vim) -> int:
+    return vim.exec_lua("""
+        local c = vim.lsp.get_clients({name = 'codecomplete'})[1]
+        local res = c:request_sync('codecomplete/status', {}, 10000)
+        return res and res.result and res.result.requests
+    """)
+
+
+BODY_LINE = NODE.rsplit("\n", 1)[0] + "\n        "
+
+
+def start_suggestion(vim, tmp) -> str:
+    """Type `r` on an empty method-body line and wait for the suggestion; returns it."""
+    open_python(vim, tmp / "node.py", BODY_LINE)
+    vim.command("normal! G")
+    vim.input("A")
+    vim.input("r")
+    wait_for(vim, "require('codecomplete').visible()")
+    return vim.exec_lua("return require('codecomplete')._suggestion().text")
+
+
+def current_line_is(text: str) -> str:
+    return f"vim.api.nvim_get_current_line() == {lua_string(text)}"
+
+
+def test_accept_a_word_then_a_line_keeps_the_rest_without_a_new_request(nvim):
+    vim, tmp = nvim
+    suggestion = start_suggestion(vim, tmp)
+    word = re.match(r"\s*\w+|\s*[^\w\s]+|\s+", suggestion).group()
+    assert word != suggestion, f"need a suggestion longer than one word: {suggestion!r}"
+    served = requests_served(vim)
+    vim.input("<M-Right>")
+    wait_for(vim, current_line_is("        r" + word))
+    rest = vim.exec_lua("return require('codecomplete')._suggestion().text")
+    assert rest == suggestion[len(word):]                 # the rest, still shown
+    assert ghost_text(vim) == rest.split("\n", 1)[0]
+    time.sleep(0.3)                                        # past the 10 ms debounce
+    assert requests_served(vim) == served                  # no request for it
+    first, _, after = rest.partition("\n")
+    vim.input("<M-C-Right>")
+    if after:
+        wait_for(vim, "vim.fn.line('.') == 7")
+        assert vim.current.buffer[5] == "        r" + word + first
+        assert vim.exec_lua("return require('codecomplete')._suggestion().text") == after
+    else:
+        wait_for(vim, current_line_is("        r" + word + first))
+    assert vim.exec_lua("return vim.api.nvim_get_mode().mode") == "i"
+
+
+def test_typing_what_is_shown_keeps_the_rest_at_once(nvim):
+    vim, tmp = nvim
+    start_suggestion(vim, tmp)
+    suggestion = vim.exec_lua("return require('codecomplete')._suggestion().text")
+    assert len(suggestion) >= 2
+    served = requests_served(vim)
+    vim.input(suggestion[0] if suggestion[0] != "<" else "<lt>")
+    wait_for(vim, f"require('codecomplete')._suggestion() and "
+                  f"require('codecomplete')._suggestion().text == {lua_string(suggestion[1:])}",
+             timeout=5)
+    time.sleep(0.3)
+    assert requests_served(vim) == served                  # no request, no flicker
+    vim.input("Z" if suggestion[1] != "Z" else "Q")         # typing something else asks anew
+    wait_for(vim, "not require('codecomplete')._suggestion() or "
+                  f"require('codecomplete')._suggestion().text ~= {lua_string(suggestion[2:])}")
+
+
+def test_candidates_cycle_with_the_next_and_previous_keys(nvim):
+    vim, tmp = nvim
+    open_python(vim, tmp / "node.py", BODY_LINE)
+    vim.exec_lua("""
+        local c = vim.lsp.get_clients({name = 'codecomplete'})[1]
+        c:notify('workspace/didChangeConfiguration', { settings = { codecomplete = {
+            candidates = 4, temperature = 1.5, seed = vim.NIL, max_tokens = 8 } } })
+    """)
+    vim.command("normal! G")
+    vim.input("A")
+    vim.input("r")
+    wait_for(vim, "require('codecomplete').visible()")
+    items = vim.exec_lua("return require('codecomplete')._suggestion().items")
+    assert len(items) >= 2, items
+    shown = lambda: vim.exec_lua("return require('codecomplete')._suggestion().text")  # noqa: E731
+    assert shown() == items[0]
+    vim.input("<M-]>")
+    wait_for(vim, f"require('codecomplete')._suggestion().text == {lua_string(items[1])}")
+    vim.input("<M-[>")
+    wait_for(vim, f"require('codecomplete')._suggestion().text == {lua_string(items[0])}")
+    vim.input("<M-[>")                                       # wraps around
+    wait_for(vim, f"require('codecomplete')._suggestion().text == {lua_string(items[-1])}")
+
+
+def test_with_nothing_shown_tab_does_what_the_users_mapping_did(nvim):
+    """A user's `<Tab>` mapping for the completion menu keeps working when no suggestion
+    is shown: with the menu open, Tab selects the next item."""
+    vim, tmp = nvim
+    vim.exec_lua("""
+        vim.keymap.del('i', '<Tab>')
+        vim.cmd([[inoremap <expr> <Tab> pumvisible() ? "\\<C-n>" : "\\<Tab>"]])
+        require('codecomplete').setup({ debounce_ms = 10 })
+    """)
+    assert "codecomplete" in vim.exec_lua("return vim.fn.maparg('<Tab>', 'i', false, true).desc")
+    open_python(vim, tmp / "menu.py", "x = 1\n")
+    vim.command("normal! G")
+    vim.input("o")
+    vim.exec_lua("vim.fn.complete(1, { 'alpha_name', 'beta_name' })")
+    wait_for(vim, "vim.fn.pumvisible() == 1")
+    vim.exec_lua("require('codecomplete').clear()")
+    wait_for(vim, current_line_is("alpha_name"))            # the menu inserts its first item
+    vim.input("<Tab>")
+    wait_for(vim, current_line_is("beta_name"))             # Tab moved in the menu
+    assert vim.exec_lua("return vim.fn.pumvisible()") == 1

@@ -1,19 +1,30 @@
 -- Ghost-text completions from the codecomplete language server.
 --
 -- Neovim 0.12+ has LSP inline completion built in: we enable it and map the accept key.
--- On 0.11 this module draws the first suggestion as virtual text (an extmark) while in
--- insert mode, accepts it with `accept_key` (else the key does what it normally does),
--- clears it when leaving insert mode or moving the cursor, and cancels outdated requests.
+-- On 0.11 this module draws a suggestion as virtual text (an extmark) while in insert
+-- mode, accepts it whole with `accept_key`, a word with `accept_word_key`, a line with
+-- `accept_line_key` (the rest stays shown; each key does what it normally does when
+-- nothing is shown), cycles through the server's candidates with `next_key`/`prev_key`,
+-- keeps the rest shown at once while the user types exactly what is suggested (no
+-- request, no flicker), clears it when leaving insert mode or moving the cursor, and
+-- cancels outdated requests.
 local M = {}
 
 local ns = vim.api.nvim_create_namespace('codecomplete')
+local fallback_for          -- defined below
 local config = {
   accept_key = '<Tab>',
+  accept_word_key = '<M-Right>',
+  accept_line_key = '<M-C-Right>',
+  next_key = '<M-]>',
+  prev_key = '<M-[>',
   debounce_ms = 75,
   client_name = 'codecomplete',
   hl_group = 'Comment',
 }
--- per buffer: { request = {client, id}, suggestion = {row, col, text}, timer }
+-- per buffer: { request = {client, id}, timer,
+--   suggestion = {row, col, text, tick, items, index} }: items are the candidates'
+--   texts from the cursor at (row, col); tick is the buffer's changedtick when shown
 local state = {}
 
 local function buf_state(buf)
@@ -44,7 +55,7 @@ local function cancel(buf)
   end
 end
 
-local function show(buf, row, col, text)
+local function show(buf, row, col, text, items, index)
   M.clear(buf)
   local lines = vim.split(text, '\n', { plain = true })
   local opts = {
@@ -59,7 +70,9 @@ local function show(buf, row, col, text)
     end
   end
   vim.api.nvim_buf_set_extmark(buf, ns, row, col, opts)
-  buf_state(buf).suggestion = { row = row, col = col, text = text }
+  buf_state(buf).suggestion = { row = row, col = col, text = text,
+    tick = vim.api.nvim_buf_get_changedtick(buf), items = items or { text },
+    index = index or 1 }
 end
 
 --- Ask the server for a suggestion at the cursor (cancelling any older request).
@@ -87,14 +100,18 @@ function M.request(buf)
       or not vim.deep_equal(vim.api.nvim_win_get_cursor(0), cursor) then
       return
     end
-    local items = result.items or result
-    local first = items and items[1]
-    local text = first and first.insertText
-    if type(text) == 'table' then
-      text = text.value
+    local texts = {}
+    for _, item in ipairs(result.items or result or {}) do
+      local text = item.insertText
+      if type(text) == 'table' then
+        text = text.value
+      end
+      if type(text) == 'string' and text ~= '' then
+        table.insert(texts, text)
+      end
     end
-    if text and text ~= '' then
-      show(buf, cursor[1] - 1, cursor[2], text)
+    if #texts > 0 then
+      show(buf, cursor[1] - 1, cursor[2], texts[1], texts, 1)
     end
   end, buf)
   if ok then
@@ -122,6 +139,94 @@ function M.visible(buf)
   return buf_state(buf or vim.api.nvim_get_current_buf()).suggestion ~= nil
 end
 
+--- The candidates after `taken` (text accepted or typed from the suggestion's start):
+--- those that began with it and have more, cut after it; and which one is shown.
+local function remaining(s, taken)
+  local items, index = {}, 1
+  for i, item in ipairs(s.items) do
+    if item:sub(1, #taken) == taken and #item > #taken then
+      table.insert(items, item:sub(#taken + 1))
+      if i == s.index then
+        index = #items
+      end
+    end
+  end
+  return items, index
+end
+
+--- Insert `part` (the start of the shown suggestion) at its place; the rest stays shown
+--- at the new cursor position with no new request.
+local function take(buf, part)
+  local s = buf_state(buf).suggestion
+  local lines = vim.split(part, '\n', { plain = true })
+  M.clear(buf)
+  vim.api.nvim_buf_set_text(buf, s.row, s.col, s.row, s.col, lines)
+  local row = s.row + #lines - 1
+  local col = (#lines == 1 and s.col or 0) + #lines[#lines]
+  vim.api.nvim_win_set_cursor(0, { row + 1, col })
+  local items, index = remaining(s, part)
+  if #items > 0 then
+    show(buf, row, col, items[index], items, index)
+  end
+end
+
+--- Accept the suggestion's next word (with the blanks before it); false when none shown.
+function M.accept_word(buf)
+  buf = buf or vim.api.nvim_get_current_buf()
+  local s = buf_state(buf).suggestion
+  if not s then
+    return false
+  end
+  local part = s.text:match('^%s*[%w_]+') or s.text:match('^%s*[^%w_%s]+')
+    or s.text:match('^%s+') or s.text
+  take(buf, part)
+  return true
+end
+
+--- Accept the suggestion up to and including its first line end; false when none shown.
+function M.accept_line(buf)
+  buf = buf or vim.api.nvim_get_current_buf()
+  local s = buf_state(buf).suggestion
+  if not s then
+    return false
+  end
+  take(buf, s.text:match('^[^\n]*\n?'))
+  return true
+end
+
+--- Show the next (step 1) or previous (step -1) candidate; false when there is no other.
+function M.cycle(step, buf)
+  buf = buf or vim.api.nvim_get_current_buf()
+  local s = buf_state(buf).suggestion
+  if not s or #s.items < 2 then
+    return false
+  end
+  local index = (s.index - 1 + step) % #s.items + 1
+  show(buf, s.row, s.col, s.items[index], s.items, index)
+  return true
+end
+
+--- After a change: when the user typed exactly the start of the shown suggestion, show
+--- the rest at once and return true (no request, no flicker).
+local function typed_through(buf)
+  local s = buf_state(buf).suggestion
+  if not s then
+    return false
+  end
+  local cursor = vim.api.nvim_win_get_cursor(0)
+  if cursor[1] - 1 ~= s.row or cursor[2] <= s.col then
+    return false
+  end
+  local line = vim.api.nvim_buf_get_lines(buf, s.row, s.row + 1, false)[1] or ''
+  local typed = line:sub(s.col + 1, cursor[2])
+  if #typed >= #s.text or s.text:sub(1, #typed) ~= typed then
+    return false
+  end
+  local items, index = remaining(s, typed)
+  show(buf, s.row, cursor[2], items[index], items, index)
+  return true
+end
+
 local function schedule_request(buf)
   local s = buf_state(buf)
   if s.timer then
@@ -136,11 +241,51 @@ local function schedule_request(buf)
   end))
 end
 
+--- What `key` did in insert mode before we mapped it, as a function returning the keys
+--- to feed: the user's own mapping (an expression such as `pumvisible() ? "<C-n>" :
+--- "<Tab>"`, a Lua callback, or plain keys), else the key itself. With no suggestion
+--- shown, our mapping does exactly that: indent, move in the completion menu, jump in a
+--- snippet.
+fallback_for = function(key)
+  local raw = vim.api.nvim_replace_termcodes(key, true, false, true)
+  local prev = vim.fn.maparg(key, 'i', false, true)
+  if type(prev) ~= 'table' or vim.tbl_isempty(prev)
+    or (prev.desc or ''):find('^codecomplete:') then
+    return function() return raw end
+  end
+  if prev.callback then
+    return function()
+      local out = prev.callback()
+      if prev.expr == 1 then
+        return prev.replace_keycodes == 1 and vim.api.nvim_replace_termcodes(out or '', true,
+          false, true) or (out or '')
+      end
+      return ''
+    end
+  end
+  if prev.expr == 1 then
+    return function() return vim.api.nvim_eval(prev.rhs) end
+  end
+  local keys = vim.api.nvim_replace_termcodes(prev.rhs or key, true, false, true)
+  return function() return keys end
+end
+
 local function setup_fallback()
   local group = vim.api.nvim_create_augroup('codecomplete', { clear = true })
   vim.api.nvim_create_autocmd('TextChangedI', {
     group = group,
     callback = function(ev)
+      local s = buf_state(ev.buf).suggestion
+      if s and s.tick == vim.api.nvim_buf_get_changedtick(ev.buf) then
+        return              -- our own insertion (accept word/line): already shown
+      end
+      if typed_through(ev.buf) then
+        cancel(ev.buf)
+        if buf_state(ev.buf).timer then
+          buf_state(ev.buf).timer:stop()
+        end
+        return
+      end
       M.clear(ev.buf)
       if get_client(ev.buf) then
         schedule_request(ev.buf)
@@ -152,7 +297,9 @@ local function setup_fallback()
     callback = function(ev)
       local s = buf_state(ev.buf).suggestion
       local cur = vim.api.nvim_win_get_cursor(0)
-      if s and (cur[1] - 1 ~= s.row or cur[2] ~= s.col) then
+      -- A change moves the cursor too: TextChangedI decides then; only a move alone clears.
+      if s and s.tick == vim.api.nvim_buf_get_changedtick(ev.buf)
+        and (cur[1] - 1 ~= s.row or cur[2] ~= s.col) then
         M.clear(ev.buf)
         cancel(ev.buf)
       end
@@ -165,13 +312,24 @@ local function setup_fallback()
       M.clear(ev.buf)
     end,
   })
-  vim.keymap.set('i', config.accept_key, function()
-    if M.visible() then
-      vim.schedule(function() M.accept() end)
-      return ''
+  local function map(key, action, desc)
+    if not key or key == '' then
+      return
     end
-    return vim.api.nvim_replace_termcodes(config.accept_key, true, false, true)
-  end, { expr = true, replace_keycodes = false, desc = 'codecomplete: accept suggestion' })
+    local otherwise = fallback_for(key)
+    vim.keymap.set('i', key, function()
+      if M.visible() then
+        vim.schedule(action)
+        return ''
+      end
+      return otherwise()
+    end, { expr = true, replace_keycodes = false, desc = 'codecomplete: ' .. desc })
+  end
+  map(config.accept_key, function() M.accept() end, 'accept suggestion')
+  map(config.accept_word_key, function() M.accept_word() end, 'accept a word')
+  map(config.accept_line_key, function() M.accept_line() end, 'accept a line')
+  map(config.next_key, function() M.cycle(1) end, 'next suggestion')
+  map(config.prev_key, function() M.cycle(-1) end, 'previous suggestion')
 end
 
 function M.setup(opts)
@@ -190,4 +348,5 @@ function M.setup(opts)
 end
 
 M._config = function() return config end
+M._suggestion = function(buf) return buf_state(buf or vim.api.nvim_get_current_buf()).suggestion end
 return M
