@@ -1,7 +1,8 @@
 // End-to-end test in a real VS Code: code-server (VS Code in the browser) with our .vsix
 // installed, rendered in headless Chromium and driven with playwright-core. It types a
 // function header and its docstring into a Python file, waits for ghost text from our
-// server, accepts it with Tab, saves, and checks the file on disk. Screenshots land in
+// server, accepts its first word with Ctrl+Right (the rest must stay shown), the rest
+// with Tab, saves, and checks the file on disk. Screenshots land in
 // $E2E_ARTIFACTS.
 //
 //   node e2e.mjs   (run by run.sh, which sets the environment below)
@@ -147,9 +148,28 @@ try {
   }
   console.log(`ghost text: ${JSON.stringify(ghostText)}`);
 
+  // Accept part of it: VS Code's acceptNextWord (Ctrl+Right while ghost text shows) takes
+  // the next word of our item, and the rest must stay on screen as ghost text.
+  const squash = (t) => t.replace(/\s+/g, '');
+  const whole = squash(ghostText);
+  let rest = whole;
+  if (/\S\s+\S/.test(ghostText.trim())) {          // more than one word to take
+    await page.keyboard.press('Control+ArrowRight');
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline && rest === whole) {
+      await new Promise((r) => setTimeout(r, 200));
+      rest = squash((await ghost.allInnerTexts().catch(() => [])).join(''));
+    }
+    await shot('accepted-word.png');
+    if (!rest || rest === whole || !whole.endsWith(rest)) {
+      throw new Error(`accept next word left ${JSON.stringify(rest)} of the ghost text `
+        + `${JSON.stringify(ghostText)}: the rest should have stayed`);
+    }
+    console.log(`e2e: accept next word kept the rest as ghost text: ${JSON.stringify(rest)}`);
+  }
+
   await page.keyboard.press('Tab');
   // Every piece of ghost text (the DOM splits it by line and wrap) must reach the file.
-  const squash = (t) => t.replace(/\s+/g, '');
   const pieces = ghostText.split('\n').map(squash).filter((p) => p);
   const accepted = (text) => {
     const body = squash(text.split('def fibonacci(n):')[1] ?? '');
