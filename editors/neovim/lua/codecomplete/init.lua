@@ -119,22 +119,6 @@ function M.request(buf)
   end
 end
 
---- Insert the shown suggestion at the cursor; returns false when there was none.
-function M.accept(buf)
-  buf = buf or vim.api.nvim_get_current_buf()
-  local s = buf_state(buf).suggestion
-  if not s then
-    return false
-  end
-  M.clear(buf)
-  local lines = vim.split(s.text, '\n', { plain = true })
-  vim.api.nvim_buf_set_text(buf, s.row, s.col, s.row, s.col, lines)
-  local last_row = s.row + #lines - 1
-  local last_col = (#lines == 1 and s.col or 0) + #lines[#lines]
-  vim.api.nvim_win_set_cursor(0, { last_row + 1, last_col })
-  return true
-end
-
 function M.visible(buf)
   return buf_state(buf or vim.api.nvim_get_current_buf()).suggestion ~= nil
 end
@@ -154,9 +138,9 @@ local function remaining(s, taken)
   return items, index
 end
 
---- Insert `part` (the start of the shown suggestion) at its place; the rest stays shown
---- at the new cursor position with no new request.
-local function take(buf, part)
+--- Insert `part` (the start of the shown suggestion) at its place and put the cursor
+--- after it; with `keep_rest`, the rest stays shown there with no new request.
+local function take(buf, part, keep_rest)
   local s = buf_state(buf).suggestion
   local lines = vim.split(part, '\n', { plain = true })
   M.clear(buf)
@@ -165,9 +149,20 @@ local function take(buf, part)
   local col = (#lines == 1 and s.col or 0) + #lines[#lines]
   vim.api.nvim_win_set_cursor(0, { row + 1, col })
   local items, index = remaining(s, part)
-  if #items > 0 then
+  if keep_rest and #items > 0 then
     show(buf, row, col, items[index], items, index)
   end
+end
+
+--- Insert the whole shown suggestion at the cursor; returns false when there was none.
+function M.accept(buf)
+  buf = buf or vim.api.nvim_get_current_buf()
+  local s = buf_state(buf).suggestion
+  if not s then
+    return false
+  end
+  take(buf, s.text, false)
+  return true
 end
 
 --- Accept the suggestion's next word (with the blanks before it); false when none shown.
@@ -179,7 +174,7 @@ function M.accept_word(buf)
   end
   local part = s.text:match('^%s*[%w_]+') or s.text:match('^%s*[^%w_%s]+')
     or s.text:match('^%s+') or s.text
-  take(buf, part)
+  take(buf, part, true)
   return true
 end
 
@@ -190,7 +185,7 @@ function M.accept_line(buf)
   if not s then
     return false
   end
-  take(buf, s.text:match('^[^\n]*\n?'))
+  take(buf, s.text:match('^[^\n]*\n?'), true)
   return true
 end
 
