@@ -8,8 +8,10 @@
     that were answered (not cancelled).
 (b) cold: random positions in freshly opened files, one request each.
 (c) responsiveness: how long a status request takes while a generation is running.
-Also the server's CPU seconds per 100 replayed keystrokes (Linux), and `--multiline` sets
-the server's multiline setting (auto, never, always) to compare them.
+Also the server's CPU seconds per 100 replayed keystrokes (Linux); `--multiline` sets the
+server's multiline setting (auto, never, always), `--debounce` models an editor that waits
+before asking (a request is sent only when no key follows within it), and `--human-gaps`
+draws the gaps between keys like a person types instead of a fixed `--interval`.
 Files come from the validation split of a prepared dataset (`--data`), else from the
 standard library. Prints p50/p95/p99, the server's cache hit rate and the machine.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import random
 import statistics
@@ -65,6 +68,14 @@ def params(uri: str, pos: types.Position) -> types.InlineCompletionParams:
             trigger_kind=types.InlineCompletionTriggerKind.Automatic))
 
 
+def key_gap(args: argparse.Namespace, rng: random.Random) -> float:
+    """Seconds until the next keystroke: fixed (`--interval`), or with `--human-gaps` drawn
+    like a person types (log-normal around `--interval`, with pauses, 30 ms to 1.5 s)."""
+    if not args.human_gaps:
+        return args.interval
+    return min(1.5, max(0.03, rng.lognormvariate(math.log(args.interval), 0.6)))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc; 0 elsewhere)."""
     try:
@@ -101,6 +112,7 @@ async def run(args: argparse.Namespace) -> dict:
     files = held_out_files(args.data, args.files, args.seed)
     typing, cold, status_ms = [], [], []
     typing_cpu = 0.0            # the server's CPU seconds while keystrokes are replayed
+    sent_requests = 0
     for i, text in enumerate(files):
         # (b) cold: open the file, ask at a random line end; each a freshly opened file
         for j in range(args.cold):
@@ -131,15 +143,21 @@ async def run(args: argparse.Namespace) -> dict:
                     range=types.Range(pos, pos), text=ch)]))
             if pending and not pending[0].done():
                 client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=pending[2]))
+            gap = key_gap(args, rng)
+            if args.debounce and gap < args.debounce:
+                await asyncio.sleep(gap)         # the next key comes first: nothing is sent
+                continue
+            await asyncio.sleep(args.debounce)
             msg_id = f"typed-{i}-{version}"
             fut = client.protocol.send_request_async(
                 types.TEXT_DOCUMENT_INLINE_COMPLETION, params(uri, position_at(doc, len(doc))),
                 msg_id=msg_id)
+            sent_requests += 1
             sent = time.perf_counter()
             fut.add_done_callback(lambda f, s=sent: typing.append(
                 (time.perf_counter() - s) * 1000) if not f.exception() else None)
             pending = (fut, sent, msg_id)
-            await asyncio.sleep(args.interval)
+            await asyncio.sleep(gap - args.debounce)
         if pending:
             with contextlib.suppress(JsonRpcException):
                 await pending[0]
@@ -161,9 +179,9 @@ async def run(args: argparse.Namespace) -> dict:
     client.exit(None)
     await client.stop()
     stderr_task.cancel()
-    cancelled = len(files) * args.keys - len(typing)
+    cancelled = sent_requests - len(typing)
     return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
-            "server": status, "cpu_per_100_keys": typing_cpu * 100 / max(
+            "server": status, "sent": sent_requests, "cpu_per_100_keys": typing_cpu * 100 / max(
                 1, len(files) * args.keys)}
 
 
@@ -177,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", type=int, default=3, help="cold requests per file")
     ap.add_argument("--dtype", default="auto", help="the server's --dtype")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--debounce", type=float, default=0.0,
+                    help="seconds an editor waits after a key before asking (0: ask at once)")
+    ap.add_argument("--human-gaps", action="store_true",
+                    help="variable gaps between keys instead of a fixed --interval")
     ap.add_argument("--multiline", default="auto", choices=("auto", "never", "always"),
                     help="the server's multiline setting")
     ap.add_argument("--server-log", default="logs/latency-server.log",
@@ -193,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                                ("status during generation", r["status_ms"], "20 (max)")):
         print(f"{name:<28}{len(values):>6}{pct(values, .5):>9.1f}{pct(values, .95):>9.1f}"
               f"{pct(values, .99):>9.1f}   targets p50/p95: {bars}")
-    print(f"typing requests cancelled or superseded: {r['cancelled']}; "
+    print(f"keys {args.files * args.keys}, requests sent {r['sent']} (debounce "
+          f"{args.debounce * 1000:.0f} ms, {'human' if args.human_gaps else 'fixed'} gaps); "
+          f"typing requests cancelled or superseded: {r['cancelled']}; "
           f"server cache hit rate {s.cache_hit_rate}; KV reuse {s.kv_reuse_rate}; "
           f"mean typing latency {statistics.fmean(r['typing'] or [0]):.1f} ms; server CPU "
           f"{r['cpu_per_100_keys']:.2f} s per 100 keystrokes")
