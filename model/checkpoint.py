@@ -113,7 +113,7 @@ def save_model_dir(path: str | Path, model: Transformer, tokenizer: Tokenizer,
     directories (it has codecomplete.json): anything else is refused with ModelDirError,
     so `--out ~/projects` never deletes a user's folder. The new directory is written
     beside the old one and swapped in, so a failed or killed export loses nothing; files
-    of the old directory that are not model files (a user's notes) move into the new one."""
+    of the old directory that are not model files (a user's notes) are copied into it."""
     path = Path(path).expanduser()
     if path.exists() and not replaceable_model_dir(path):
         raise ModelDirError(

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from model.config import ModelConfig
+from model.transformer import Transformer
 
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -87,7 +88,7 @@ def our_tensors(config: ModelConfig, items: Iterator[tuple[str, torch.Tensor, Pa
         if IGNORED.search(name):
             continue
         if config.model_type != "gpt_bigcode":
-            yield (name[len("model."):] if name.startswith("model.") else name), t, f, name
+            yield Transformer.from_hf_key(name), t, f, name
             continue
         fused = FUSED_QKV.match(name)
         if fused:

@@ -315,7 +315,6 @@ def crawl(client: GitHubClient, store: CorpusStore, args: argparse.Namespace,
 
 def run_github(store: CorpusStore, args: argparse.Namespace, clock=None,
                today: date | None = None) -> int:
-
     from scraper.tokens import TokenError, install_redactor, load_tokens
     try:
         tokens = load_tokens(args.token_file)

@@ -88,7 +88,6 @@ class CompletionEngine:
         self.generating = 0               # generations in progress (for status displays)
         self.snippet_finder = SnippetFinder()
         self._word_end = None             # tokens that can follow a name (lazy)
-        self._quotes: tuple[int, ...] | None = None   # tokens that open a string (lazy)
 
     def describe(self) -> dict[str, object]:
         with self._state:

@@ -35,10 +35,9 @@ class Interpreter:
 
     paths: tuple[str, ...] = ()
     is_server: bool = True
-    prefix: str = ""                 # its environment folder ("" for the server's own)
 
 
-SERVER = Interpreter(prefix=sys.prefix)    # its paths are sys.path, read when searched
+SERVER = Interpreter()      # its paths are sys.path, read when searched
 
 
 def workspace_interpreter(folders: tuple[str, ...], setting: str = "",
@@ -59,46 +58,49 @@ def _find(folders: tuple[str, ...], setting: str, virtual_env: str, epoch: int) 
     for candidate in candidates:
         if not candidate:
             continue
-        prefix = environment_prefix(Path(candidate).expanduser())
-        if prefix is not None:
-            return interpreter_at(prefix)
+        root = environment_root(Path(candidate).expanduser())
+        dirs = library_dirs(root) if root is not None else []
+        if dirs:
+            return interpreter_at(root, dirs)
     return SERVER
 
 
-def environment_prefix(path: Path) -> Path | None:
+def environment_root(path: Path) -> Path | None:
     """The environment folder of an interpreter path (`X/bin/python`, `X\\Scripts\\python.exe`)
-    or of an environment folder itself; None when it holds no Python library."""
+    or an environment folder itself; None when there is no such folder."""
     try:
         if path.is_file() or (path.is_symlink() and not path.is_dir()):
             path = path.parent.parent if path.parent.name in ("bin", "Scripts") else path.parent
-        return path if path.is_dir() and library_dirs(path) else None
+        return path if path.is_dir() else None
     except OSError:
         return None
 
 
-def interpreter_at(root: Path) -> Interpreter:
+def interpreter_at(root: Path, dirs: list[Path]) -> Interpreter:
+    """The environment at `root`, whose library folders are `dirs`: SERVER when it is the
+    server's own."""
     try:
         same = root.resolve() == Path(sys.prefix).resolve()
     except OSError:
         same = False
-    if same:
-        return SERVER
-    return Interpreter(paths=tuple(str(p) for p in library_dirs(root)), is_server=False,
-                       prefix=str(root))
+    return SERVER if same else Interpreter(paths=tuple(map(str, dirs)), is_server=False)
 
 
 def library_dirs(prefix: Path) -> list[Path]:
-    """site-packages and the standard library of the environment at `prefix`: a venv's
-    standard library is that of its base interpreter (`home` in pyvenv.cfg)."""
+    """site-packages and the standard library of the environment at `prefix` (none: no
+    Python environment there): a venv's standard library is that of its base
+    interpreter (`home` in pyvenv.cfg)."""
     out: list[Path] = []
-    version = venv_version(prefix)
+    cfg = pyvenv_cfg(prefix)
+    m = re.match(r"(\d+\.\d+)", cfg.get("version") or cfg.get("version_info") or "")
+    version = m.group(1) if m else ""
     for lib in [*sorted(prefix.glob("lib/python3*")), prefix / "Lib"]:
         if (lib / "site-packages").is_dir():
             out.append(lib / "site-packages")
         if (lib / "os.py").is_file():
             out.append(lib)
             version = version or lib.name.removeprefix("python")
-    home = venv_home(prefix)
+    home = Path(cfg["home"]) if cfg.get("home") else None
     if home is not None and version:
         for lib in (home.parent / "lib" / f"python{version}", home / "Lib"):
             if (lib / "os.py").is_file():
@@ -107,21 +109,10 @@ def library_dirs(prefix: Path) -> list[Path]:
 
 
 def pyvenv_cfg(prefix: Path) -> dict[str, str]:
+    """The key = value lines of a venv's pyvenv.cfg (keys lower-cased); {} if none."""
     try:
         text = (prefix / "pyvenv.cfg").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return {}
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line)
     return {k.strip().lower(): v.strip() for k, v in pairs}
-
-
-def venv_home(prefix: Path) -> Path | None:
-    home = pyvenv_cfg(prefix).get("home")
-    return Path(home) if home else None
-
-
-def venv_version(prefix: Path) -> str:
-    """"3.12" from pyvenv.cfg's version (or version_info); "" if it says none."""
-    cfg = pyvenv_cfg(prefix)
-    m = re.match(r"(\d+\.\d+)", cfg.get("version") or cfg.get("version_info") or "")
-    return m.group(1) if m else ""

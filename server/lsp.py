@@ -110,10 +110,10 @@ def workspace_folders(ls: CodecompleteServer) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r for r in roots if r))
 
 
-def module_roots(ls: CodecompleteServer, uri: str) -> tuple[str, ...]:
+def module_roots(uri: str, folders: tuple[str, ...]) -> tuple[str, ...]:
     """Folders where the user's own modules live: the document's, then the workspace's."""
     roots = [os.path.dirname(uris.to_fs_path(uri))] if uri.startswith("file:") else []
-    return tuple(dict.fromkeys(r for r in (*roots, *workspace_folders(ls)) if r))
+    return tuple(dict.fromkeys(r for r in (*roots, *folders) if r))
 
 
 def build_server(engine: CompletionEngine | None, load_error: str | None = None
@@ -180,10 +180,10 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
             older.set()
         ls.running[uri] = stop
         try:
-            interpreter = workspace_interpreter(workspace_folders(ls),
-                                                ls.engine.settings.python)
+            folders = workspace_folders(ls)
+            interpreter = workspace_interpreter(folders, ls.engine.settings.python)
             return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked,
-                                           neighbors, module_roots(ls, uri), interpreter)
+                                           neighbors, module_roots(uri, folders), interpreter)
         except asyncio.CancelledError:
             stop.set()
             raise

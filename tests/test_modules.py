@@ -114,7 +114,7 @@ def test_workspace_interpreter_is_found_from_setting_folder_or_virtual_env(tmp_p
     assert find((str(tmp_path),), "", "", 0) is interpreter.SERVER
     assert not find((str(ws),), "", "", 0).is_server
     # The server's own environment is recognised as such.
-    assert interpreter.interpreter_at(Path(sys.prefix)) is interpreter.SERVER
+    assert interpreter.interpreter_at(Path(sys.prefix), []) is interpreter.SERVER
 
 
 def test_a_venv_finds_its_base_standard_library(tmp_path):
