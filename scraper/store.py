@@ -190,6 +190,7 @@ class CorpusStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._etag_bytes: int | None = None    # compressed bytes in the ETag cache (lazy)
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -353,25 +354,36 @@ class CorpusStore:
             body = zlib.decompress(row[2])
         except zlib.error:
             self.db.execute("DELETE FROM etags WHERE url=?", (url,))
+            if self._etag_bytes is not None:
+                self._etag_bytes -= len(row[2])
             return None
         self.db.execute("UPDATE etags SET used=? WHERE url=?", (time.time(), url))
         return CachedPage(row[0], row[1] or "", body)
 
     def save_etag(self, url: str, etag: str, body: bytes, link: str = "") -> None:
         """Remember a page for conditional requests; the cache keeps at most
-        ETAG_CACHE_BYTES (compressed), dropping the least recently used pages first."""
+        ETAG_CACHE_BYTES (compressed), dropping the least recently used pages first. The
+        total is summed once per store and then kept up to date, not summed per page."""
         data = zlib.compress(body, 6)
+        if self._etag_bytes is None:
+            self._etag_bytes = self.db.execute(
+                "SELECT coalesce(sum(length(body)), 0) FROM etags").fetchone()[0]
+        old = self.db.execute("SELECT length(body) FROM etags WHERE url=?", (url,)).fetchone()
+        self._etag_bytes -= old[0] if old else 0
         if len(data) > ETAG_CACHE_BYTES // 8:
             self.db.execute("DELETE FROM etags WHERE url=?", (url,))
             return
         self.db.execute("INSERT OR REPLACE INTO etags VALUES(?,?,?,?,?)",
                         (url, etag, link or None, data, time.time()))
-        total = self.db.execute("SELECT coalesce(sum(length(body)), 0) FROM etags").fetchone()[0]
-        while total > ETAG_CACHE_BYTES:
+        self._etag_bytes += len(data)
+        while self._etag_bytes > ETAG_CACHE_BYTES:
             rows = self.db.execute("SELECT url, length(body) FROM etags ORDER BY used LIMIT 64"
                                    ).fetchall()
+            if not rows:                  # another process emptied it: start the count anew
+                self._etag_bytes = 0
+                break
             self.db.executemany("DELETE FROM etags WHERE url=?", [(r[0],) for r in rows])
-            total -= sum(r[1] for r in rows)
+            self._etag_bytes -= sum(r[1] for r in rows)
 
     # -- reading the corpus ------------------------------------------------------------
 
