@@ -154,39 +154,36 @@ local function take(buf, part, keep_rest)
   end
 end
 
---- Insert the whole shown suggestion at the cursor; returns false when there was none.
-function M.accept(buf)
+--- Insert the part of the shown suggestion that `part_of(text)` picks (the rest stays
+--- shown with `keep_rest`); false when nothing is shown.
+local function accept_part(buf, part_of, keep_rest)
   buf = buf or vim.api.nvim_get_current_buf()
   local s = buf_state(buf).suggestion
   if not s then
     return false
   end
-  take(buf, s.text, false)
+  take(buf, part_of(s.text), keep_rest)
   return true
+end
+
+local function next_word(text)
+  return text:match('^%s*[%w_]+') or text:match('^%s*[^%w_%s]+') or text:match('^%s+')
+    or text
+end
+
+--- Insert the whole shown suggestion at the cursor; returns false when there was none.
+function M.accept(buf)
+  return accept_part(buf, function(text) return text end, false)
 end
 
 --- Accept the suggestion's next word (with the blanks before it); false when none shown.
 function M.accept_word(buf)
-  buf = buf or vim.api.nvim_get_current_buf()
-  local s = buf_state(buf).suggestion
-  if not s then
-    return false
-  end
-  local part = s.text:match('^%s*[%w_]+') or s.text:match('^%s*[^%w_%s]+')
-    or s.text:match('^%s+') or s.text
-  take(buf, part, true)
-  return true
+  return accept_part(buf, next_word, true)
 end
 
 --- Accept the suggestion up to and including its first line end; false when none shown.
 function M.accept_line(buf)
-  buf = buf or vim.api.nvim_get_current_buf()
-  local s = buf_state(buf).suggestion
-  if not s then
-    return false
-  end
-  take(buf, s.text:match('^[^\n]*\n?'), true)
-  return true
+  return accept_part(buf, function(text) return text:match('^[^\n]*\n?') end, true)
 end
 
 --- Show the next (step 1) or previous (step -1) candidate; false when there is no other.
