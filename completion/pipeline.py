@@ -37,13 +37,17 @@ class Prepared:
 
 
 def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
-            snippet: str = "") -> Prepared:
+            context: list[int] | None = None) -> Prepared:
     """The prompt and generation settings for a cursor between `prefix` and `suffix`:
-    multi-line on an empty line opening a block body, else the rest of one line."""
+    multi-line on an empty line opening a block body, else the rest of one line.
+    `context` is repository context (completion/prompt.context_ids), put first; the FIM
+    prompt gets what it leaves of the model's context."""
     multiline = wants_multiline(prefix, suffix, settings.multiline)
     ctx = CompletionContext(prefix, suffix, multiline)
-    budget = prompt_budget(lm.context, settings.context_tokens, settings.max_tokens)
-    ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, snippet)
+    context = context or []
+    budget = prompt_budget(lm.context - len(context), settings.context_tokens,
+                           settings.max_tokens)
+    ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, context)
     config = GenerationConfig(max_new_tokens=settings.max_tokens,
                               temperature=settings.temperature, top_p=settings.top_p,
                               n=settings.candidates, seed=settings.seed,

@@ -74,13 +74,57 @@ def prompt_budget(model_context: int, context_tokens: int, max_tokens: int) -> i
     return max(1, min(context_tokens, model_context - max_tokens - FIM_OVERHEAD))
 
 
-def build_prompt(tok: Tokenizer, fim_order: str, prefix: str, suffix: str, budget: int,
-                 snippet: str = "") -> tuple[list[int], bytes]:
-    """FIM prompt ids and the healed bytes. The suffix gets up to a quarter of the
-    budget, a snippet from another document up to a quarter, the prefix the rest."""
+def header_ids(tok: Tokenizer, path: str) -> list[int]:
+    """The line that opens a file in a repository prompt: `<file_sep>path` where the model
+    has a file separator (ours, StarCoder2, Qwen2.5-Coder), else a `# path` comment."""
+    if tok.file_sep_id is not None:
+        return [tok.file_sep_id, *tok.encode(path + "\n")]
+    return tok.encode(f"# {path}\n")
+
+
+def context_ids(tok: Tokenizer, chunks: list[tuple[str, str]], path: str, budget: int
+                ) -> list[int]:
+    """Repository context for the prompt from (path, text) chunks, best first: as many
+    whole chunks as fit in `budget` tokens, taken best first and laid out best *last*
+    (nearest the code they help), each under its file header, then the header of the
+    document being completed (`path`). Empty when no chunk fits."""
+    picked: list[list[int]] = []
+    used = 0
+    for chunk_path, text in chunks:
+        ids = header_ids(tok, chunk_path) + tok.encode(clean_text(text.rstrip("\n") + "\n"))
+        if used + len(ids) <= budget:
+            picked.append(ids)
+            used += len(ids)
+    if not picked:
+        return []
+    return [t for ids in reversed(picked) for t in ids] + header_ids(tok, path)
+
+
+def assemble(tok: Tokenizer, fim_order: str, context: list[int], prefix_ids: list[int],
+             suffix_ids: list[int], middle_ids: list[int] | None = None) -> list[int]:
+    """The whole prompt: repository context first (after a BOS token, where the model has
+    one), then the FIM layout. Context first keeps the prompt's start stable while the user
+    types, so the KV cache is reused. Training builds its examples with this too."""
+    fim = fim_layout(tok, prefix_ids, suffix_ids, fim_order, middle_ids)
+    if not context:
+        return fim
+    if tok.bos_id is not None and fim[:1] == [tok.bos_id]:
+        return [tok.bos_id, *context, *fim[1:]]
+    return [*context, *fim]
+
+
+def split_budget(budget: int, suffix: str) -> tuple[int, int]:
+    """(prefix, suffix) token budgets: the suffix gets up to a quarter when it has code."""
     suffix_budget = budget // 4 if suffix.strip() else 0
-    snippet_ids = cut_suffix(tok, snippet, budget // 4) if snippet else []
-    prefix_ids = snippet_ids + cut_prefix(tok, prefix, budget - suffix_budget - len(snippet_ids))
+    return budget - suffix_budget, suffix_budget
+
+
+def build_prompt(tok: Tokenizer, fim_order: str, prefix: str, suffix: str, budget: int,
+                 context: list[int] | None = None) -> tuple[list[int], bytes]:
+    """Prompt ids and the healed bytes: `context` (from context_ids) first, then the FIM
+    prompt in `budget` tokens, a quarter at most for the suffix, the prefix the rest."""
+    prefix_budget, suffix_budget = split_budget(budget, suffix)
+    prefix_ids = cut_prefix(tok, prefix, prefix_budget)
     suffix_ids = cut_suffix(tok, suffix, suffix_budget) if suffix_budget else []
     prefix_ids, healed = heal_tail(tok, prefix_ids)
-    return fim_layout(tok, prefix_ids, suffix_ids, fim_order), healed
+    return assemble(tok, fim_order, context or [], prefix_ids, suffix_ids), healed

@@ -25,7 +25,8 @@ class EngineSettings:
     enable: bool = True
     comments: bool = True          # complete inside comments
     strings: bool = True           # complete inside strings and docstrings
-    snippets: bool = False         # add a similar snippet from another open document
+    workspace_context: bool = True   # windows of the workspace's other files in the prompt
+    workspace_context_tokens: int = 384   # their token budget (see context_budget)
     rerank: bool = True            # rank names after a partly typed identifier (see
     #                                server/identifiers.py)
     seed: int | None = 0
@@ -37,6 +38,17 @@ class EngineSettings:
 
 
 MAX_CANDIDATES = 8
+CONTEXT_SHARE = 0.4    # repository context gets at most this share of the window that is
+#                        left after the tokens to generate; the file itself keeps the rest
+
+
+def context_budget(settings: EngineSettings, model_context: int) -> int:
+    """Tokens of repository context a request may use (0: none)."""
+    if not settings.workspace_context:
+        return 0
+    room = int((model_context - settings.max_tokens) * CONTEXT_SHARE)
+    return max(0, min(settings.workspace_context_tokens, room))
+
 MIN_CONTEXT_TOKENS = 32
 
 
@@ -99,7 +111,8 @@ RULES: dict[str, Rule] = {
     "enable": Rule("bool"),
     "comments": Rule("bool"),
     "strings": Rule("bool"),
-    "snippets": Rule("bool"),
+    "workspace_context": Rule("bool"),
+    "workspace_context_tokens": Rule("int", 0, max_of_context=0.5),
     "rerank": Rule("bool"),
     "seed": Rule("optional int", 0),
     "multiline": Rule("choice", choices=("auto", "never", "always")),

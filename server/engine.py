@@ -4,8 +4,8 @@ It knows nothing of LSP (server/lsp.py translates), so tests and benchmarks call
 directly. The prompt, generation and filters are completion/pipeline.py's, shared with the
 evaluation; the engine adds what only a server needs: one KV cache kept across requests
 (a prompt sharing a prefix with the previous one only computes its new tail), an LRU of
-answers and typed-ahead reuse, cancellation, identifier re-ranking, snippets of other open
-documents, and the stats of the status request.
+answers and typed-ahead reuse, cancellation, identifier re-ranking, and the stats of the
+status request. Repository context (server/workspace.py) comes in as prompt tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from completion.pipeline import filter_texts, generate_candidates, prepare
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
-from completion.settings import EngineSettings
+from completion.settings import EngineSettings, context_budget
 from completion.syntax import COMMENT, STRING, cursor_region
 from completion.words import inside_word
 from model.checkpoint import LoadedModel
@@ -30,7 +30,6 @@ from model.scoring import score_continuations, word_end_mask
 from server import identifiers
 from server.interpreter import SERVER, Interpreter
 from server.modules import module_names_at
-from server.snippets import OpenDocument, SnippetFinder
 
 
 @dataclass
@@ -49,6 +48,7 @@ class EngineStats:
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     reused_tokens: int = 0
     prompt_tokens: int = 0
+    context_tokens: int = 0        # repository context in the latest request's prompt
 
 
 # Test seam: seconds to sleep per generated token, simulating a slow model so tests of
@@ -86,7 +86,6 @@ class CompletionEngine:
         self._last: Served | None = None
         self.slow_tokens_s = float(os.environ.get(SLOW_TOKENS_ENV, "0") or 0)
         self.generating = 0               # generations in progress (for status displays)
-        self.snippet_finder = SnippetFinder()
         self._word_end = None             # tokens that can follow a name (lazy)
 
     def describe(self) -> dict[str, object]:
@@ -110,6 +109,7 @@ class CompletionEngine:
             "cache_hit_rate": round(stats.cache_hits / stats.requests, 3)
             if stats.requests else None,
             "generating": self.generating,
+            "last_context_tokens": stats.context_tokens,
         }
 
     def warmup(self) -> float:
@@ -125,15 +125,19 @@ class CompletionEngine:
                      cache=self.loaded.model.new_cache(1, self.loaded.context), heal=healed)
         return time.perf_counter() - t0
 
-    def build_prompt(self, prefix: str, suffix: str, snippet: str = ""
+    def build_prompt(self, prefix: str, suffix: str, context: list[int] | None = None
                      ) -> tuple[list[int], bytes]:
-        """The FIM prompt ids and healed bytes this engine would send (completion/prompt.py)."""
-        p = prepare(self.loaded, prefix, suffix, self.settings, snippet)
+        """The prompt ids and healed bytes this engine would send (completion/prompt.py)."""
+        p = prepare(self.loaded, prefix, suffix, self.settings, context)
         return p.ids, p.healed
 
-    def _key(self, prefix: str, suffix: str, snippet: str) -> tuple:
+    def context_budget(self) -> int:
+        """Tokens of repository context a request may carry under the current settings."""
+        return context_budget(self.settings, self.loaded.context)
+
+    def _key(self, prefix: str, suffix: str, context: list[int]) -> tuple:
         s = self.settings
-        return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], snippet, s.temperature, s.top_p,
+        return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], tuple(context), s.temperature, s.top_p,
                 s.max_tokens, s.candidates, s.context_tokens, s.seed, s.multiline)
 
     def typed_ahead(self, prefix: str, suffix: str) -> list[Completion] | None:
@@ -151,7 +155,7 @@ class CompletionEngine:
     def complete(self, prefix: str, suffix: str,
                  should_stop: Callable[[], bool] | None = None,
                  invoked: bool = True,
-                 neighbors: list[OpenDocument] | None = None,
+                 context: list[int] | None = None,
                  module_roots: tuple[str, ...] = (),
                  interpreter: Interpreter = SERVER) -> list[Completion]:
         """Completions to insert at the cursor between `prefix` and `suffix`.
@@ -159,7 +163,7 @@ class CompletionEngine:
         `invoked` is False for completions the editor asks for by itself while the user
         types; those are not offered with the cursor inside a word (`foo|bar`), where
         ghost text would only get in the way, but an explicit request gets an answer.
-        `neighbors` are the user's other open documents (used with the snippets setting);
+        `context` is repository context for the prompt (server/workspace.py);
         `module_roots` the folders where the user's own modules are (the document's and the
         workspace's), and `interpreter` the workspace's Python, for the names of imported
         modules (server/modules.py)."""
@@ -171,11 +175,11 @@ class CompletionEngine:
             if (region == COMMENT and not s.comments) or (region == STRING and not s.strings):
                 return []
         started = time.perf_counter()
-        snippet = self.snippet_finder.best(prefix, neighbors) if s.snippets and neighbors \
-            else ""
-        key = self._key(prefix, suffix, snippet)
+        context = context or []
+        key = self._key(prefix, suffix, context)
         with self._state:
             self.stats.requests += 1
+            self.stats.context_tokens = len(context)
             cached = self.typed_ahead(prefix, suffix)
             if cached is None and key in self._lru:
                 self._lru.move_to_end(key)
@@ -188,7 +192,7 @@ class CompletionEngine:
             raw = cached
         else:
             try:
-                raw = self._generate(prefix, suffix, snippet, should_stop,
+                raw = self._generate(prefix, suffix, context, should_stop,
                                      (module_roots, interpreter))
             finally:
                 with self._state:
@@ -250,7 +254,7 @@ class CompletionEngine:
             return CANCELLED
         return names[best][len(partial):] + rest.text
 
-    def _generate(self, prefix: str, suffix: str, snippet: str,
+    def _generate(self, prefix: str, suffix: str, context: list[int],
                   should_stop: Callable[[], bool] | None,
                   modules: ModuleSearch = ((), SERVER)) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled: the shared
@@ -260,7 +264,7 @@ class CompletionEngine:
         with self._lock:
             if should_stop is not None and should_stop():
                 return None
-            p = prepare(self.loaded, prefix, suffix, self.settings, snippet)
+            p = prepare(self.loaded, prefix, suffix, self.settings, context)
             if self._cache is None:
                 self._cache = self.loaded.model.new_cache(1, self.loaded.context)
             result = generate_candidates(self.loaded, p, self._cache, should_stop)

@@ -21,7 +21,7 @@ from pygls.protocol import LanguageServerProtocol
 from completion.settings import update_settings
 from server.engine import CompletionEngine
 from server.interpreter import workspace_interpreter
-from server.snippets import OpenDocument
+from server.workspace import Workspace
 
 log = logging.getLogger("codecomplete")
 
@@ -62,6 +62,7 @@ class CodecompleteServer(LanguageServer):
         self.warmup_task: asyncio.Future | None = None
         self.pending_problems: list[str] = []   # refused initializationOptions, shown
         #                                         once the client is initialized
+        self.files = Workspace()               # repository context (server/workspace.py)
 
 
 def apply_settings(ls: CodecompleteServer, options: Any) -> list[str]:
@@ -110,6 +111,36 @@ def workspace_folders(ls: CodecompleteServer) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r for r in roots if r))
 
 
+def fs_path(uri: str) -> str:
+    """A document's file path, or its URI when it is not a file (untitled buffers)."""
+    return (uris.to_fs_path(uri) or uri) if uri.startswith("file:") else uri
+
+
+def is_python(uri: str, language_id: str | None) -> bool:
+    return language_id == "python" or uri.endswith(".py")
+
+
+def follow_workspace(ls: CodecompleteServer) -> None:
+    """Index the workspace folders when repository context is on (again if they changed)."""
+    if ls.engine is not None and ls.engine.settings.workspace_context:
+        ls.files.set_folders(workspace_folders(ls))
+
+
+def watch_python_files(ls: CodecompleteServer) -> None:
+    """Ask the client to report created, changed and deleted Python files, where it can
+    (dynamic registration), so an edit outside the editor reaches the index."""
+    caps = ls.client_capabilities.workspace
+    watched = caps.did_change_watched_files if caps else None
+    if not (watched and watched.dynamic_registration):
+        return
+    options = types.DidChangeWatchedFilesRegistrationOptions(
+        watchers=[types.FileSystemWatcher(glob_pattern="**/*.py")])
+    ls.client_register_capability(types.RegistrationParams(registrations=[
+        types.Registration(id="codecomplete-python-files",
+                           method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                           register_options=options)]))
+
+
 def module_roots(uri: str, folders: tuple[str, ...]) -> tuple[str, ...]:
     """Folders where the user's own modules live: the document's, then the workspace's."""
     roots = [os.path.dirname(uris.to_fs_path(uri))] if uri.startswith("file:") else []
@@ -137,6 +168,11 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                 types.MessageType.Info,
                 f"codecomplete ready: {info['model']} on {info['device']} ({info['dtype']})"))
             ls.warmup_task = asyncio.ensure_future(warm(ls))
+            follow_workspace(ls)
+            try:
+                watch_python_files(ls)
+            except Exception as e:   # a client that refuses still gets completions
+                log.warning("could not register file watchers: %s", e)
 
     async def warm(ls: CodecompleteServer) -> None:
         """Warm the model up off the event loop; requests that come meanwhile wait for the
@@ -152,13 +188,39 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         """The document moved on: a completion still running (or waiting for the model) for
         it would answer for text the user no longer has, so it stops before its next
         token and answers nothing. (pygls has already applied the change.)"""
-        running = ls.running.get(params.text_document.uri)
+        uri = params.text_document.uri
+        running = ls.running.get(uri)
         if running is not None:
             running.set()
+        doc = ls.workspace.text_documents.get(uri)
+        if doc is not None and is_python(uri, doc.language_id):
+            ls.files.set_document(fs_path(uri), doc.source)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def on_open(ls: CodecompleteServer, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        if is_python(doc.uri, doc.language_id):
+            ls.files.set_document(fs_path(doc.uri), doc.text)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: CodecompleteServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.files.close_document(fs_path(params.text_document.uri))
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def on_files(ls: CodecompleteServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for change in params.changes:
+            if change.uri.startswith("file:"):
+                ls.files.file_changed(fs_path(change.uri))
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+    def on_folders(ls: CodecompleteServer,
+                   params: types.DidChangeWorkspaceFoldersParams) -> None:
+        follow_workspace(ls)     # pygls has already updated ls.workspace.folders
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_config(ls: CodecompleteServer, params: types.DidChangeConfigurationParams) -> None:
         report_problems(ls, apply_settings(ls, params.settings))
+        follow_workspace(ls)
 
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
                          invoked: bool = True):
@@ -170,10 +232,6 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         ctx = cursor_context(ls, uri, position)
         if ctx is None:
             return []
-        neighbors = [OpenDocument(d.uri, d.version or 0, d.source)
-                     for u, d in ls.workspace.text_documents.items()
-                     if u != uri and (d.language_id == "python" or u.endswith(".py"))] \
-            if ls.engine.settings.snippets else None
         stop = threading.Event()
         older = ls.running.get(uri)
         if older is not None:
@@ -182,8 +240,15 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         try:
             folders = workspace_folders(ls)
             interpreter = workspace_interpreter(folders, ls.engine.settings.python)
-            return await asyncio.to_thread(ls.engine.complete, *ctx, stop.is_set, invoked,
-                                           neighbors, module_roots(uri, folders), interpreter)
+            engine, files = ls.engine, ls.files
+            budget = engine.context_budget()
+
+            def work():
+                context = files.context(engine.loaded.tokenizer, ctx[0], fs_path(uri), budget) \
+                    if budget else None
+                return engine.complete(*ctx, stop.is_set, invoked, context,
+                                       module_roots(uri, folders), interpreter)
+            return await asyncio.to_thread(work)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -217,6 +282,6 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
     def status(ls: CodecompleteServer, params: Any) -> dict[str, Any]:
         if ls.engine is None:
             return {"error": ls.load_error}
-        return ls.engine.describe()
+        return ls.engine.describe() | ls.files.describe()
 
     return server

@@ -1,4 +1,4 @@
-"""Prompt building: token budgets, cuts at line boundaries, and snippets from other files."""
+"""Prompt building: token budgets and cuts at line boundaries."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from model.checkpoint import LoadedModel, ModelMeta
 from model.tokenizer import PSM
 from server import engine as engine_module
 from server.engine import CompletionEngine
-from server.snippets import OpenDocument, SnippetFinder, windows
 
 LINES = [f"value_{i} = compute_{i}(argument_{i})" for i in range(200)]
 TEXT = "\n".join(LINES) + "\n"
@@ -50,44 +49,14 @@ def engine(tokenizer, random_model, **settings) -> CompletionEngine:
     return CompletionEngine(loaded, EngineSettings(**settings))
 
 
-def test_build_prompt_budgets_prefix_suffix_and_snippet(tokenizer, random_model):
+def test_build_prompt_budgets_prefix_and_suffix(tokenizer, random_model):
     eng = engine(tokenizer, random_model, context_tokens=256, max_tokens=16)
     prefix, suffix = TEXT, TEXT.replace("value_", "other_")
     ids, _ = eng.build_prompt(prefix, suffix)
     assert len(ids) <= 256 + 4                    # plus the FIM control tokens
-    snippet = "# Compare this snippet from b.py:\n" + "".join(f"# helper_{i}()\n"
-                                                            for i in range(100))
-    with_snippet, _ = eng.build_prompt(prefix, suffix, snippet)
-    assert len(with_snippet) <= 256 + 4
-    text = tokenizer.decode(with_snippet)
-    assert "# Compare this snippet from b.py:" in text
-    assert text.count("helper_") < 100           # the snippet got at most a quarter
+    text = tokenizer.decode(ids)
     assert "value_199" in text and "other_0" in text
-
-
-def test_snippet_from_the_most_similar_open_document():
-    other = OpenDocument("file:///p/geometry.py", 1, "\n".join([
-        "import math", "", "", "class Vector:",
-        "    def __init__(self, x, y):", "        self.x = x", "        self.y = y", "",
-        "    def length(self):", "        return math.hypot(self.x, self.y)", ""]
-        + [f"UNRELATED_{i} = {i}" for i in range(40)]))
-    noise = OpenDocument("file:///p/noise.py", 3, "\n".join(f"print({i})" for i in range(50)))
-    prefix = ("from geometry import Vector\n\n\ndef norm(v: Vector):\n"
-              "    x, y = v.x, v.y\n    return v.len")
-    finder = SnippetFinder()
-    snippet = finder.best(prefix, [noise, other])
-    assert snippet.startswith("# Compare this snippet from file:///p/geometry.py:\n")
-    assert "#     def length(self):" in snippet and "UNRELATED_30" not in snippet
-    # Typing on the cursor's line keeps the snippet (and so the KV cache) the same.
-    assert finder.best(prefix + "gth()", [noise, other]) == snippet
-    assert finder.best("zzz = 1\nqqq", [noise, other]) == ""          # nothing similar
-
-
-def test_windows_overlap_and_cover_the_document():
-    text = "\n".join(f"line_{i}" for i in range(20))
-    ws = windows(text)
-    assert [w.start for w in ws] == [0, 6, 12]
-    assert "line_19" in ws[-1].text and "line_0" in ws[0].text
+    assert 0 < text.count("other_") < text.count("value_")    # the suffix got a quarter
 
 
 def test_inside_word():
@@ -95,22 +64,6 @@ def test_inside_word():
     assert not inside_word("self.va", "")
     assert not inside_word("self.va", ")")
     assert not inside_word("x = ", "value")
-
-
-def test_engine_puts_a_neighbor_snippet_into_the_prompt_only_when_enabled(tokenizer,
-                                                                          random_model):
-    helper = OpenDocument("file:///p/helpers.py", 1,
-                          "def parse_header(line):\n    name, value = line.split(':')\n"
-                          "    return name.strip(), value.strip()\n")
-    prefix = "from helpers import parse_header\n\nname, value = parse_header(line)\nna"
-    sizes = {}
-    for enabled in (False, True):
-        eng = engine(tokenizer, random_model, max_tokens=2, snippets=enabled)
-        eng.complete(prefix, "", neighbors=[helper])
-        sizes[enabled] = eng.stats.prompt_tokens
-    snippet = SnippetFinder().best(prefix, [helper])
-    assert snippet
-    assert sizes[True] >= sizes[False] + len(tokenizer.encode(snippet)) - 2
 
 
 def test_warmup_generates_without_counting_as_a_request(tokenizer, random_model):

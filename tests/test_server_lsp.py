@@ -457,3 +457,68 @@ async def test_multiline_setting_never_and_always(tiny_model_dir):
         assert any("multiline='sometimes'" in w for w in warnings)
     finally:
         await stop(client)
+
+
+async def test_workspace_context_follows_folders_files_and_the_setting(tiny_model_dir,
+                                                                        tmp_path):
+    """Repository context over real stdio: the workspace of `initialize` is indexed, its
+    windows reach the prompt, file events and folder changes update it, the setting turns
+    it off."""
+    from tests.test_repo_context import GEOMETRY, QUERY
+
+    (tmp_path / "geometry.py").write_text(GEOMETRY)
+    client = make_test_lsp_client()
+    registered: list[types.RegistrationParams] = []
+
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def on_register(params: types.RegistrationParams) -> None:
+        registered.append(params)
+    await client.start_io(sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+                          "--temperature", "0")
+    caps = types.ClientCapabilities(workspace=types.WorkspaceClientCapabilities(
+        workspace_folders=True,
+        did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(
+            dynamic_registration=True)))
+    root = tmp_path.as_uri()
+    await client.initialize_session(types.InitializeParams(
+        capabilities=caps, process_id=None, root_uri=root,
+        workspace_folders=[types.WorkspaceFolder(uri=root, name="w")]))
+
+    async def status():
+        return await asyncio.wait_for(
+            client.protocol.send_request_async("codecomplete/status", {}), 10)
+
+    async def settled(files: int):
+        for _ in range(100):
+            s = await status()
+            if not s.workspace_indexing and s.workspace_files >= files:
+                return s
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the workspace never had {files} files indexed: {s}")
+
+    try:
+        uri = (tmp_path / "me.py").as_uri()
+        open_doc(client, uri, QUERY)
+        assert (await settled(2)).workspace_files == 2     # geometry.py and the open me.py
+        assert registered[0].registrations[0].method == \
+            types.WORKSPACE_DID_CHANGE_WATCHED_FILES
+        await inline(client, uri, QUERY)
+        assert (await status()).last_context_tokens > 0
+        (tmp_path / "extra.py").write_text("def extra():\n    return Vector(0, 0)\n")
+        client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
+            changes=[types.FileEvent(uri=(tmp_path / "extra.py").as_uri(),
+                                     type=types.FileChangeType.Created)]))
+        await settled(3)
+        other = tmp_path.parent / (tmp_path.name + "-second")
+        other.mkdir()
+        (other / "more.py").write_text("MORE = 1\n")
+        client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            event=types.WorkspaceFoldersChangeEvent(
+                added=[types.WorkspaceFolder(uri=other.as_uri(), name="o")], removed=[])))
+        await settled(4)
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codecomplete": {"workspace_context": False}}))
+        await inline(client, uri, QUERY + "g")
+        assert (await status()).last_context_tokens == 0
+    finally:
+        await stop(client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -112,6 +113,92 @@ def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
     with pytest.raises(DataError, match="fim_level 'line' is not one of document, context"):
         PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.5, spm_rate=0.5,
                      fim_level="line")
+
+
+def test_repository_packing_keeps_each_repository_together_under_file_headers(
+        small_dataset):
+    tok, _, splits = load_dataset(small_dataset)
+    train_split = splits["train"]
+    loader = PackedLoader(train_split, tok, 128, 4, seed=5, fim_rate=0.0, spm_rate=0.5,
+                          repo_packing=True)
+    stream: list[int] = []
+    while len(stream) < train_split.n_tokens + 200:
+        stream += loader.next_batch().reshape(-1).tolist()
+    # Cut the stream at the headers: each file's header names it, its body is the file,
+    # and a repository's files come together, in path order, closed by <|endoftext|>.
+    seen: list[tuple[str, str]] = []
+    cuts = [i for i, t in enumerate(stream) if t == tok.file_sep_id]
+    by_name = {name: i for i, name in enumerate(train_split.names)}
+    for a, b in itertools.pairwise(cuts):
+        chunk = stream[a + 1:b]
+        head = tok.decode(chunk).split("\n", 1)[0]
+        repo = next(r for r, p in train_split.names if p == head)
+        shard, s0, s1 = train_split.docs[by_name[(repo, head)]]
+        body = train_split.tokens[shard][s0:s1].tolist()
+        assert chunk[-len(body) - (chunk[-1] == tok.eot_id):][:len(body)] == body
+        seen.append((repo, head))
+    first_epoch = seen[:len(train_split.names)]
+    repos = [r for r, _ in first_epoch]
+    assert set(repos) == {r for r, _ in train_split.names}
+    runs = [r for i, r in enumerate(repos) if i == 0 or repos[i - 1] != r]
+    assert len(runs) == len(set(runs))                  # one stretch per repository
+    for repo in set(repos):
+        paths = [p for r, p in first_epoch if r == repo]
+        assert paths == sorted(paths)
+    assert stream.count(tok.eot_id) >= len(set(repos)) - 1
+
+
+def test_retrieval_windows_are_deterministic_resumable_and_need_named_data(
+        small_dataset, tmp_path):
+    tok, _, splits = load_dataset(small_dataset)
+    def make():
+        return PackedLoader(splits["train"], tok, 512, 4, seed=7, fim_rate=0.5, spm_rate=0.5,
+                            repo_packing=True, repo_rate=1.0, repo_context_tokens=300)
+    a, b = make(), make()
+    batches = [a.next_batch() for _ in range(3)]
+    assert all((x == b.next_batch()).all() for x in batches)
+    assert all(x.shape == (4, 513) for x in batches)
+    rows = [r.tolist() for x in batches for r in x]
+    # every window starts with a retrieval example: (context, the file's header,) FIM
+    assert all(r[0] in (tok.file_sep_id, tok.fim_prefix_id) for r in rows)
+    with_context = [r for r in rows if r[0] == tok.file_sep_id]
+    assert with_context, "no example found a similar window in its repository"
+    for r in with_context:
+        start = r.index(tok.fim_prefix_id)
+        assert r[:start].count(tok.file_sep_id) >= 2   # a window's header and the file's
+    state = a.state()
+    expected = a.next_batch()
+    again = make()
+    again.load_state(state)
+    assert (again.next_batch() == expected).all()
+    # Data prepared before repository names were recorded cannot be packed by repository.
+    for f in small_dataset.glob("*.docs.json"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+        f.rename(f.with_suffix(".hidden"))
+    try:
+        _, _, unnamed = load_dataset(small_dataset)
+        assert unnamed["train"].names is None
+        with pytest.raises(DataError, match=r"re-run training\.prepare"):
+            PackedLoader(unnamed["train"], tok, 64, 1, seed=0, fim_rate=0.5, spm_rate=0.5,
+                         repo_rate=0.5)
+    finally:
+        for f in small_dataset.glob("*.docs.hidden"):
+            f.rename(f.with_suffix(".json"))
+
+
+def test_context_fim_leaves_file_headers_outside_the_examples(small_dataset):
+    tok, _, splits = load_dataset(small_dataset)
+    loader = PackedLoader(splits["train"], tok, 512, 2, seed=1, fim_rate=1.0, spm_rate=1.0,
+                          repo_packing=True)
+    found = 0
+    for _ in range(20):
+        for row in loader.next_batch().tolist():
+            for i, t in enumerate(row):
+                if t == tok.file_sep_id and i + 1 < len(row):
+                    header = tok.decode(row[i + 1:i + 8]).split("\n", 1)[0]
+                    assert header.endswith(".py"), header
+                    found += 1
+    assert found
 
 
 def test_cpu_tiny_learns(tmp_path, small_dataset):

@@ -38,6 +38,13 @@ class TrainConfig:
     fim_rate: float = opt(0.5, "share of documents turned into fill-in-the-middle examples")
     spm_rate: float = opt(0.5, "share of FIM examples in SPM order (the rest PSM)")
     fim_level: str = opt("context", "context: FIM inside each packed window | document")
+    repo_packing: bool = opt(False, "pack each repository's files together, each under its "
+                                    "<file_sep>path header (needs data of format 2)")
+    repo_rate: float = opt(0.0, "share of windows that start with a retrieval example: "
+                                "similar windows of the repository's other files, then a FIM "
+                                "example, as the server's repository context")
+    repo_context_tokens: int = opt(256, "token budget of the retrieved context in those "
+                                        "examples")
     # optimisation
     max_steps: int = opt(1000, "optimizer steps of the run")
     optimizer: str = opt("adamw", "adamw | muon (Muon for 2-D hidden weights, AdamW rest)")

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from completion.prompt import header_ids
 from model.tokenizer import Tokenizer
 from training.fim import context_fim, document_tokens
 from training.prepare import MANIFEST, TOKENIZER
+from training.repo_context import RepoIndexes, retrieval_example
 
 
 class DataError(ValueError):
@@ -33,6 +35,8 @@ class Split:
     docs: list[tuple[int, int, int]]   # (shard index, start, end) — end excludes EOT
     n_tokens: int
     n_bytes: int
+    names: list[tuple[str, str]] | None = None   # (repository, path) per document, from
+    #                                              data prepared since format 2
 
 
 def load_dataset(data_dir: str | Path) -> tuple[Tokenizer, dict, dict[str, Split]]:
@@ -51,6 +55,7 @@ def load_dataset(data_dir: str | Path) -> tuple[Tokenizer, dict, dict[str, Split
     splits = {}
     for name, info in manifest["splits"].items():
         arrays, docs = [], []
+        names: list[tuple[str, str]] | None = []
         for i, shard in enumerate(info["shards"]):
             f = data_dir / f"{shard['name']}.bin"
             arr = np.memmap(f, dtype=np.uint16, mode="r")
@@ -61,8 +66,24 @@ def load_dataset(data_dir: str | Path) -> tuple[Tokenizer, dict, dict[str, Split
             ends = np.append(starts[1:], arr.size) - 1
             docs.extend((i, int(s), int(e)) for s, e in zip(starts, ends, strict=True))
             arrays.append(arr)
-        splits[name] = Split(arrays, docs, info["tokens"], info["bytes"])
+            names = _doc_names(data_dir / f"{shard['name']}.docs.json", len(starts), names)
+        splits[name] = Split(arrays, docs, info["tokens"], info["bytes"], names)
     return tok, manifest, splits
+
+
+def _doc_names(path: Path, count: int, names: list[tuple[str, str]] | None
+               ) -> list[tuple[str, str]] | None:
+    """`names` extended by one shard's (repository, path) list; None once a shard has none
+    (data prepared before format 2: repository context cannot be trained on it)."""
+    if names is None or not path.is_file():
+        return None
+    try:
+        shard = [(str(r), str(p)) for r, p in json.loads(path.read_text())]
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path} is not a list of [repository, path] pairs ({e}).") from None
+    if len(shard) != count:
+        raise DataError(f"{path} names {len(shard)} documents but its shard has {count}.")
+    return names + shard
 
 
 FIM_LEVELS = ("document", "context")
@@ -74,32 +95,63 @@ class PackedLoader:
     fim_level "document" turns whole documents into FIM examples before packing;
     "context" packs documents left to right and then makes FIM examples inside each
     window (see `training.fim.context_fim` for why that is the one to use with a short
-    context)."""
+    context).
+
+    With `repo_packing` the epoch order is a permutation of repositories, each one's files
+    in path order, each file opened by its header (`<file_sep>path`, completion/prompt.py)
+    and each repository closed by `<|endoftext|>`: the model sees a project's files together,
+    as the server shows them. With `repo_rate` > 0 that share of windows starts with a
+    retrieval example (training/repo_context.py) from the current repository, the rest of
+    the window packed as usual."""
 
     def __init__(self, split: Split, tok: Tokenizer, seq_len: int, batch_size: int,
                  seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1,
-                 fim_level: str = "context"):
+                 fim_level: str = "context", repo_packing: bool = False,
+                 repo_rate: float = 0.0, repo_context_tokens: int = 256):
         if not split.docs:
             raise DataError("the training split has no documents.")
         if fim_level not in FIM_LEVELS:
             raise DataError(f"fim_level {fim_level!r} is not one of {', '.join(FIM_LEVELS)}.")
+        if (repo_packing or repo_rate > 0) and split.names is None:
+            raise DataError("repository packing and context need data prepared with "
+                            "repository names (format 2): re-run training.prepare.")
         self.fim_level, self.windows = fim_level, 0
         self.split, self.tok = split, tok
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.fim_rate, self.spm_rate = seed, fim_rate, spm_rate
         self.rank, self.world = rank, world
+        self.repo_packing, self.repo_rate = repo_packing, repo_rate
+        self.repo_context_tokens = repo_context_tokens
+        self.repos: dict[str, list[int]] = {}
+        for i, (repo, _) in enumerate(split.names or []):
+            self.repos.setdefault(repo, []).append(i)
+        self._indexes = RepoIndexes()
         self.epoch, self.cursor = 0, 0
         self.buffer: list[int] = []
         self._order = self._permutation(0)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.split.docs))
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.repo_packing:
+            names = sorted(self.repos)
+            perm = [names[i] for i in rng.permutation(len(names))]
+            mine = perm[self.rank::self.world] or perm[:1]
+            return np.asarray([d for repo in mine for d in self.repos[repo]], dtype=np.int64)
+        perm = rng.permutation(len(self.split.docs))
         mine = perm[self.rank::self.world]
         return mine if len(mine) else perm[:1]
 
-    def _document(self, doc_index: int) -> list[int]:
+    def _ids(self, doc_index: int) -> np.ndarray:
         shard, start, end = self.split.docs[doc_index]
-        ids = self.split.tokens[shard][start:end]
+        return self.split.tokens[shard][start:end]
+
+    def _document(self, doc_index: int) -> list[int]:
+        ids = self._ids(doc_index)
+        if self.repo_packing:
+            repo, path = self.split.names[doc_index]
+            last = self.repos[repo][-1] == doc_index
+            return [*header_ids(self.tok, path), *ids.tolist(),
+                    *([self.tok.eot_id] if last else [])]
         rng = random.Random(f"{self.seed}:{self.epoch}:{doc_index}")
         if (self.fim_level != "document" or self.fim_rate <= 0
                 or rng.random() >= self.fim_rate):
@@ -108,8 +160,7 @@ class PackedLoader:
         return document_tokens(self.tok, self.tok.decode(ids.tolist()), rng,
                                fim_rate=1.0, spm_rate=self.spm_rate)
 
-    def next_batch(self) -> np.ndarray:
-        need = self.batch_size * (self.seq_len + 1)
+    def _fill(self, need: int) -> None:
         while len(self.buffer) < need:
             if self.cursor >= len(self._order):
                 self.epoch += 1
@@ -117,12 +168,32 @@ class PackedLoader:
                 self._order = self._permutation(self.epoch)
             self.buffer.extend(self._document(int(self._order[self.cursor])))
             self.cursor += 1
-        rows = [self.buffer[i:i + self.seq_len + 1] for i in range(0, need, self.seq_len + 1)]
-        del self.buffer[:need]
-        if self.fim_level == "context" and self.fim_rate > 0:
-            rows = [context_fim(self.tok, row, random.Random(
-                f"{self.seed}:{self.rank}:window{self.windows + i}"), self.fim_rate,
-                self.spm_rate) for i, row in enumerate(rows)]
+
+    def _retrieval(self, rng: random.Random) -> list[int]:
+        """A retrieval example from a random file of the repository being read."""
+        doc = int(self._order[max(0, self.cursor - 1)])
+        repo = self.split.names[doc][0]
+        members = self.repos[repo]
+        index = self._indexes.get(repo, [
+            (self.split.names[d][1], self.tok.decode(self._ids(d).tolist())) for d in members])
+        pick = rng.choice(members)
+        return retrieval_example(self.tok, self.tok.decode(self._ids(pick).tolist()),
+                                 self.split.names[pick][1], index, rng, self.seq_len,
+                                 self.repo_context_tokens, self.spm_rate)
+
+    def next_batch(self) -> np.ndarray:
+        rows = []
+        for i in range(self.batch_size):
+            rng = random.Random(f"{self.seed}:{self.rank}:window{self.windows + i}")
+            head = self._retrieval(rng) if self.repo_rate > 0 \
+                and rng.random() < self.repo_rate else []
+            need = self.seq_len + 1 - len(head)
+            self._fill(need)
+            row = self.buffer[:need]
+            del self.buffer[:need]
+            if self.fim_level == "context" and self.fim_rate > 0:
+                row = context_fim(self.tok, row, rng, self.fim_rate, self.spm_rate)
+            rows.append(head + row)
         self.windows += len(rows)
         return np.asarray(rows, dtype=np.int64)
 

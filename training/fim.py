@@ -43,7 +43,8 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
                 spm_rate: float = 0.5) -> list[int]:
     """FIM inside one packed training window (context-level FIM), same length out as in.
 
-    The window is split after each <|endoftext|>; each piece becomes a FIM example with
+    The window is split after each <|endoftext|> and before each <file_sep> (repository
+    packing); a piece's file header stays as it is, and each piece's code becomes a FIM example with
     probability fim_rate. Why not per document: with a 512-token context and Python files
     of 2,300 tokens at the median, a document-level example almost never has its sentinels,
     suffix and middle in one window, so the model cannot learn to fill a middle from a
@@ -52,16 +53,12 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
     whose <fim_middle> would not fit stays left to right; a window that came out
     shorter (re-tokenising at the cuts rarely merges tokens) is padded with <fim_pad>.
     """
-    pieces, start = [], 0
-    for i, t in enumerate(ids):
-        if t == tok.eot_id:
-            pieces.append(ids[start:i + 1])
-            start = i + 1
-    if start < len(ids):
-        pieces.append(ids[start:])
     out: list[int] = []
-    for piece in pieces:
+    for piece in _pieces(tok, ids):
         closed = bool(piece) and piece[-1] == tok.eot_id
+        head = _header_length(tok, piece)
+        out.extend(piece[:head])
+        piece = piece[head:]
         body = piece[:-1] if closed else piece
         if len(body) < 2 or rng.random() >= fim_rate:
             out.extend(piece)
@@ -75,3 +72,30 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
     pad = tok.eot_id if tok.fim_pad_id is None else tok.fim_pad_id
     out = out[:len(ids)]
     return out + [pad] * (len(ids) - len(out))
+
+
+def _pieces(tok: Tokenizer, ids: list[int]) -> list[list[int]]:
+    """The window cut after each <|endoftext|> and before each <file_sep>."""
+    pieces, start = [], 0
+    for i, t in enumerate(ids):
+        if t == tok.file_sep_id and i > start:
+            pieces.append(ids[start:i])
+            start = i
+        if t == tok.eot_id:
+            pieces.append(ids[start:i + 1])
+            start = i + 1
+    if start < len(ids):
+        pieces.append(ids[start:])
+    return pieces
+
+
+def _header_length(tok: Tokenizer, piece: list[int]) -> int:
+    """Tokens of the `<file_sep>path` header line that opens `piece` (0 if none): up to the
+    token that holds its newline (headers are tokenized on their own, so one token ends
+    it). A header cut off by the window's end is all header."""
+    if not piece or tok.file_sep_id is None or piece[0] != tok.file_sep_id:
+        return 0
+    for i in range(1, len(piece)):
+        if b"\n" in tok.token_bytes(piece[i]):
+            return i + 1
+    return len(piece)

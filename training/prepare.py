@@ -5,6 +5,9 @@
 Documents are stored *without* FIM: each is its tokens followed by `<|endoftext|>`, and a
 per-shard `int64` index of document starts lets the training loader apply FIM per
 document on the fly (so the FIM rate is a training setting, not baked into the data).
+Documents are in (repository, path) order, and a per-shard `.docs.json` names each
+document's repository and path, so the loader can pack a repository's files together
+and put windows of a file's neighbours before it (repository context).
 
 Validation holds out whole repositories (packages, for a `local` corpus), chosen by a
 seeded hash of the name, so it never shares a repository with training. The tokenizer is
@@ -32,7 +35,7 @@ from scraper.store import CorpusStore, FileRow, StoreError
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 SHARD_TOKENS = 1 << 26          # 64M tokens (128 MB) per shard at most
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: per-shard .docs.json with (repo, path)
 
 
 @dataclass(frozen=True)
@@ -82,11 +85,12 @@ def write_split(out: Path, split: str, tok: Tokenizer, docs: list[FileRow],
     shards = []
     buf: list[np.ndarray] = []
     starts: list[int] = []
+    names: list[list[str]] = []
     n_tokens = n_bytes = 0
     filled = 0
 
     def flush() -> None:
-        nonlocal buf, starts, filled
+        nonlocal buf, starts, names, filled
         if not buf:
             return
         name = f"{split}_{len(shards):03d}"
@@ -94,8 +98,9 @@ def write_split(out: Path, split: str, tok: Tokenizer, docs: list[FileRow],
         atomic_write_bytes(out / f"{name}.bin", arr.tobytes())
         idx = np.asarray(starts, dtype=np.int64)
         atomic_write_bytes(out / f"{name}.idx.npy", _npy_bytes(idx))
+        atomic_write_text(out / f"{name}.docs.json", json.dumps(names))
         shards.append({"name": name, "tokens": int(arr.size), "docs": len(starts)})
-        buf, starts, filled = [], [], 0
+        buf, starts, names, filled = [], [], [], 0
 
     for i in range(0, len(docs), batch_docs):
         batch = docs[i:i + batch_docs]
@@ -104,6 +109,7 @@ def write_split(out: Path, split: str, tok: Tokenizer, docs: list[FileRow],
             if filled + arr.size > SHARD_TOKENS and buf:
                 flush()
             starts.append(filled)
+            names.append([f.repo, f.path])
             buf.append(arr)
             filled += arr.size
             n_tokens += arr.size
@@ -133,7 +139,7 @@ def prepare(db: Path, out: Path, config: PrepareConfig = PrepareConfig(),
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         if old.get("fingerprint") == fp and all(
-                (out / f"{s['name']}.bin").exists()
+                (out / f"{s['name']}{ext}").exists() for ext in (".bin", ".docs.json")
                 for split in old["splits"].values() for s in split["shards"]):
             log(f"{out} is up to date ({old['splits']['train']['tokens']:,} train tokens).")
             return old

@@ -269,7 +269,8 @@ class Trainer:
                             "than one repository.")
         self.loader = PackedLoader(splits["train"], self.tok, cfg.seq_len, cfg.batch_size,
                                    cfg.seed, cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world,
-                                   cfg.fim_level)
+                                   cfg.fim_level, cfg.repo_packing, cfg.repo_rate,
+                                   cfg.repo_context_tokens)
         # The same validation windows whatever the process count: eval_batches global batches.
         self.val = validation_batches(splits["val"], self.tok, cfg.seq_len, cfg.batch_size,
                                       cfg.eval_batches * dd.world)
@@ -516,8 +517,12 @@ def init_weights(model: Transformer, src: Path, tok: Tokenizer, manifest: dict,
     if loaded.tokenizer.sha256() != tok.sha256():
         raise CheckpointError(f"--init-from: {src}'s tokenizer is not the one of the data; "
                               f"prepare the data with --tokenizer {src / 'tokenizer.json'}.")
-    if loaded.config.to_hf_dict() != model.config.to_hf_dict():
-        theirs, ours = loaded.config.to_hf_dict(), model.config.to_hf_dict()
+    # A longer context is allowed: RoPE has no weights for positions, so the same weights
+    # continue training at a longer seq_len (extending the shipped model's context).
+    theirs, ours = loaded.config.to_hf_dict(), model.config.to_hf_dict()
+    if theirs["max_position_embeddings"] <= ours["max_position_embeddings"]:
+        theirs["max_position_embeddings"] = ours["max_position_embeddings"]
+    if theirs != ours:
         diff = ", ".join(f"{k} {theirs.get(k)} vs {ours.get(k)}" for k in sorted(ours)
                          if theirs.get(k) != ours.get(k))
         raise CheckpointError(f"--init-from: {src} has another model shape than this config "

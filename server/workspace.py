@@ -1,0 +1,248 @@
+"""The user's workspace as repository context: its Python files indexed into windows in the
+background, open documents' buffers in place of their disk text, and for each request the
+most similar windows of other files (completion/retrieval.py) as prompt tokens.
+
+Indexing is bounded (files, bytes, seconds) and skips what is not the user's code: VCS
+folders, virtual environments, site-packages, node_modules, build and cache folders,
+symbolic links (so no loop can trap the walk), binary, non-UTF-8 and huge files. What was
+skipped is said once in the log. Nothing here ever raises into a request: a folder that
+disappears, an unreadable file or a permission error is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from completion.prompt import context_ids
+from completion.retrieval import WindowIndex, query_words
+from model.tokenizer import Tokenizer
+
+log = logging.getLogger("codecomplete")
+
+SKIP_DIRS = frozenset({
+    ".git", ".hg", ".svn", ".venv", "venv", "env", ".env", "site-packages", "dist-packages",
+    "node_modules", "__pycache__", "build", "dist", ".tox", ".nox", ".mypy_cache",
+    ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints", ".idea", ".vscode", ".eggs",
+})
+RETRIEVED = 8                   # windows asked for; as many as fit the budget are used
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of a workspace is indexed; beyond these, files are skipped (and counted)."""
+
+    files: int = 5000
+    file_bytes: int = 1_000_000
+    total_bytes: int = 64_000_000
+    seconds: float = 30.0
+    entries: int = 200_000       # directory entries looked at, indexed or not
+
+
+def skipped_dir(entry: os.DirEntry) -> bool:
+    name = entry.name
+    return (name in SKIP_DIRS or name.endswith(".egg-info")
+            or os.path.exists(os.path.join(entry.path, "pyvenv.cfg")))
+
+
+class Workspace:
+    """Windows of the workspace's Python files and of the open documents."""
+
+    def __init__(self, limits: Limits = Limits()):
+        self.limits = limits
+        self.index = WindowIndex()
+        self.folders: tuple[str, ...] = ()
+        self.skipped: Counter[str] = Counter()
+        self.indexed_files = 0
+        self.indexed_bytes = 0
+        self.done = threading.Event()          # the current scan finished
+        self._open: set[str] = set()           # paths whose buffer replaces the disk text
+        self._pending: dict[str, str] = {}     # open documents' newest text, indexed lazily
+        self._lock = threading.Lock()
+        self._scan = 0                         # a newer scan stops an older one
+        self._cached: tuple[tuple, list[int]] | None = None
+        self.done.set()
+
+    # -- the workspace folders ------------------------------------------------------------
+
+    def set_folders(self, folders: tuple[str, ...]) -> None:
+        """Index these folders in the background (again, if they changed)."""
+        folders = tuple(str(Path(f)) for f in folders if f)
+        if folders == self.folders:
+            return
+        self.folders = folders
+        with self._lock:
+            self._scan += 1
+            scan = self._scan
+        for path in self.index.paths():
+            if path not in self._open:
+                self.index.remove_file(path)
+        self.done.clear()
+        threading.Thread(target=self._walk, args=(scan, folders), daemon=True,
+                         name="codecomplete-index").start()
+
+    def _walk(self, scan: int, folders: tuple[str, ...]) -> None:
+        started = time.monotonic()
+        self.skipped = Counter()
+        self.indexed_files = self.indexed_bytes = 0
+        entries = 0
+        stack = list(folders)
+        try:
+            while stack and scan == self._scan:
+                folder = stack.pop()
+                try:
+                    with os.scandir(folder) as it:
+                        listing = sorted(it, key=lambda e: e.name)
+                except OSError:
+                    self.skipped["unreadable folders"] += 1
+                    continue
+                for entry in listing:
+                    entries += 1
+                    if entries > self.limits.entries or \
+                            time.monotonic() - started > self.limits.seconds:
+                        self.skipped["entries past the limits"] += 1
+                        stack.clear()
+                        break
+                    self._visit(entry, stack)
+        finally:
+            if scan == self._scan:
+                self._report(folders, time.monotonic() - started)
+                self.done.set()
+
+    def _visit(self, entry: os.DirEntry, stack: list[str]) -> None:
+        try:
+            if entry.is_symlink():
+                self.skipped["symbolic links"] += 1
+            elif entry.is_dir(follow_symlinks=False):
+                if skipped_dir(entry):
+                    self.skipped["environment, VCS, build or cache folders"] += 1
+                else:
+                    stack.append(entry.path)
+            elif entry.name.endswith(".py") and entry.is_file(follow_symlinks=False):
+                self._index_disk_file(entry.path, entry.stat(follow_symlinks=False).st_size)
+        except OSError:
+            self.skipped["unreadable files"] += 1
+
+    def _index_disk_file(self, path: str, size: int) -> None:
+        if path in self._open:
+            return
+        if self.indexed_files >= self.limits.files:
+            self.skipped["files past the file limit"] += 1
+            return
+        if size > self.limits.file_bytes:
+            self.skipped["files over the size limit"] += 1
+            return
+        if self.indexed_bytes + size > self.limits.total_bytes:
+            self.skipped["files past the byte limit"] += 1
+            return
+        try:
+            with open(path, "rb") as f:
+                data = f.read(self.limits.file_bytes + 1)
+            if b"\0" in data:
+                raise UnicodeDecodeError("utf-8", data, 0, 1, "binary")
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.skipped["binary or non-UTF-8 files"] += 1
+            return
+        except OSError:
+            self.skipped["unreadable files"] += 1
+            return
+        self.index.set_file(path, text)
+        self.indexed_files += 1
+        self.indexed_bytes += len(data)
+
+    def _report(self, folders: tuple[str, ...], seconds: float) -> None:
+        skipped = ", ".join(f"{n} {what}" for what, n in sorted(self.skipped.items()))
+        log.info("workspace index: %d files (%.1f MB, %d windows) from %s in %.1f s%s",
+                 self.indexed_files, self.indexed_bytes / 1e6, len(self.index),
+                 ", ".join(folders) or "no folder", seconds,
+                 f"; skipped {skipped}" if skipped else "")
+
+    def describe(self) -> dict[str, object]:
+        """For the status request: what is indexed and what was skipped."""
+        with self._lock:
+            known = set(self._pending)
+        return {"workspace_files": len(known | set(self.index.paths())),
+                "workspace_windows": len(self.index),
+                "workspace_indexing": not self.done.is_set(),
+                "workspace_skipped": dict(self.skipped)}
+
+    # -- documents and file events ---------------------------------------------------------
+
+    def set_document(self, path: str, text: str) -> None:
+        """An open document's buffer (didOpen/didChange): indexed before the next search
+        that may use it, instead of its disk text."""
+        with self._lock:
+            self._open.add(path)
+            self._pending[path] = text
+
+    def close_document(self, path: str) -> None:
+        """The buffer is gone: the disk text counts again (if it is in the workspace)."""
+        with self._lock:
+            self._open.discard(path)
+            self._pending.pop(path, None)
+        self.file_changed(path)
+
+    def file_changed(self, path: str) -> None:
+        """A file was created, changed or deleted on disk (didSave, didChangeWatchedFiles)."""
+        if path in self._open:
+            return
+        if not path.endswith(".py") or not self._inside(path) or not os.path.isfile(path):
+            self.index.remove_file(path)
+            return
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            self.index.remove_file(path)
+            return
+        self.index.remove_file(path)
+        self._index_disk_file(path, size)
+
+    def _inside(self, path: str) -> bool:
+        return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep)
+                   for f in self.folders)
+
+    def _flush(self, keep: str) -> None:
+        """Index the newest buffers of open documents, except `keep` (the document being
+        completed: it is left out of its own context anyway, and re-indexing it on every
+        keystroke would cost each request)."""
+        with self._lock:
+            todo = {p: t for p, t in self._pending.items() if p != keep}
+            for p in todo:
+                del self._pending[p]
+        for path, text in todo.items():
+            if len(text) <= self.limits.file_bytes:
+                self.index.set_file(path, text)
+            else:
+                self.index.remove_file(path)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def display_path(self, path: str) -> str:
+        """The path as the prompt shows it: relative to its workspace folder."""
+        for folder in self.folders:
+            base = folder.rstrip(os.sep) + os.sep
+            if path.startswith(base):
+                return path[len(base):]
+        return os.path.basename(path) or path
+
+    def context(self, tok: Tokenizer, prefix: str, path: str, budget: int) -> list[int]:
+        """Prompt tokens of the windows of other files most similar to the lines above the
+        cursor (most similar last), then the document's own header; [] when none is
+        similar. The same query gives the same tokens, so the KV cache stays reusable."""
+        self._flush(keep=path)
+        query = query_words(prefix)
+        key = (query, path, budget, self.index.generation, id(tok))
+        cached = self._cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        hits = self.index.search(query, k=RETRIEVED, exclude=path)
+        chunks = [(self.display_path(w.path), w.text) for _, w in hits]
+        ids = context_ids(tok, chunks, self.display_path(path), budget) if chunks else []
+        self._cached = (key, ids)
+        return ids

@@ -1,0 +1,98 @@
+"""Training examples with repository context, laid out exactly as the server's prompts.
+
+A retrieval example takes one file of a repository, a cursor in it, and a middle (the
+rest of the cursor's line, sometimes a few more lines, as editors ask for); the windows of
+the repository's *other* files most similar to the lines above the cursor
+(completion/retrieval.py, the server's retriever) go first under their file headers, then
+the file's own header, then the FIM prompt cut to the server's budgets
+(completion/prompt.py), then the middle and `<|endoftext|>`. So the model learns to copy
+names and call patterns from context, where it is and in the form it will be served.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+
+from completion.prompt import (
+    assemble,
+    context_ids,
+    cut_prefix,
+    cut_suffix,
+    prompt_budget,
+    split_budget,
+)
+from completion.retrieval import WindowIndex, query_words
+from model.tokenizer import PSM, SPM, Tokenizer
+
+MAX_MIDDLE_TOKENS = 64        # the server's default max_tokens
+SERVER_CONTEXT_TOKENS = 768   # the server's default FIM budget (EngineSettings.context_tokens)
+MULTILINE_RATE = 0.3          # share of middles that run over 2-5 lines
+RETRIEVED = 8                 # windows asked of the index (as many as fit are used)
+
+
+class RepoIndexes:
+    """The window index of each repository, built on first use from its decoded files;
+    the few most recent are kept (the loader reads a repository's files together)."""
+
+    def __init__(self, keep: int = 2):
+        self._cache: OrderedDict[str, WindowIndex] = OrderedDict()
+        self.keep = keep
+
+    def get(self, repo: str, files: list[tuple[str, str]]) -> WindowIndex:
+        if repo in self._cache:
+            self._cache.move_to_end(repo)
+            return self._cache[repo]
+        index = WindowIndex()
+        for path, text in files:
+            index.set_file(path, text)
+        self._cache[repo] = index
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return index
+
+
+def pick_middle(text: str, rng: random.Random) -> tuple[int, int] | None:
+    """A cursor on a random non-blank line, after its indentation, and the middle's end:
+    the end of that line, or with MULTILINE_RATE the end of one of the next 4 lines."""
+    lines = text.split("\n")
+    candidates = [i for i, line in enumerate(lines) if line.strip()]
+    if not candidates:
+        return None
+    row = rng.choice(candidates)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    line = lines[row]
+    indent = len(line) - len(line.lstrip())
+    a = starts[row] + rng.randrange(indent, len(line))
+    last = row
+    if rng.random() < MULTILINE_RATE:
+        last = min(len(lines) - 1, row + rng.randint(1, 4))
+    b = starts[last] + len(lines[last])
+    return a, b
+
+
+def retrieval_example(tok: Tokenizer, text: str, path: str, index: WindowIndex,
+                      rng: random.Random, seq_len: int, context_tokens: int,
+                      spm_rate: float = 0.5) -> list[int]:
+    """One example (at most seq_len + 1 tokens) as described above; [] if the file has no
+    line to complete. Without a similar window it is a plain FIM example, as the server
+    sends when it finds no context."""
+    span = pick_middle(text, rng)
+    if span is None:
+        return []
+    a, b = span
+    prefix, middle, suffix = text[:a], text[a:b], text[b:]
+    hits = index.search(query_words(prefix), k=RETRIEVED, exclude=path)
+    chunks = [(w.path, w.text) for _, w in hits]
+    context = context_ids(tok, chunks, path, context_tokens)
+    middle_ids = tok.encode(middle)
+    closed = len(middle_ids) <= MAX_MIDDLE_TOKENS
+    middle_ids = [*middle_ids[:MAX_MIDDLE_TOKENS], *([tok.eot_id] if closed else [])]
+    budget = prompt_budget(seq_len - len(context), SERVER_CONTEXT_TOKENS, MAX_MIDDLE_TOKENS)
+    prefix_budget, suffix_budget = split_budget(budget, suffix)
+    order = SPM if rng.random() < spm_rate else PSM
+    ids = assemble(tok, order, context, cut_prefix(tok, prefix, prefix_budget),
+                   cut_suffix(tok, suffix, suffix_budget) if suffix_budget else [], middle_ids)
+    return ids[:seq_len + 1]
