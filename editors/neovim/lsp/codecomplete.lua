@@ -4,8 +4,9 @@
 --   vim.lsp.enable('codecomplete')
 -- Override anything with vim.lsp.config('codecomplete', { ... }), for example
 --   vim.lsp.config('codecomplete', { cmd = { '/path/to/codecomplete/.venv/bin/server' } })
--- Settings use the server's names: temperature, top_p, max_tokens, candidates,
--- context_tokens, enable, comments, strings, snippets.
+-- Settings use the server's names (all of them are listed in editors/neovim/README.md):
+-- temperature, top_p, max_tokens, candidates, context_tokens, enable, comments, strings,
+-- workspace_context, workspace_context_tokens, rerank, seed, multiline, python.
 local settings = {
   temperature = 0.2,
   top_p = 0.95,
@@ -13,7 +14,7 @@ local settings = {
   enable = true,
   comments = true,
   strings = true,
-  snippets = false,
+  workspace_context = true,
 }
 
 ---@type vim.lsp.Config

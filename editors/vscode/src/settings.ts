@@ -11,7 +11,8 @@ export interface Settings {
   maxTokens: number;
   comments: boolean;
   strings: boolean;
-  snippets: boolean;
+  workspaceContext: boolean;
+  workspaceContextTokens: number;
   candidates: number;
   contextTokens: number;
   rerank: boolean;
@@ -31,7 +32,8 @@ export const DEFAULTS: Settings = {
   maxTokens: 64,
   comments: true,
   strings: true,
-  snippets: false,
+  workspaceContext: true,
+  workspaceContextTokens: 384,
   candidates: 1,
   contextTokens: 768,
   rerank: true,
@@ -69,7 +71,8 @@ export function serverSettings(s: Settings, activeInterpreter?: string): Record<
     context_tokens: s.contextTokens,
     comments: s.comments,
     strings: s.strings,
-    snippets: s.snippets,
+    workspace_context: s.workspaceContext,
+    workspace_context_tokens: s.workspaceContextTokens,
     rerank: s.rerank,
     seed: s.seed,
     python: s.python || activeInterpreter || '',
