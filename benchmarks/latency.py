@@ -12,6 +12,8 @@ Also the server's CPU seconds per 100 replayed keystrokes (Linux); `--multiline`
 server's multiline setting (auto, never, always), `--debounce` models an editor that waits
 before asking (a request is sent only when no key follows within it), and `--human-gaps`
 draws the gaps between keys like a person types instead of a fixed `--interval`.
+`--workspace DIR` makes DIR the workspace the server indexes for repository context (on
+unless `--no-context`; without a workspace the opened files are the context).
 Files come from the validation split of a prepared dataset (`--data`), else from the
 standard library. Prints p50/p95/p99, the server's cache hit rate and the machine.
 """
@@ -104,13 +106,19 @@ async def run(args: argparse.Namespace) -> dict:
         ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
     stderr_task = drain_stderr(client, Path(args.server_log))
+    root = Path(args.workspace).resolve().as_uri() if args.workspace else None
     await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), process_id=None,
-        initialization_options={"multiline": args.multiline}))
+        capabilities=types.ClientCapabilities(), process_id=None, root_uri=root,
+        workspace_folders=[types.WorkspaceFolder(uri=root, name="w")] if root else None,
+        initialization_options={"multiline": args.multiline,
+                                "workspace_context": not args.no_context}))
     client.initialized(types.InitializedParams())
+    while root and (await client.protocol.send_request_async(
+            "codecomplete/status", {})).workspace_indexing:
+        await asyncio.sleep(0.1)
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
-    typing, cold, status_ms = [], [], []
+    typing, cold, status_ms, context_tokens = [], [], [], []
     typing_cpu = 0.0            # the server's CPU seconds while keystrokes are replayed
     sent_requests = 0
     for i, text in enumerate(files):
@@ -124,6 +132,8 @@ async def run(args: argparse.Namespace) -> dict:
             await client.text_document_inline_completion_async(
                 params(uri, position_at(text, offset)))
             cold.append((time.perf_counter() - t0) * 1000)
+            context_tokens.append((await client.protocol.send_request_async(
+                "codecomplete/status", {})).last_context_tokens)
         # (a) typing: start at a random line, type the rest of the line and the next ones
         uri = f"file:///bench/typed{i}.py"
         start = text.find("\n", rng.randrange(len(text) // 4, len(text) * 3 // 4)) + 1
@@ -181,6 +191,7 @@ async def run(args: argparse.Namespace) -> dict:
     stderr_task.cancel()
     cancelled = sent_requests - len(typing)
     return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
+            "cold_context_tokens": statistics.mean(context_tokens) if context_tokens else 0,
             "server": status, "sent": sent_requests, "cpu_per_100_keys": typing_cpu * 100 / max(
                 1, len(files) * args.keys)}
 
@@ -201,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="variable gaps between keys instead of a fixed --interval")
     ap.add_argument("--multiline", default="auto", choices=("auto", "never", "always"),
                     help="the server's multiline setting")
+    ap.add_argument("--workspace", default=None,
+                    help="a folder the server indexes as the workspace (repository context)")
+    ap.add_argument("--no-context", action="store_true",
+                    help="turn the server's workspace_context off")
     ap.add_argument("--server-log", default="logs/latency-server.log",
                     help="the server's stderr")
     args = ap.parse_args(argv)
