@@ -41,7 +41,6 @@ from model.tokenizer import (
     FimTokens,
     Tokenizer,
     detect_fim,
-    is_sentencepiece_style,
 )
 from model.transformer import Transformer
 
@@ -244,10 +243,6 @@ def read_hf_tokenizer(path: Path) -> HFTokenizer:
 
 
 def make_tokenizer(path: Path, hf: HFTokenizer, fim: FimTokens) -> Tokenizer:
-    if is_sentencepiece_style(hf):
-        raise ModelDirError(f"{path / TOKENIZER_FILE} is a SentencePiece-style tokenizer (▁ for "
-                            "spaces, <0x0A> byte fallback, as CodeLlama's), which is not "
-                            "supported yet; byte-level BPE tokenizers are.")
     try:
         return Tokenizer(hf, fim)
     except ValueError as e:

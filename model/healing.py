@@ -11,6 +11,9 @@ from __future__ import annotations
 from model.tokenizer import Tokenizer
 
 
+INDENT_TOKENS = 32      # enough tokens to hold a line's indentation, one space per token
+
+
 def heal_tail(tok: Tokenizer, ids: list[int], max_tokens: int = 3) -> tuple[list[int], bytes]:
     """Split `ids` into (kept ids, removed bytes).
 
@@ -22,6 +25,10 @@ def heal_tail(tok: Tokenizer, ids: list[int], max_tokens: int = 3) -> tuple[list
     indentation is exactly what the writer wants, and backing off the newline + indent
     token would let the model pick a deeper one ("\n" + 8 spaces after a top-level def).
     """
+    # SentencePiece-style vocabularies keep the newline apart from the indentation, which
+    # may even be several tokens: look at the end of the text, not only at the last token.
+    if _ends_in_indentation(b"".join(tok.token_bytes(i) for i in ids[-INDENT_TOKENS:])):
+        return list(ids), b""
     best = 0
     tail = b""
     for k in range(1, min(max_tokens, len(ids)) + 1):

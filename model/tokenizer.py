@@ -1,13 +1,19 @@
-"""Byte-level BPE tokenizer wrapper, its training, and the one FIM prompt layout.
+"""Tokenizer wrapper, the training of ours, and the one FIM prompt layout.
 
-Lossless by construction: every byte is in the base alphabet, there is no normalizer, and
-special-token text inside user code is encoded as ordinary text (so a file containing
-"<|endoftext|>" can neither end a prompt early nor fail to round-trip).
+Ours is byte-level BPE, lossless by construction: every byte is in the base alphabet,
+there is no normalizer, and special-token text inside user code is encoded as ordinary
+text (so a file containing "<|endoftext|>" can neither end a prompt early nor fail to
+round-trip). Other models' tokenizers are byte-level BPE too (GPT-2 style: Qwen, DeepSeek,
+StarCoder) or SentencePiece-style BPE (Llama 2, CodeLlama: `▁` for a space, `<0x0A>` pieces
+for bytes the vocabulary lacks, and a "dummy" space put before the text): both decode to
+exact bytes here, and `encode` gives the tokens of exactly the text given, dummy space
+removed, so that pieces of a prompt encoded apart join without stray spaces.
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,8 @@ class FimTokens:
     eot: str = EOT
     file_sep: str | None = FILE_SEP
     bos: str | None = None
+    prefix_space: bool = False     # the prefix is encoded with SentencePiece's dummy space,
+    #                                as CodeLlama's infilling prompts are ("<PRE> {pre}")
 
 
 # The FIM tokens of the model families the server loads, as their model cards document
@@ -63,6 +71,8 @@ FIM_FAMILIES: dict[str, FimTokens] = {
                           "<｜end▁of▁sentence｜>", None, bos="<｜begin▁of▁sentence｜>"),
     "santacoder": FimTokens("<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>",
                             "<|endoftext|>", None),
+    "codellama": FimTokens("▁<PRE>", "▁<MID>", "▁<SUF>", None, "▁<EOT>", None, bos="<s>",
+                           prefix_space=True),
 }
 
 
@@ -77,7 +87,7 @@ def detect_fim(hf: HFTokenizer) -> FimTokens | None:
             return FimTokens(fim.prefix, fim.middle, fim.suffix,
                              fim.pad if has(fim.pad) else None, fim.eot,
                              fim.file_sep if has(fim.file_sep) else None,
-                             fim.bos if has(fim.bos) else None)
+                             fim.bos if has(fim.bos) else None, fim.prefix_space)
     return None
 
 
@@ -99,11 +109,8 @@ class Tokenizer:
     """Thin wrapper over a `tokenizers.Tokenizer` that knows our special tokens."""
 
     def __init__(self, hf: HFTokenizer, fim: FimTokens | None = None):
-        if is_sentencepiece_style(hf):
-            raise ValueError("SentencePiece-style tokenizers (▁ for spaces, <0x0A> byte "
-                             "fallback, as CodeLlama's) are not supported yet; byte-level "
-                             "BPE ones are")
         self.hf = hf
+        self.sentencepiece = is_sentencepiece_style(hf)
         self.hf.encode_special_tokens = True  # special-token text in code is just text
         self.fim = fim or FimTokens()
         missing = [t for t in (self.fim.prefix, self.fim.middle, self.fim.suffix, self.fim.eot)
@@ -128,6 +135,9 @@ class Tokenizer:
         self._token_bytes: list[bytes] | None = None
         self._sorted: list[tuple[bytes, int]] | None = None
         self._by_bytes: dict[bytes, int] | None = None
+        # SentencePiece-style tokenizers put a space before the text: its bytes, if so.
+        self._dummy = b" " if self.sentencepiece and self._raw_bytes("\n").startswith(b" ") \
+            else b""
 
     # --- loading and saving -------------------------------------------------------------
     @classmethod
@@ -142,10 +152,48 @@ class Tokenizer:
 
     # --- text ↔ ids ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        """The tokens of exactly `text` (no BOS, no dummy space)."""
+        if self._dummy:
+            return self._undummied(text)
         return self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._dummy:
+            return [self._undummied(t) for t in texts]
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_with_dummy_space(self, text: str) -> list[int]:
+        """SentencePiece's own encoding of `text`, with its dummy space (CodeLlama's
+        prompts encode the prefix so); the same as `encode` for other tokenizers."""
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def _raw_bytes(self, text: str) -> bytes:
+        return b"".join(self.token_bytes(i) for i in self.encode_with_dummy_space(text))
+
+    def _undummied(self, text: str) -> list[int]:
+        """Encode "\n" + text and drop the tokens of the dummy space and the newline; a
+        newline merged with the text's first bytes (not in Llama's vocabularies) leaves
+        those bytes as byte-fallback pieces. The newline keeps the text's own first
+        space, if any, from being taken for the dummy one."""
+        ids = self.hf.encode("\n" + text, add_special_tokens=False).ids
+        lead = self._dummy + b"\n"
+        taken = b""
+        for k, i in enumerate(ids):
+            if len(taken) >= len(lead):
+                return ids[k:]
+            taken += self.token_bytes(i)
+            if len(taken) > len(lead):        # a token crossed the boundary
+                return self._byte_pieces(taken[len(lead):]) + ids[k + 1:]
+        return []
+
+    def _byte_pieces(self, data: bytes) -> list[int]:
+        out = []
+        for b in data:
+            i = self.hf.token_to_id(f"<0x{b:02X}>")
+            if i is None:
+                raise ValueError(f"tokenizer has no byte piece <0x{b:02X}>")
+            out.append(i)
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         """Decode ids to text; special tokens are dropped, invalid UTF-8 becomes U+FFFD."""
@@ -163,7 +211,11 @@ class Tokenizer:
             for tok, i in self.hf.get_vocab(with_added_tokens=True).items():
                 if i in self.special_ids or i >= self.vocab_size:
                     continue
-                if all(c in dec for c in tok):
+                if self.sentencepiece:
+                    byte = BYTE_PIECE.fullmatch(tok)
+                    table[i] = bytes([int(byte.group(1), 16)]) if byte else \
+                        tok.replace("▁", " ").encode("utf-8")
+                elif all(c in dec for c in tok):
                     table[i] = bytes(dec[c] for c in tok)
                 else:  # a non-special added token stored as plain text
                     table[i] = tok.encode("utf-8")
@@ -197,6 +249,9 @@ class Tokenizer:
         return hashlib.sha256(self.to_str().encode()).hexdigest()
 
 
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
 def is_sentencepiece_style(hf: HFTokenizer) -> bool:
     """Tokens with ▁ for spaces and <0xNN> byte-fallback pieces instead of GPT-2 bytes."""
     return bool(getattr(hf.model, "byte_fallback", False)) \
@@ -213,9 +268,14 @@ def fim_layout(tok: Tokenizer, prefix_ids: list[int], suffix_ids: list[int],
     grows as the user types keeps its KV cache. Training appends middle + <|endoftext|>.
     The token names are the model's (FimTokens: <|fim_prefix|> for Qwen, <｜fim▁begin｜>
     for DeepSeek, ...), and a model that starts prompts with a BOS token gets it first.
+    CodeLlama's prefix is encoded with SentencePiece's dummy space, as its own infilling
+    code does ("<PRE> {prefix} <SUF>{suffix} <MID>", the spaces being the dummy one and
+    the `▁` of its sentinels).
     """
     middle_ids = middle_ids or []
     bos = [tok.bos_id] if tok.bos_id is not None else []
+    if tok.fim.prefix_space and prefix_ids:
+        prefix_ids = tok.encode_with_dummy_space(tok.decode(prefix_ids))
     if order == PSM:
         return ([*bos, tok.fim_prefix_id, *prefix_ids, tok.fim_suffix_id, *suffix_ids,
                  tok.fim_middle_id, *middle_ids])

@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from completion import pipeline
@@ -33,6 +33,9 @@ DEEPSEEK = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<�
 STARCODER = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
              "<file_sep>", "<repo_name>"]
 SANTACODER = ["<|endoftext|>", "<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]
+# CodeLlama: SentencePiece-style BPE; its sentinels are ordinary added tokens with a ▁.
+CODELLAMA = ["</s>", "<s>", "<unk>"]
+CODELLAMA_SENTINELS = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
 
 PREFIX = "def total(items):\n    result = 0\n    for item in items:\n        "
 SUFFIX = "\n    return result\n"
@@ -43,6 +46,9 @@ LAYOUTS = {
                 "<｜fim▁end｜>",
     "starcoder": f"<fim_prefix>{PREFIX}<fim_suffix>{SUFFIX}<fim_middle>",
     "santacoder": f"<fim-prefix>{PREFIX}<fim-suffix>{SUFFIX}<fim-middle>",
+    # facebookresearch/codellama: "<PRE> {pre} <SUF>{suf} <MID>" after BOS; the space
+    # after <PRE> is SentencePiece's dummy space, the others the ▁ of the sentinels.
+    "codellama": f"<s> <PRE> {PREFIX} <SUF>{SUFFIX} <MID>",
 }
 SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
              num_attention_heads=4, max_position_embeddings=256)
@@ -58,6 +64,34 @@ def family_tokenizer(texts: list[str], specials: list[str]) -> HFTokenizer:
     hf.train_from_iterator(texts, trainers.BpeTrainer(
         vocab_size=512, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return hf
+
+
+def sentencepiece_tokenizer(texts: list[str]) -> HFTokenizer:
+    """A tokenizer.json as Llama 2 / CodeLlama ship it: BPE over `▁`-for-space text with
+    a dummy `▁` prepended (normalizer), `<0xNN>` byte pieces for characters the vocabulary
+    lacks (byte_fallback), a decoder that undoes both; CodeLlama's four sentinels added."""
+    hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    hf.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=60,
+        show_progress=False))
+    data = json.loads(hf.to_str())
+    vocab = data["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    data["model"]["byte_fallback"] = True
+    data["pre_tokenizer"] = None
+    data["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    hf = HFTokenizer.from_str(json.dumps(data))
+    # As in CodeLlama's tokenizer.json: added, not normalized (so no second ▁).
+    hf.add_tokens([AddedToken(t, normalized=False) for t in CODELLAMA_SENTINELS])
     return hf
 
 
@@ -92,6 +126,7 @@ CASES = {
     "gpt_bigcode-mqa": (lambda: transformers.GPTBigCodeConfig(
         n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=96, multi_query=True),
         SANTACODER, "santacoder", None),
+    "codellama-sentencepiece": (lambda: llama(rope_theta=1e6), CODELLAMA, "codellama", None),
     "gpt_bigcode-mha": (lambda: transformers.GPTBigCodeConfig(
         n_embd=64, n_layer=2, n_head=4, n_positions=256, multi_query=False),
         STARCODER, "starcoder", None),
@@ -102,7 +137,8 @@ CASES = {
 def family_dir(request, tmp_path_factory, corpus):
     """A saved tiny checkpoint of one family, and transformers' model of it."""
     make_config, specials, fim, shard = CASES[request.param]
-    hf_tok = family_tokenizer(corpus[:200], specials)
+    hf_tok = sentencepiece_tokenizer(corpus[:200]) if fim == "codellama" else \
+        family_tokenizer(corpus[:200], specials)
     config = make_config()
     config.vocab_size = -(-hf_tok.get_vocab_size() // 64) * 64
     config.eos_token_id = hf_tok.token_to_id(specials[1] if fim == "deepseek" else specials[0])
@@ -134,19 +170,32 @@ def test_logits_and_greedy_tokens_equal_transformers(family_dir):
     got = generate(lm.model, lm.tokenizer, ids, GenerationConfig(max_new_tokens=12,
                                                                  ignore_eos=True))
     want = list(ids)
+    # As ours: never a padding row of the embedding nor a special token (ignore_eos).
+    banned = [*lm.tokenizer.special_ids, *range(lm.tokenizer.vocab_size,
+                                                lm.config.vocab_size)]
     with torch.no_grad():
         for _ in range(12):
-            want.append(int(hf_model(torch.tensor([want])).logits[0, -1].argmax()))
+            logits = hf_model(torch.tensor([want])).logits[0, -1]
+            logits[banned] = float("-inf")
+            want.append(int(logits.argmax()))
     assert got.candidates[0].token_ids == want[len(ids):], name
+
+
+def spelled(tok, ids: list[int]) -> str:
+    """Prompt ids as text, special tokens by name (a SentencePiece ▁ as the space it is):
+    transformers' own decode adds spaces around added tokens, so it cannot be the judge."""
+    def name(i: int) -> str:
+        n = tok.hf.id_to_token(i)
+        return n.replace("▁", " ") if tok.sentencepiece else n
+    return "".join(name(i) if i in tok.special_ids else tok.token_bytes(i).decode("utf-8")
+                   for i in ids)
 
 
 def test_fim_prompt_is_the_familys_documented_layout(family_dir):
     _, d, _, fim = family_dir
     lm = load_model_dir(d, device="cpu", dtype="float32")
     p = pipeline.prepare(lm, PREFIX, SUFFIX, EngineSettings(context_tokens=200, max_tokens=8))
-    text = lm.tokenizer.hf.decode(p.ids, skip_special_tokens=False) \
-        + p.healed.decode("utf-8")
-    assert text == LAYOUTS[fim]
+    assert spelled(lm.tokenizer, p.ids) + p.healed.decode("utf-8") == LAYOUTS[fim]
     assert lm.meta.fim_order == "psm" and lm.context == min(lm.config.max_position_embeddings,
                                                             2048)
 
@@ -205,13 +254,55 @@ async def test_the_server_answers_inline_and_regular_completions(family_dir):
         await stop(client)
 
 
-def test_a_sentencepiece_style_tokenizer_is_refused_not_decoded_wrongly(tmp_path):
-    hf = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    hf.add_special_tokens(["<unk>", *QWEN])
-    hf.add_tokens(["<0x0A>", "▁def"])
-    d = tmp_path / "m"
-    transformers.LlamaForCausalLM(llama(vocab_size=64)).save_pretrained(str(d))
-    hf.save(str(d / "tokenizer.json"))
-    with pytest.raises(ModelDirError,
-                       match=r"tokenizer\.json is a SentencePiece-style tokenizer"):
-        load_model_dir(d, device="cpu")
+@pytest.fixture(scope="module")
+def sentencepiece(corpus):
+    from model.tokenizer import FIM_FAMILIES, Tokenizer
+    return Tokenizer(sentencepiece_tokenizer(corpus[:200]), FIM_FAMILIES["codellama"])
+
+
+@pytest.mark.parametrize("text", [
+    "def f(x):\n    return x\n", "  two leading spaces", " one", "", " ", "\n\n\t",
+    "café = 'naïve' 🙂\n", "x  =  1   # wide"])
+def test_sentencepiece_tokens_decode_to_exactly_the_text_encoded(sentencepiece, text):
+    tok = sentencepiece
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert tok.hf.decode(tok.encode_with_dummy_space(text)) == text       # theirs agrees
+    # Pieces encoded apart join without the dummy space each encode would otherwise add.
+    assert tok.decode(tok.encode("a = ") + ids + tok.encode(" b")) == f"a = {text} b"
+
+
+def test_sentencepiece_byte_fallback_and_healing(sentencepiece):
+    from model.healing import heal_tail
+
+    tok = sentencepiece
+    # U+2581 itself is a space to SentencePiece (and to its own library): the one text
+    # that does not come back as it was.
+    lower = "\u2581 = 1"
+    assert tok.decode(tok.encode(lower)) == "  = 1" == \
+        tok.hf.decode(tok.encode_with_dummy_space(lower))
+    emoji = tok.encode("🙂")
+    assert [tok.hf.id_to_token(i) for i in emoji] == ["<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]
+    assert tok.hf.decode(tok.encode_with_dummy_space("x 🙂")) == "x 🙂"   # as theirs
+    text = "class Node:\n    def get_value(self):\n        return self.va"
+    kept, healed = heal_tail(tok, tok.encode(text))
+    assert healed and (tok.decode(kept).encode() + healed).decode() == text
+    assert tok.tokens_starting_with(healed)
+
+
+def test_codellama_prompt_ids_are_its_reference_implementations(sentencepiece):
+    """facebookresearch/codellama's infilling_prompt_tokens: [bos, <PRE>] + encode(pre)
+    (with the dummy space) + [<SUF>] + encode_infilling(suf) (without) + [<MID>]; and
+    suffix first: [bos, <PRE>, <SUF>] + encode_infilling(suf) + [<MID>] + encode(pre)."""
+    from model.tokenizer import PSM, SPM, fim_layout
+
+    tok = sentencepiece
+    pre, suf = tok.encode(PREFIX), tok.encode(SUFFIX)
+    with_dummy = tok.hf.encode(PREFIX, add_special_tokens=False).ids
+    assert with_dummy != pre
+    ids = {t: tok.hf.token_to_id(t) for t in ["<s>", *CODELLAMA_SENTINELS]}
+    assert fim_layout(tok, pre, suf, PSM) == [
+        ids["<s>"], ids["▁<PRE>"], *with_dummy, ids["▁<SUF>"], *suf, ids["▁<MID>"]]
+    assert fim_layout(tok, pre, suf, SPM) == [
+        ids["<s>"], ids["▁<PRE>"], ids["▁<SUF>"], *suf, ids["▁<MID>"], *with_dummy]
+    assert tok.eot_id == ids["▁<EOT>"] and tok.eot_id in tok.special_ids

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -522,3 +523,53 @@ async def test_workspace_context_follows_folders_files_and_the_setting(tiny_mode
         assert (await status()).last_context_tokens == 0
     finally:
         await stop(client)
+
+
+async def test_a_hostile_workspace_is_indexed_within_bounds_and_requests_keep_answering(
+        tiny_model_dir, tmp_path):
+    """100,000 files, a 50 MB Python file, a symlink loop, an unreadable folder, then the
+    folder disappears: every request is answered, the index stops at its bounds, and the
+    log says once what was skipped."""
+    from tests.test_repo_context import GEOMETRY, QUERY
+
+    for d in range(100):
+        folder = tmp_path / f"d{d:03d}"
+        folder.mkdir()
+        for f in range(1000):
+            (folder / f"m{f}.py").write_bytes(b"X = 1\n")
+    (tmp_path / "big.py").write_bytes(b"x = 1\n" * 9_000_000)        # 54 MB
+    (tmp_path / "a_geometry.py").write_text(GEOMETRY)
+    os.symlink(tmp_path, tmp_path / "loop")
+    (tmp_path / "locked").mkdir(mode=0)
+    client = make_test_lsp_client()
+    await client.start_io(sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+                          "--temperature", "0", "--log-level", "INFO")
+    root = tmp_path.as_uri()
+    await client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), process_id=None, root_uri=root,
+        initialization_options={"max_tokens": 4}))
+    try:
+        uri = "file:///elsewhere/me.py"
+        open_doc(client, uri, QUERY)
+        answered = 0
+        for _ in range(200):
+            await inline(client, uri, QUERY)           # each within inline()'s 60 s
+            answered += 1
+            status = await client.protocol.send_request_async("codecomplete/status", {})
+            if not status.workspace_indexing:
+                break
+        assert answered and not status.workspace_indexing
+        assert status.workspace_files <= 5001                 # the file limit (+ me.py)
+        skipped = status.workspace_skipped
+        assert getattr(skipped, "files past the file limit", 0) > 0
+        assert getattr(skipped, "files over the size limit") == 1
+        assert getattr(skipped, "symbolic links") == 1
+        shutil.rmtree(tmp_path)                                 # the folder disappears
+        client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
+            changes=[types.FileEvent(uri=f"{root}/a_geometry.py",
+                                     type=types.FileChangeType.Deleted)]))
+        assert (await inline(client, uri, QUERY + "g")) is not None
+    finally:
+        await stop(client)
+        if tmp_path.exists():
+            os.chmod(tmp_path / "locked", 0o755)
