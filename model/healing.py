@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from model.tokenizer import Tokenizer
 
-
 INDENT_TOKENS = 32      # enough tokens to hold a line's indentation, one space per token
 
 
