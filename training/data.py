@@ -174,8 +174,8 @@ class PackedLoader:
         doc = int(self._order[max(0, self.cursor - 1)])
         repo = self.split.names[doc][0]
         members = self.repos[repo]
-        index = self._indexes.get(repo, [
-            (self.split.names[d][1], self.tok.decode(self._ids(d).tolist())) for d in members])
+        index = self._indexes.get(repo, lambda: (
+            (self.split.names[d][1], self.tok.decode(self._ids(d).tolist())) for d in members))
         pick = rng.choice(members)
         return retrieval_example(self.tok, self.tok.decode(self._ids(pick).tolist()),
                                  self.split.names[pick][1], index, rng, self.seq_len,

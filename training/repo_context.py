@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from completion.prompt import (
     assemble,
@@ -39,12 +40,13 @@ class RepoIndexes:
         self._cache: OrderedDict[str, WindowIndex] = OrderedDict()
         self.keep = keep
 
-    def get(self, repo: str, files: list[tuple[str, str]]) -> WindowIndex:
+    def get(self, repo: str, files: Callable[[], Iterable[tuple[str, str]]]) -> WindowIndex:
+        """The index of `repo`, built from `files()` ((path, text) pairs) if not kept."""
         if repo in self._cache:
             self._cache.move_to_end(repo)
             return self._cache[repo]
         index = WindowIndex()
-        for path, text in files:
+        for path, text in files():
             index.set_file(path, text)
         self._cache[repo] = index
         while len(self._cache) > self.keep:
