@@ -45,6 +45,8 @@ class TrainConfig:
                                 "example, as the server's repository context")
     repo_context_tokens: int = opt(256, "token budget of the retrieved context in those "
                                         "examples")
+    repo_tries: int = opt(1, "cursors drawn per retrieval example; the first whose middle "
+                             "the retrieved context holds is kept")
     # optimisation
     max_steps: int = opt(1000, "optimizer steps of the run")
     optimizer: str = opt("adamw", "adamw | muon (Muon for 2-D hidden weights, AdamW rest)")

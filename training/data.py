@@ -107,7 +107,8 @@ class PackedLoader:
     def __init__(self, split: Split, tok: Tokenizer, seq_len: int, batch_size: int,
                  seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1,
                  fim_level: str = "context", repo_packing: bool = False,
-                 repo_rate: float = 0.0, repo_context_tokens: int = 256):
+                 repo_rate: float = 0.0, repo_context_tokens: int = 256,
+                 repo_tries: int = 1):
         if not split.docs:
             raise DataError("the training split has no documents.")
         if fim_level not in FIM_LEVELS:
@@ -122,6 +123,7 @@ class PackedLoader:
         self.rank, self.world = rank, world
         self.repo_packing, self.repo_rate = repo_packing, repo_rate
         self.repo_context_tokens = repo_context_tokens
+        self.repo_tries = repo_tries
         self.repos: dict[str, list[int]] = {}
         for i, (repo, _) in enumerate(split.names or []):
             self.repos.setdefault(repo, []).append(i)
@@ -179,7 +181,7 @@ class PackedLoader:
         pick = rng.choice(members)
         return retrieval_example(self.tok, self.tok.decode(self._ids(pick).tolist()),
                                  self.split.names[pick][1], index, rng, self.seq_len,
-                                 self.repo_context_tokens, self.spm_rate)
+                                 self.repo_context_tokens, self.spm_rate, self.repo_tries)
 
     def next_batch(self) -> np.ndarray:
         rows = []

@@ -23,7 +23,7 @@ from completion.prompt import (
     prompt_budget,
     split_budget,
 )
-from completion.retrieval import WindowIndex, query_words
+from completion.retrieval import Window, WindowIndex, query_words, words_of
 from model.tokenizer import PSM, SPM, Tokenizer
 
 MAX_MIDDLE_TOKENS = 64        # the server's default max_tokens
@@ -75,18 +75,34 @@ def pick_middle(text: str, rng: random.Random) -> tuple[int, int] | None:
     return a, b
 
 
+def copyable(middle: str, hits: list[tuple[float, Window]]) -> bool:
+    """Whether the retrieved windows hold the middle's first line, or most of its names."""
+    line = middle.split("\n", 1)[0].strip()
+    texts = [w.text for _, w in hits[:2]]
+    if len(line) >= 4 and any(line in t for t in texts):
+        return True
+    names = words_of(line)
+    known = frozenset().union(*(w.words for _, w in hits[:2])) if hits else frozenset()
+    return len(names) >= 2 and len(names & known) >= 0.75 * len(names)
+
+
 def retrieval_example(tok: Tokenizer, text: str, path: str, index: WindowIndex,
                       rng: random.Random, seq_len: int, context_tokens: int,
-                      spm_rate: float = 0.5) -> list[int]:
+                      spm_rate: float = 0.5, tries: int = 1) -> list[int]:
     """One example (at most seq_len + 1 tokens) as described above; [] if the file has no
     line to complete. Without a similar window it is a plain FIM example, as the server
-    sends when it finds no context."""
-    span = pick_middle(text, rng)
-    if span is None:
-        return []
-    a, b = span
-    prefix, middle, suffix = text[:a], text[a:b], text[b:]
-    hits = index.search(query_words(prefix), k=RETRIEVED, exclude=path)
+    sends when it finds no context. With `tries` > 1, up to that many cursors are drawn
+    and the first whose middle the context can supply (`copyable`) is kept: most cursors
+    have nothing to copy, so without it the model rarely learns that context pays."""
+    for _ in range(max(1, tries)):       # prefer a middle the context can supply
+        span = pick_middle(text, rng)
+        if span is None:
+            return []
+        a, b = span
+        prefix, middle, suffix = text[:a], text[a:b], text[b:]
+        hits = index.search(query_words(prefix), k=RETRIEVED, exclude=path)
+        if copyable(middle, hits):
+            break
     chunks = [(w.path, w.text) for _, w in hits]
     context = context_ids(tok, chunks, path, context_tokens)
     middle_ids = tok.encode(middle)

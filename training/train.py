@@ -270,7 +270,7 @@ class Trainer:
         self.loader = PackedLoader(splits["train"], self.tok, cfg.seq_len, cfg.batch_size,
                                    cfg.seed, cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world,
                                    cfg.fim_level, cfg.repo_packing, cfg.repo_rate,
-                                   cfg.repo_context_tokens)
+                                   cfg.repo_context_tokens, cfg.repo_tries)
         # The same validation windows whatever the process count: eval_batches global batches.
         self.val = validation_batches(splits["val"], self.tok, cfg.seq_len, cfg.batch_size,
                                       cfg.eval_batches * dd.world)
