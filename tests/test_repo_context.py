@@ -15,7 +15,7 @@ from completion.retrieval import WindowIndex, file_windows, query_words
 from completion.settings import EngineSettings, context_budget
 from model.tokenizer import SPM
 from server.workspace import Limits, Workspace
-from training.repo_context import pick_middle, retrieval_example
+from training.repo_context import choose_span, copyable, pick_middle, retrieval_example
 
 GEOMETRY = "\n".join([
     "import math", "", "", "class Vector:",
@@ -202,3 +202,22 @@ def test_training_examples_are_server_prompts_with_the_middle(tokenizer, seed):
     # SPM: prefix then middle then <|endoftext|>; together they end where the middle does.
     assert middle[-1] == tokenizer.eot_id
     assert text[:b].endswith(tokenizer.decode(middle[:-1]))
+
+
+def test_several_tries_prefer_middles_the_context_can_supply(tokenizer):
+    """repo_tries: of many cursors, the kept one's middle is in the retrieved windows far
+    more often than a single draw's."""
+    index = WindowIndex()
+    index.set_file("geometry.py", GEOMETRY)
+    text = GEOMETRY.replace("UNRELATED", "OWN") + "\n"
+    index.set_file("me.py", text)
+    hits = index.search(query_words(text[:200]), exclude="me.py")
+    assert copyable("        return math.hypot(self.x, self.y)", hits)
+    assert not copyable("print(nothing_like_it)", hits)
+
+    def share(tries: int) -> float:
+        spans = [choose_span(text, "me.py", index, random.Random(seed), tries)
+                 for seed in range(60)]
+        return sum(copyable(text[a:b], found) for a, b, found in spans) / len(spans)
+
+    assert share(6) > share(1) + 0.2

@@ -86,6 +86,22 @@ def copyable(middle: str, hits: list[tuple[float, Window]]) -> bool:
     return len(names) >= 2 and len(names & known) >= 0.75 * len(names)
 
 
+def choose_span(text: str, path: str, index: WindowIndex, rng: random.Random, tries: int = 1
+                ) -> tuple[int, int, list[tuple[float, Window]]] | None:
+    """The middle's span and the windows retrieved for it: of up to `tries` cursors, the
+    first whose middle is `copyable` from its windows, else the last."""
+    chosen = None
+    for _ in range(max(1, tries)):
+        span = pick_middle(text, rng)
+        if span is None:
+            return None
+        a, b = span
+        chosen = (a, b, index.search(query_words(text[:a]), k=RETRIEVED, exclude=path))
+        if copyable(text[a:b], chosen[2]):
+            break
+    return chosen
+
+
 def retrieval_example(tok: Tokenizer, text: str, path: str, index: WindowIndex,
                       rng: random.Random, seq_len: int, context_tokens: int,
                       spm_rate: float = 0.5, tries: int = 1) -> list[int]:
@@ -94,15 +110,11 @@ def retrieval_example(tok: Tokenizer, text: str, path: str, index: WindowIndex,
     sends when it finds no context. With `tries` > 1, up to that many cursors are drawn
     and the first whose middle the context can supply (`copyable`) is kept: most cursors
     have nothing to copy, so without it the model rarely learns that context pays."""
-    for _ in range(max(1, tries)):       # prefer a middle the context can supply
-        span = pick_middle(text, rng)
-        if span is None:
-            return []
-        a, b = span
-        prefix, middle, suffix = text[:a], text[a:b], text[b:]
-        hits = index.search(query_words(prefix), k=RETRIEVED, exclude=path)
-        if copyable(middle, hits):
-            break
+    chosen = choose_span(text, path, index, rng, tries)
+    if chosen is None:
+        return []
+    a, b, hits = chosen
+    prefix, middle, suffix = text[:a], text[a:b], text[b:]
     chunks = [(w.path, w.text) for _, w in hits]
     context = context_ids(tok, chunks, path, context_tokens)
     middle_ids = tok.encode(middle)
