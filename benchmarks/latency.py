@@ -12,8 +12,8 @@ Also the server's CPU seconds per 100 replayed keystrokes (Linux); `--multiline`
 server's multiline setting (auto, never, always), `--debounce` models an editor that waits
 before asking (a request is sent only when no key follows within it), and `--human-gaps`
 draws the gaps between keys like a person types instead of a fixed `--interval`.
-`--workspace DIR` makes DIR the workspace the server indexes for repository context (on
-unless `--no-context`; without a workspace the opened files are the context).
+`--workspace DIR` makes DIR the workspace; `--context` turns repository context on (off by
+default, as in the server; without a workspace the opened files are the context).
 Files come from the validation split of a prepared dataset (`--data`), else from the
 standard library. Prints p50/p95/p99, the server's cache hit rate and the machine.
 """
@@ -111,7 +111,7 @@ async def run(args: argparse.Namespace) -> dict:
         capabilities=types.ClientCapabilities(), process_id=None, root_uri=root,
         workspace_folders=[types.WorkspaceFolder(uri=root, name="w")] if root else None,
         initialization_options={"multiline": args.multiline,
-                                "workspace_context": not args.no_context}))
+                                "workspace_context": args.context}))
     client.initialized(types.InitializedParams())
     while root and (await client.protocol.send_request_async(
             "codecomplete/status", {})).workspace_indexing:
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the server's multiline setting")
     ap.add_argument("--workspace", default=None,
                     help="a folder the server indexes as the workspace (repository context)")
-    ap.add_argument("--no-context", action="store_true",
-                    help="turn the server's workspace_context off")
+    ap.add_argument("--context", action="store_true",
+                    help="turn the server's workspace_context on (off by default)")
     ap.add_argument("--server-log", default="logs/latency-server.log",
                     help="the server's stderr")
     args = ap.parse_args(argv)
@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     s = r["server"]
     print(f"machine: {describe()}")
     print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters); "
-          f"multiline {args.multiline}")
+          f"multiline {args.multiline}; workspace context "
+          f"{'on' if args.context else 'off'} ({args.workspace or 'open files only'}, "
+          f"{r['cold_context_tokens']:.0f} context tokens per cold prompt)")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
     for name, values, bars in (("typing (answered requests)", r["typing"], "50 / 150"),
                                ("cold (fresh file)", r["cold"], "200 / 400"),

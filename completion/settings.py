@@ -25,7 +25,9 @@ class EngineSettings:
     enable: bool = True
     comments: bool = True          # complete inside comments
     strings: bool = True           # complete inside strings and docstrings
-    workspace_context: bool = True   # windows of the workspace's other files in the prompt
+    workspace_context: bool = False  # windows of the workspace's other files in the prompt
+    #                                  (off: the shipped model does not use them yet, see
+    #                                  docs/default-model.md, "Repository context")
     workspace_context_tokens: int = 384   # their token budget (see context_budget)
     rerank: bool = True            # rank names after a partly typed identifier (see
     #                                server/identifiers.py)

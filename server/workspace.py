@@ -99,13 +99,13 @@ class Workspace:
                     with os.scandir(folder) as it:
                         listing = sorted(it, key=lambda e: e.name)
                 except OSError:
-                    self.skipped["unreadable folders"] += 1
+                    self.skipped["unreadable_folders"] += 1
                     continue
                 for entry in listing:
                     entries += 1
                     if entries > self.limits.entries or \
                             time.monotonic() - started > self.limits.seconds:
-                        self.skipped["entries past the limits"] += 1
+                        self.skipped["entries_past_the_limits"] += 1
                         stack.clear()
                         break
                     self._visit(entry, stack)
@@ -117,28 +117,28 @@ class Workspace:
     def _visit(self, entry: os.DirEntry, stack: list[str]) -> None:
         try:
             if entry.is_symlink():
-                self.skipped["symbolic links"] += 1
+                self.skipped["symbolic_links"] += 1
             elif entry.is_dir(follow_symlinks=False):
                 if skipped_dir(entry):
-                    self.skipped["environment, VCS, build or cache folders"] += 1
+                    self.skipped["environment_vcs_build_or_cache_folders"] += 1
                 else:
                     stack.append(entry.path)
             elif entry.name.endswith(".py") and entry.is_file(follow_symlinks=False):
                 self._index_disk_file(entry.path, entry.stat(follow_symlinks=False).st_size)
         except OSError:
-            self.skipped["unreadable files"] += 1
+            self.skipped["unreadable_files"] += 1
 
     def _index_disk_file(self, path: str, size: int) -> None:
         if path in self._open:
             return
         if self.indexed_files >= self.limits.files:
-            self.skipped["files past the file limit"] += 1
+            self.skipped["files_past_the_file_limit"] += 1
             return
         if size > self.limits.file_bytes:
-            self.skipped["files over the size limit"] += 1
+            self.skipped["files_over_the_size_limit"] += 1
             return
         if self.indexed_bytes + size > self.limits.total_bytes:
-            self.skipped["files past the byte limit"] += 1
+            self.skipped["files_past_the_byte_limit"] += 1
             return
         try:
             with open(path, "rb") as f:
@@ -147,24 +147,26 @@ class Workspace:
                 raise UnicodeDecodeError("utf-8", data, 0, 1, "binary")
             text = data.decode("utf-8")
         except UnicodeDecodeError:
-            self.skipped["binary or non-UTF-8 files"] += 1
+            self.skipped["binary_or_non_utf8_files"] += 1
             return
         except OSError:
-            self.skipped["unreadable files"] += 1
+            self.skipped["unreadable_files"] += 1
             return
         self.index.set_file(path, text)
         self.indexed_files += 1
         self.indexed_bytes += len(data)
 
     def _report(self, folders: tuple[str, ...], seconds: float) -> None:
-        skipped = ", ".join(f"{n} {what}" for what, n in sorted(self.skipped.items()))
+        skipped = ", ".join(f"{n} {what.replace('_', ' ')}"
+                            for what, n in sorted(self.skipped.items()))
         log.info("workspace index: %d files (%.1f MB, %d windows) from %s in %.1f s%s",
                  self.indexed_files, self.indexed_bytes / 1e6, len(self.index),
                  ", ".join(folders) or "no folder", seconds,
                  f"; skipped {skipped}" if skipped else "")
 
     def describe(self) -> dict[str, object]:
-        """For the status request: what is indexed and what was skipped."""
+        """For the status request: what is indexed and what was skipped (snake_case reasons,
+        so clients that turn objects into attributes can read them)."""
         with self._lock:
             known = set(self._pending)
         return {"workspace_files": len(known | set(self.index.paths())),

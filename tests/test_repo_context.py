@@ -78,11 +78,10 @@ def test_context_layout_is_exact_best_last_and_within_budget(tokenizer):
 
 
 def test_context_budget_leaves_the_file_most_of_the_window():
-    s = EngineSettings()
+    s = EngineSettings(workspace_context=True)
     assert context_budget(s, 1024) == 384
     assert context_budget(s, 512) == int((512 - 64) * 0.4)
-    s.workspace_context = False
-    assert context_budget(s, 1024) == 0
+    assert context_budget(EngineSettings(), 1024) == 0          # off by default
 
 
 def write(path, text: str | bytes) -> None:
@@ -123,7 +122,7 @@ def test_workspace_skips_what_is_not_the_users_code(tmp_path, caplog):
     finally:
         os.chmod(tmp_path / "locked", 0o755)
     message = " ".join(r.getMessage() for r in caplog.records)
-    assert "workspace index: " in message and "binary or non-UTF-8 files" in message
+    assert "workspace index: " in message and "binary or non utf8 files" in message
     assert "files over the size limit" in message and "symbolic links" in message
     assert message.count("workspace index: ") == 1             # said once
 
@@ -135,7 +134,7 @@ def test_workspace_limits_bound_a_huge_tree(tmp_path):
     t0 = time.monotonic()
     ws.set_folders((str(tmp_path),))
     assert len(indexed(ws)) == 50 and time.monotonic() - t0 < 10
-    assert ws.skipped["files past the file limit"] == 250
+    assert ws.skipped["files_past_the_file_limit"] == 250
 
 
 def test_buffers_replace_disk_text_and_the_target_line_never_leaks(tmp_path, tokenizer):

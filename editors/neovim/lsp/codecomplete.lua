@@ -14,7 +14,7 @@ local settings = {
   enable = true,
   comments = true,
   strings = true,
-  workspace_context = true,
+  workspace_context = false,
 }
 
 ---@type vim.lsp.Config

@@ -32,7 +32,7 @@ export const DEFAULTS: Settings = {
   maxTokens: 64,
   comments: true,
   strings: true,
-  workspaceContext: true,
+  workspaceContext: false,
   workspaceContextTokens: 384,
   candidates: 1,
   contextTokens: 768,
