@@ -83,6 +83,13 @@ class WindowIndex:
         with self._lock:
             return list(self._by_path)
 
+    def file_count(self) -> int:
+        """Files indexed (read without the lock: a status request never waits on a search)."""
+        return len(self._by_path)
+
+    def has(self, path: str) -> bool:
+        return path in self._by_path
+
     def set_file(self, path: str, text: str) -> int:
         """Index (or re-index) one file; returns its number of windows."""
         found = file_windows(path, text)
@@ -131,15 +138,16 @@ class WindowIndex:
                     for wid in ids:
                         shared[wid] += 1
             best = sorted(shared, key=lambda wid: (-shared[wid], wid))[:SHORTLIST]
-            scored = []
-            for wid in best:
-                w = self._windows[wid]
-                if w.path == exclude:
-                    continue
-                both = len(query & w.words)           # the exact overlap, common words too
-                score = both / (len(query) + len(w.words) - both)
-                if score >= min_similarity:
-                    scored.append((score, wid, w))
+            shortlist = [(wid, self._windows[wid]) for wid in best]
+        # Scored outside the lock: indexing and status requests need not wait for it.
+        scored = []
+        for wid, w in shortlist:
+            if w.path == exclude:
+                continue
+            both = len(query & w.words)               # the exact overlap, common words too
+            score = both / (len(query) + len(w.words) - both)
+            if score >= min_similarity:
+                scored.append((score, wid, w))
         scored.sort(key=lambda s: (-s[0], s[1]))
         picked: list[tuple[float, Window]] = []
         for score, _, w in scored:

@@ -168,8 +168,8 @@ class Workspace:
         """For the status request: what is indexed and what was skipped (snake_case reasons,
         so clients that turn objects into attributes can read them)."""
         with self._lock:
-            known = set(self._pending)
-        return {"workspace_files": len(known | set(self.index.paths())),
+            pending = [p for p in self._pending if not self.index.has(p)]
+        return {"workspace_files": self.index.file_count() + len(pending),
                 "workspace_windows": len(self.index),
                 "workspace_indexing": not self.done.is_set(),
                 "workspace_skipped": dict(self.skipped)}
