@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -30,7 +31,6 @@ SKIP_DIRS = frozenset({
     "node_modules", "__pycache__", "build", "dist", ".tox", ".nox", ".mypy_cache",
     ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints", ".idea", ".vscode", ".eggs",
 })
-RETRIEVED = 8                   # windows asked for; as many as fit the budget are used
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class Workspace:
         self.index = WindowIndex()
         self.folders: tuple[str, ...] = ()
         self.skipped: Counter[str] = Counter()
-        self.indexed_files = 0
-        self.indexed_bytes = 0
+        self._sizes: dict[str, int] = {}        # bytes of each file indexed from disk
+        self._bytes = 0                         # their sum, for the byte limit
         self.done = threading.Event()          # the current scan finished
         self._open: set[str] = set()           # paths whose buffer replaces the disk text
         self._pending: dict[str, str] = {}     # open documents' newest text, indexed lazily
@@ -81,7 +81,7 @@ class Workspace:
             scan = self._scan
         for path in self.index.paths():
             if path not in self._open:
-                self.index.remove_file(path)
+                self._forget(path)
         self.done.clear()
         threading.Thread(target=self._walk, args=(scan, folders), daemon=True,
                          name="codecomplete-index").start()
@@ -89,7 +89,6 @@ class Workspace:
     def _walk(self, scan: int, folders: tuple[str, ...]) -> None:
         started = time.monotonic()
         self.skipped = Counter()
-        self.indexed_files = self.indexed_bytes = 0
         entries = 0
         stack = list(folders)
         try:
@@ -131,13 +130,13 @@ class Workspace:
     def _index_disk_file(self, path: str, size: int) -> None:
         if path in self._open:
             return
-        if self.indexed_files >= self.limits.files:
+        if len(self._sizes) >= self.limits.files:
             self.skipped["files_past_the_file_limit"] += 1
             return
         if size > self.limits.file_bytes:
             self.skipped["files_over_the_size_limit"] += 1
             return
-        if self.indexed_bytes + size > self.limits.total_bytes:
+        if self._bytes + size > self.limits.total_bytes:
             self.skipped["files_past_the_byte_limit"] += 1
             return
         try:
@@ -153,14 +152,19 @@ class Workspace:
             self.skipped["unreadable_files"] += 1
             return
         self.index.set_file(path, text)
-        self.indexed_files += 1
-        self.indexed_bytes += len(data)
+        self._sizes[path] = len(data)
+        self._bytes += len(data)
+
+    def _forget(self, path: str) -> None:
+        """Drop a file from the index (and from the counts the limits apply to)."""
+        self._bytes -= self._sizes.pop(path, 0)
+        self.index.remove_file(path)
 
     def _report(self, folders: tuple[str, ...], seconds: float) -> None:
         skipped = ", ".join(f"{n} {what.replace('_', ' ')}"
                             for what, n in sorted(self.skipped.items()))
         log.info("workspace index: %d files (%.1f MB, %d windows) from %s in %.1f s%s",
-                 self.indexed_files, self.indexed_bytes / 1e6, len(self.index),
+                 len(self._sizes), self._bytes / 1e6, len(self.index),
                  ", ".join(folders) or "no folder", seconds,
                  f"; skipped {skipped}" if skipped else "")
 
@@ -194,20 +198,23 @@ class Workspace:
         """A file was created, changed or deleted on disk (didSave, didChangeWatchedFiles)."""
         if path in self._open:
             return
-        if not path.endswith(".py") or not self._inside(path) or not os.path.isfile(path):
-            self.index.remove_file(path)
+        self._forget(path)
+        if not path.endswith(".py") or self._folder_of(path) is None:
             return
         try:
-            size = os.stat(path).st_size
+            st = os.stat(path)
         except OSError:
-            self.index.remove_file(path)
             return
-        self.index.remove_file(path)
-        self._index_disk_file(path, size)
+        if stat.S_ISREG(st.st_mode):
+            self._index_disk_file(path, st.st_size)
 
-    def _inside(self, path: str) -> bool:
-        return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep)
-                   for f in self.folders)
+    def _folder_of(self, path: str) -> str | None:
+        """The workspace folder `path` lies in (with its trailing separator), if any."""
+        for folder in self.folders:
+            base = folder.rstrip(os.sep) + os.sep
+            if path.startswith(base):
+                return base
+        return None
 
     def _flush(self, keep: str) -> None:
         """Index the newest buffers of open documents, except `keep` (the document being
@@ -221,16 +228,15 @@ class Workspace:
             if len(text) <= self.limits.file_bytes:
                 self.index.set_file(path, text)
             else:
-                self.index.remove_file(path)
+                self._forget(path)
 
     # -- requests --------------------------------------------------------------------------
 
     def display_path(self, path: str) -> str:
         """The path as the prompt shows it: relative to its workspace folder."""
-        for folder in self.folders:
-            base = folder.rstrip(os.sep) + os.sep
-            if path.startswith(base):
-                return path[len(base):]
+        base = self._folder_of(path)
+        if base is not None:
+            return path[len(base):]
         return os.path.basename(path) or path
 
     def context(self, tok: Tokenizer, prefix: str, path: str, budget: int) -> list[int]:
@@ -243,7 +249,7 @@ class Workspace:
         cached = self._cached
         if cached is not None and cached[0] == key:
             return cached[1]
-        hits = self.index.search(query, k=RETRIEVED, exclude=path)
+        hits = self.index.search(query, exclude=path)
         chunks = [(self.display_path(w.path), w.text) for _, w in hits]
         ids = context_ids(tok, chunks, self.display_path(path), budget) if chunks else []
         self._cached = (key, ids)

@@ -220,3 +220,21 @@ def test_several_tries_prefer_middles_the_context_can_supply(tokenizer):
         return sum(copyable(text[a:b], found) for a, b, found in spans) / len(spans)
 
     assert share(6) > share(1) + 0.2
+
+
+def test_changing_one_file_again_and_again_does_not_use_up_the_limits(tmp_path):
+    """The limits count files and bytes indexed now, not indexing events: a file saved a
+    hundred times is one file."""
+    write(tmp_path / "a.py", GEOMETRY)
+    write(tmp_path / "b.py", NOISE)
+    ws = Workspace(Limits(files=2))
+    ws.set_folders((str(tmp_path),))
+    assert indexed(ws) == {"a.py", "b.py"}
+    for _ in range(100):
+        ws.file_changed(str(tmp_path / "a.py"))
+    (tmp_path / "b.py").unlink()
+    ws.file_changed(str(tmp_path / "b.py"))
+    write(tmp_path / "c.py", NOISE)
+    ws.file_changed(str(tmp_path / "c.py"))
+    assert {os.path.basename(p) for p in ws.index.paths()} == {"a.py", "c.py"}
+    assert ws.skipped["files_past_the_file_limit"] == 0
