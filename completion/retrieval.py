@@ -23,7 +23,8 @@ STRIDE_LINES = 10          # windows overlap by half
 MIN_SIMILARITY = 0.10      # below this a window is noise, not context
 COMMON_SHARE = 0.25        # a word in more than this share of windows (self, return, if)
 #                            is not looked up: it says little and costs the most
-SHORTLIST = 256           # windows sharing the most uncommon words get an exact score
+SHORTLIST = 256            # windows sharing the most uncommon words get an exact score
+RETRIEVED = 8              # windows a search returns; prompts take as many as fit
 MAX_WINDOW_CHARS = 4000    # a window of huge lines (data tables) is cut
 
 
@@ -123,7 +124,7 @@ class WindowIndex:
                     if not ids:
                         del self._postings[word]
 
-    def search(self, query: frozenset[str], k: int = 8, exclude: str | None = None,
+    def search(self, query: frozenset[str], k: int = RETRIEVED, exclude: str | None = None,
                min_similarity: float = MIN_SIMILARITY) -> list[tuple[float, Window]]:
         """Up to `k` windows by descending Jaccard similarity with `query`, none from the
         file `exclude`, none overlapping a better one of the same file."""

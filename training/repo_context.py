@@ -24,12 +24,11 @@ from completion.prompt import (
     split_budget,
 )
 from completion.retrieval import Window, WindowIndex, query_words, words_of
+from completion.settings import EngineSettings
 from model.tokenizer import PSM, SPM, Tokenizer
 
-MAX_MIDDLE_TOKENS = 64        # the server's default max_tokens
-SERVER_CONTEXT_TOKENS = 768   # the server's default FIM budget (EngineSettings.context_tokens)
+SERVER = EngineSettings()      # the budgets the server prompts with by default
 MULTILINE_RATE = 0.3          # share of middles that run over 2-5 lines
-RETRIEVED = 8                 # windows asked of the index (as many as fit are used)
 
 
 class RepoIndexes:
@@ -96,7 +95,7 @@ def choose_span(text: str, path: str, index: WindowIndex, rng: random.Random, tr
         if span is None:
             return None
         a, b = span
-        chosen = (a, b, index.search(query_words(text[:a]), k=RETRIEVED, exclude=path))
+        chosen = (a, b, index.search(query_words(text[:a]), exclude=path))
         if copyable(text[a:b], chosen[2]):
             break
     return chosen
@@ -118,9 +117,9 @@ def retrieval_example(tok: Tokenizer, text: str, path: str, index: WindowIndex,
     chunks = [(w.path, w.text) for _, w in hits]
     context = context_ids(tok, chunks, path, context_tokens)
     middle_ids = tok.encode(middle)
-    closed = len(middle_ids) <= MAX_MIDDLE_TOKENS
-    middle_ids = [*middle_ids[:MAX_MIDDLE_TOKENS], *([tok.eot_id] if closed else [])]
-    budget = prompt_budget(seq_len - len(context), SERVER_CONTEXT_TOKENS, MAX_MIDDLE_TOKENS)
+    closed = len(middle_ids) <= SERVER.max_tokens
+    middle_ids = [*middle_ids[:SERVER.max_tokens], *([tok.eot_id] if closed else [])]
+    budget = prompt_budget(seq_len - len(context), SERVER.context_tokens, SERVER.max_tokens)
     prefix_budget, suffix_budget = split_budget(budget, suffix)
     order = SPM if rng.random() < spm_rate else PSM
     ids = assemble(tok, order, context, cut_prefix(tok, prefix, prefix_budget),
