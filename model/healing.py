@@ -35,8 +35,6 @@ def heal_tail(tok: Tokenizer, ids: list[int], max_tokens: int = 3) -> tuple[list
         if not piece:  # special token: never back off across it
             break
         tail = piece + tail
-        if _ends_in_indentation(tail):
-            break
         if _has_longer_token(tok, tail):
             best = k
     if best == 0:
