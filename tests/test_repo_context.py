@@ -15,7 +15,8 @@ from completion.retrieval import WindowIndex, file_windows, query_words
 from completion.settings import EngineSettings, context_budget
 from model.tokenizer import SPM
 from server.workspace import Limits, Workspace
-from training.repo_context import choose_span, copyable, pick_middle, retrieval_example
+from training.fim import pick_middle
+from training.repo_context import choose_span, copyable, retrieval_example
 
 GEOMETRY = "\n".join([
     "import math", "", "", "class Vector:",

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from scraper.store import CorpusStore
 from training.config import load_config
 from training.data import DataError, PackedLoader, load_dataset
-from training.fim import reassemble
+from training.fim import CLOSERS, choose_middle, reassemble
 from training.prepare import PrepareConfig, prepare, split_repos
 from training.train import train
 
@@ -113,6 +113,60 @@ def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
     with pytest.raises(DataError, match="fim_level 'line' is not one of document, context"):
         PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.5, spm_rate=0.5,
                      fim_level="line")
+
+
+SAMPLE = ("import os\n\n\nclass Store:\n    def __init__(self, root):\n"
+          "        self.root = os.path.abspath(root)\n        self.items = {}\n\n"
+          "    def get(self, key, default=None):\n"
+          "        return self.items.get(key, default)\n")
+
+
+def test_line_spans_cut_middles_where_editors_ask():
+    """fim_spans "line": the cursor is never inside a line's indentation, and the middle
+    ends at a line's end, just before the brackets/colon that close it, or lines later."""
+    kinds = set()
+    for seed in range(400):
+        a, b = choose_middle(SAMPLE, random.Random(seed), "line")
+        start = SAMPLE.rfind("\n", 0, a) + 1
+        line = SAMPLE[start:SAMPLE.find("\n", start)]
+        assert SAMPLE[start:a].strip() or a - start == len(line) - len(line.lstrip())
+        assert SAMPLE[a:b].strip()
+        rest = SAMPLE[b:SAMPLE.find("\n", b)]
+        assert rest == "" or not rest.strip(CLOSERS), (SAMPLE[a:b], rest)
+        kinds.add("lines" if "\n" in SAMPLE[a:b] else "closers" if rest else "line")
+    assert kinds == {"line", "closers", "lines"}
+    mixed = {SAMPLE[b:b + 1] for b in (choose_middle(SAMPLE, random.Random(s), "mix")[1]
+                                        for s in range(100))}
+    assert len(mixed - set(CLOSERS) - {"\n", ""}) > 3      # half are cut anywhere
+    with pytest.raises(ValueError, match="fim_spans 'ast' is not one of char, line, mix"):
+        choose_middle(SAMPLE, random.Random(0), "ast")
+
+
+def test_loader_with_line_spans_makes_whole_examples_whose_suffix_starts_at_a_line_end(
+        small_dataset):
+    tok, _, splits = load_dataset(small_dataset)
+    suffix_starts = {}
+    for spans in ("char", "line"):
+        loader = PackedLoader(splits["train"], tok, 256, 4, seed=5, fim_rate=1.0,
+                              spm_rate=0.5, fim_spans=spans)
+        starts = []
+        for _ in range(10):
+            for row in loader.next_batch().tolist():
+                done = [i + 1 for i, t in enumerate(row) if t == tok.eot_id]
+                for x, y in zip([0, *done], [*done, len(row)], strict=True):
+                    ex = row[x:y]       # whole examples, and the last, maybe cut off
+                    if ex and ex[0] == tok.fim_prefix_id:
+                        assert tok.fim_middle_id in ex
+                        s = ex.index(tok.fim_suffix_id)
+                        starts.append(tok.decode(ex[s + 1:ex.index(tok.fim_middle_id)])[:1])
+        suffix_starts[spans] = starts
+    line = suffix_starts["line"]
+    assert len(line) >= 10 and all(c in "\n" + CLOSERS for c in line)
+    char = suffix_starts["char"]
+    assert sum(c not in "\n" + CLOSERS for c in char) > len(char) / 2
+    with pytest.raises(DataError, match="fim_spans 'word' is not one of char, line, mix"):
+        PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.5, spm_rate=0.5,
+                     fim_spans="word")
 
 
 def test_repository_packing_keeps_each_repository_together_under_file_headers(

@@ -38,6 +38,8 @@ class TrainConfig:
     fim_rate: float = opt(0.5, "share of documents turned into fill-in-the-middle examples")
     spm_rate: float = opt(0.5, "share of FIM examples in SPM order (the rest PSM)")
     fim_level: str = opt("context", "context: FIM inside each packed window | document")
+    fim_spans: str = opt("char", "where middles are cut: char (random characters) | line "
+                                 "(the rest of a line, as editors ask) | mix (half each)")
     repo_packing: bool = opt(False, "pack each repository's files together, each under its "
                                     "<file_sep>path header (needs data of format 2)")
     repo_rate: float = opt(0.0, "share of windows that start with a retrieval example: "

@@ -19,7 +19,7 @@ import numpy as np
 
 from completion.prompt import header_ids
 from model.tokenizer import Tokenizer
-from training.fim import context_fim, document_tokens
+from training.fim import SPANS, context_fim, document_tokens
 from training.prepare import MANIFEST, TOKENIZER
 from training.repo_context import RepoIndexes, retrieval_example
 
@@ -108,7 +108,7 @@ class PackedLoader:
                  seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1,
                  fim_level: str = "context", repo_packing: bool = False,
                  repo_rate: float = 0.0, repo_context_tokens: int = 256,
-                 repo_tries: int = 1):
+                 repo_tries: int = 1, fim_spans: str = "char"):
         if not split.docs:
             raise DataError("the training split has no documents.")
         if fim_level not in FIM_LEVELS:
@@ -116,7 +116,9 @@ class PackedLoader:
         if (repo_packing or repo_rate > 0) and split.names is None:
             raise DataError("repository packing and context need data prepared with "
                             "repository names (format 2): re-run training.prepare.")
-        self.fim_level, self.windows = fim_level, 0
+        if fim_spans not in SPANS:
+            raise DataError(f"fim_spans {fim_spans!r} is not one of {', '.join(SPANS)}.")
+        self.fim_level, self.fim_spans, self.windows = fim_level, fim_spans, 0
         self.split, self.tok = split, tok
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.fim_rate, self.spm_rate = seed, fim_rate, spm_rate
@@ -160,7 +162,7 @@ class PackedLoader:
             return [*ids.tolist(), self.tok.eot_id]
         # FIM spans are character-level, so go back to text for this document.
         return document_tokens(self.tok, self.tok.decode(ids.tolist()), rng,
-                               fim_rate=1.0, spm_rate=self.spm_rate)
+                               fim_rate=1.0, spm_rate=self.spm_rate, spans=self.fim_spans)
 
     def _fill(self, need: int) -> None:
         while len(self.buffer) < need:
@@ -194,7 +196,8 @@ class PackedLoader:
             row = self.buffer[:need]
             del self.buffer[:need]
             if self.fim_level == "context" and self.fim_rate > 0:
-                row = context_fim(self.tok, row, rng, self.fim_rate, self.spm_rate)
+                row = context_fim(self.tok, row, rng, self.fim_rate, self.spm_rate,
+                                  self.fim_spans)
             rows.append(head + row)
         self.windows += len(rows)
         return np.asarray(rows, dtype=np.int64)

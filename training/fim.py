@@ -1,9 +1,15 @@
 """Fill-in-the-middle training examples, made on the fly: per document, or per piece of a
 packed training window (`context_fim`, what the presets use).
 
-Spans are cut at random *character* positions (not token positions), so the model learns
-to start and end a middle anywhere, including inside a word. The layout itself comes from
-`model.tokenizer.fim_layout`, the same function the server uses for its prompts.
+Where a middle is cut (`spans`):
+- "char": two random *character* positions (not token positions), so the model learns to
+  start and end a middle anywhere, including inside a word;
+- "line": what editors ask for (`pick_middle`): a cursor anywhere on a line after its
+  indentation, and the middle runs to the end of that line, or to just before the line's
+  closing brackets (the editor auto-closed them), or over a few more lines;
+- "mix": each example one of the two, with even odds.
+The layout itself comes from `model.tokenizer.fim_layout`, the same function the server
+uses for its prompts.
 """
 
 from __future__ import annotations
@@ -12,14 +18,59 @@ import random
 
 from model.tokenizer import PSM, SPM, Tokenizer, fim_layout
 
+SPANS = ("char", "line", "mix")
+MULTILINE_RATE = 0.3          # share of line middles that run over 2-5 lines
+CLOSED_RATE = 0.25            # share of line middles that stop before the line's closers
+CLOSERS = ")]}:,'\""
+
+
+def pick_middle(text: str, rng: random.Random) -> tuple[int, int] | None:
+    """A cursor on a random non-blank line, after its indentation, and the middle's end:
+    the end of that line; with CLOSED_RATE just before the run of closing brackets, quotes
+    and colons that ends the line (when the cursor is before it); with MULTILINE_RATE the
+    end of one of the next 4 lines. None for text without a non-blank line."""
+    lines = text.split("\n")
+    candidates = [i for i, line in enumerate(lines) if line.strip()]
+    if not candidates:
+        return None
+    row = rng.choice(candidates)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    line = lines[row]
+    indent = len(line) - len(line.lstrip())
+    a = starts[row] + rng.randrange(indent, len(line))
+    kind = rng.random()
+    if kind < MULTILINE_RATE:
+        last = min(len(lines) - 1, row + rng.randint(1, 4))
+        return a, starts[last] + len(lines[last])
+    end = starts[row] + len(line)
+    if kind < MULTILINE_RATE + CLOSED_RATE:
+        closed = starts[row] + len(line.rstrip().rstrip(CLOSERS).rstrip())
+        if text[a:closed].strip():
+            return a, closed
+    return a, end
+
+
+def choose_middle(text: str, rng: random.Random, spans: str = "char") -> tuple[int, int]:
+    """The middle's [start, end) in `text` for a FIM example, by the `spans` rule above."""
+    if spans not in SPANS:
+        raise ValueError(f"fim_spans {spans!r} is not one of {', '.join(SPANS)}.")
+    if spans == "line" or (spans == "mix" and rng.random() < 0.5):
+        span = pick_middle(text, rng)
+        if span is not None:
+            return span
+    a, b = sorted(rng.randrange(len(text) + 1) for _ in range(2))
+    return a, b
+
 
 def document_tokens(tok: Tokenizer, text: str, rng: random.Random, fim_rate: float = 0.5,
-                    spm_rate: float = 0.5) -> list[int]:
+                    spm_rate: float = 0.5, spans: str = "char") -> list[int]:
     """One training document as token ids ending in <|endoftext|>: with probability
     fim_rate a FIM example (SPM with probability spm_rate, else PSM), else left-to-right."""
     if len(text) < 2 or rng.random() >= fim_rate:
         return [*tok.encode(text), tok.eot_id]
-    a, b = sorted(rng.randrange(len(text) + 1) for _ in range(2))
+    a, b = choose_middle(text, rng, spans)
     prefix, middle, suffix = text[:a], text[a:b], text[b:]
     order = SPM if rng.random() < spm_rate else PSM
     return [*fim_layout(tok, tok.encode(prefix), tok.encode(suffix), order, tok.encode(middle)),
@@ -40,7 +91,7 @@ def reassemble(tok: Tokenizer, ids: list[int]) -> str:
 
 
 def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: float = 0.5,
-                spm_rate: float = 0.5) -> list[int]:
+                spm_rate: float = 0.5, spans: str = "char") -> list[int]:
     """FIM inside one packed training window (context-level FIM), same length out as in.
 
     The window is split after each <|endoftext|> and before each <file_sep> (repository
@@ -63,7 +114,8 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
         if len(body) < 2 or rng.random() >= fim_rate:
             out.extend(piece)
             continue
-        example = document_tokens(tok, tok.decode(body), rng, fim_rate=1.0, spm_rate=spm_rate)
+        example = document_tokens(tok, tok.decode(body), rng, fim_rate=1.0, spm_rate=spm_rate,
+                                  spans=spans)
         if not closed:
             example = example[:-1]
         if len(out) + example.index(tok.fim_middle_id) >= len(ids):

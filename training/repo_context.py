@@ -26,9 +26,9 @@ from completion.prompt import (
 from completion.retrieval import Window, WindowIndex, query_words, words_of
 from completion.settings import EngineSettings
 from model.tokenizer import PSM, SPM, Tokenizer
+from training.fim import pick_middle
 
 SERVER = EngineSettings()      # the budgets the server prompts with by default
-MULTILINE_RATE = 0.3          # share of middles that run over 2-5 lines
 
 
 class RepoIndexes:
@@ -51,27 +51,6 @@ class RepoIndexes:
         while len(self._cache) > self.keep:
             self._cache.popitem(last=False)
         return index
-
-
-def pick_middle(text: str, rng: random.Random) -> tuple[int, int] | None:
-    """A cursor on a random non-blank line, after its indentation, and the middle's end:
-    the end of that line, or with MULTILINE_RATE the end of one of the next 4 lines."""
-    lines = text.split("\n")
-    candidates = [i for i, line in enumerate(lines) if line.strip()]
-    if not candidates:
-        return None
-    row = rng.choice(candidates)
-    starts = [0]
-    for line in lines:
-        starts.append(starts[-1] + len(line) + 1)
-    line = lines[row]
-    indent = len(line) - len(line.lstrip())
-    a = starts[row] + rng.randrange(indent, len(line))
-    last = row
-    if rng.random() < MULTILINE_RATE:
-        last = min(len(lines) - 1, row + rng.randint(1, 4))
-    b = starts[last] + len(lines[last])
-    return a, b
 
 
 def copyable(middle: str, hits: list[tuple[float, Window]]) -> bool:

@@ -95,6 +95,7 @@ def run_meta(cfg: TrainConfig, step: int, **provenance: Any) -> ModelMeta:
     return ModelMeta(fim_order=SPM if cfg.spm_rate >= 0.5 else PSM, context_size=cfg.seq_len,
                      provenance={"run": cfg.name, "step": step, "data": cfg.data,
                                  "fim_rate": cfg.fim_rate, "fim_level": cfg.fim_level,
+                                 "fim_spans": cfg.fim_spans,
                                  **provenance})
 
 
@@ -270,7 +271,7 @@ class Trainer:
         self.loader = PackedLoader(splits["train"], self.tok, cfg.seq_len, cfg.batch_size,
                                    cfg.seed, cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world,
                                    cfg.fim_level, cfg.repo_packing, cfg.repo_rate,
-                                   cfg.repo_context_tokens, cfg.repo_tries)
+                                   cfg.repo_context_tokens, cfg.repo_tries, cfg.fim_spans)
         # The same validation windows whatever the process count: eval_batches global batches.
         self.val = validation_batches(splits["val"], self.tok, cfg.seq_len, cfg.batch_size,
                                       cfg.eval_batches * dd.world)
