@@ -114,7 +114,7 @@ RULES: dict[str, Rule] = {
     "comments": Rule("bool"),
     "strings": Rule("bool"),
     "workspace_context": Rule("bool"),
-    "workspace_context_tokens": Rule("int", 0, max_of_context=0.5),
+    "workspace_context_tokens": Rule("int", 0),    # context_budget cuts it to the model
     "rerank": Rule("bool"),
     "seed": Rule("optional int", 0),
     "multiline": Rule("choice", choices=("auto", "never", "always")),

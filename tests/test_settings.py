@@ -82,3 +82,24 @@ def test_every_server_setting_is_reachable_from_both_editors():
             assert prop.get("maximum") == rule.high, name
         assert f"| `{name}` |" in readme, f"the Neovim README does not list {name}"
     assert sent_names == set(RULES)
+
+
+def test_the_defaults_the_editors_send_are_accepted_for_the_shipped_models_context():
+    """A default the server refuses is a warning on every start for every user (VS Code
+    sent workspace_context_tokens=384, which a 512-token model refused)."""
+    import json
+    import re
+    from dataclasses import asdict
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = json.loads((root / "model/default/codecomplete.json").read_text())["context_size"]
+    props = json.loads((root / "editors/vscode/package.json").read_text())[
+        "contributes"]["configuration"]["properties"]
+    defaults = {re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key.split(".")[1]):
+                prop["default"] for key, prop in props.items() if "default" in prop}
+    server = asdict(EngineSettings())
+    sent = {name: defaults[name] for name in server if name in defaults}
+    assert len(sent) >= 10
+    for values in (server, sent):
+        assert update_settings(EngineSettings(), values, shipped) == []

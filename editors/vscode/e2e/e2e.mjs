@@ -1,9 +1,15 @@
 // End-to-end test in a real VS Code: code-server (VS Code in the browser) with our .vsix
-// installed, rendered in headless Chromium and driven with playwright-core. It types a
-// function header and its docstring into a Python file, waits for ghost text from our
-// server, accepts its first word with Ctrl+Right (the rest must stay shown), the rest
-// with Tab, saves, and checks the file on disk. Screenshots land in
-// $E2E_ARTIFACTS.
+// installed, rendered in headless Chromium and driven with playwright-core, against our
+// real server and the shipped model. In a Python file it
+// 1. types a function header and its docstring, waits for ghost text, accepts its first
+//    word with Ctrl+Right (the rest must stay shown), the rest with Tab, and checks the
+//    file saved on disk;
+// 2. opens a new function body, where the suggestion runs over several lines, accepts one
+//    line with editor.action.inlineSuggest.acceptNextLine (the other lines must stay
+//    shown), then the rest with Tab;
+// 3. changes the settings file while VS Code runs (candidates 4, temperature 0.8) and
+//    cycles through the server's candidates with Alt+] and back with Alt+[.
+// Screenshots land in $E2E_ARTIFACTS.
 //
 //   node e2e.mjs   (run by run.sh, which sets the environment below)
 //
@@ -59,6 +65,18 @@ async function waitForHttp(url, ms) {
   throw new Error(`code-server did not answer at ${url} within ${ms / 1000} s`);
 }
 
+/** The ghost text on screen as lines: the part inline on the cursor's line, then each
+ * line VS Code shows below it. Waits up to `seconds` for it to appear. */
+async function ghostLines(page, seconds) {
+  const inline = page.locator('.monaco-editor .ghost-text-decoration');
+  const below = page.locator('.monaco-editor .ghost-text .view-line');
+  await inline.or(below).first().waitFor({ state: 'visible', timeout: seconds * 1000 });
+  const clean = (t) => t.replace(/\u00a0/g, ' ');
+  const first = (await inline.allInnerTexts()).map(clean).join('');
+  const rest = (await below.allInnerTexts()).map(clean);
+  return [first, ...rest].filter((line, i) => i > 0 || line.length > 0);
+}
+
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'codecomplete-e2e-'));
 const userData = path.join(root, 'user-data');
 const extensions = path.join(root, 'extensions');
@@ -69,7 +87,8 @@ fs.mkdirSync(artifacts, { recursive: true });
 // Named like a stdlib module on purpose: the server must not import the user's files.
 const file = path.join(workspace, 'numbers.py');
 fs.writeFileSync(file, '"""Small numeric helpers."""\n\n\n');
-fs.writeFileSync(path.join(userData, 'User', 'settings.json'), JSON.stringify({
+const settingsFile = path.join(userData, 'User', 'settings.json');
+const settings = {
   'codecomplete.pythonPath': python,
   'editor.inlineSuggest.enabled': true,
   // Keep the classic suggest widget away so Tab goes to the ghost text.
@@ -82,7 +101,13 @@ fs.writeFileSync(path.join(userData, 'User', 'settings.json'), JSON.stringify({
   'extensions.autoCheckUpdates': false,
   'extensions.autoUpdate': false,
   'update.mode': 'none',
-}, null, 2));
+};
+fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+// VS Code binds no key to "accept next line"; the README suggests this one.
+fs.writeFileSync(path.join(userData, 'User', 'keybindings.json'), JSON.stringify([{
+  key: 'ctrl+alt+l', command: 'editor.action.inlineSuggest.acceptNextLine',
+  when: 'inlineSuggestionVisible && !editorReadonly',
+}], null, 2));
 
 const csArgs = ['--user-data-dir', userData, '--extensions-dir', extensions];
 const install = spawnSync(node, [codeServer, ...csArgs, '--install-extension', vsix],
@@ -191,8 +216,83 @@ try {
       + `saved file is\n${saved}`);
   }
   console.log('e2e: ghost text appeared and Tab accepted it');
+
+  // 2. A multi-line suggestion, accepted one line at a time.
+  await page.keyboard.press('Control+End');
+  // insertText: no auto-indent, so the new function starts at column 0.
+  await page.keyboard.insertText('\n\n\ndef factorial(n):');
+  await page.keyboard.press('Enter');          // an empty block body: several lines
+  const before = await ghostLines(page, waitS);
+  await shot('multi-line.png');
+  console.log(`multi-line ghost text: ${JSON.stringify(before)}`);
+  if (before.length < 2) {
+    throw new Error(`expected a multi-line suggestion in an empty function body, got ${JSON.stringify(before)}`);
+  }
+  await page.keyboard.press('Control+Alt+KeyL');
+  const expectRest = squash(before.slice(1).join(''));
+  let after = [];
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline;) {
+    after = await ghostLines(page, 1).catch(() => []);
+    if (squash(after.join('')) === expectRest) {
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await shot('accepted-line.png');
+  if (squash(after.join('')) !== expectRest) {
+    throw new Error(`accept next line left ${JSON.stringify(after)} of ${JSON.stringify(before)}: `
+      + 'the lines after the first should have stayed as ghost text');
+  }
+  console.log(`e2e: accept next line kept ${after.length} line(s) as ghost text`);
+  await page.keyboard.press('Tab');
+  const wholeFunction = squash(before.join(''));
+  saved = '';
+  for (let attempt = 0; attempt < 3 && !squash(saved).includes(wholeFunction); attempt++) {
+    await page.keyboard.press('Control+S');
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline && !squash(saved).includes(wholeFunction)) {
+      await new Promise((r) => setTimeout(r, 200));
+      saved = fs.readFileSync(file, 'utf8');
+    }
+  }
+  if (!squash(saved.split('def factorial(n):')[1] ?? '').startsWith(wholeFunction)) {
+    throw new Error(`the accepted line and the rest should make the suggestion `
+      + `${JSON.stringify(before)}; the saved file is\n${saved}`);
+  }
+  console.log('e2e: a line, then the rest, accepted');
+
+  // 3. Live settings, then cycling through several candidates.
+  fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'codecomplete.candidates': 4,
+    'codecomplete.temperature': 0.8 }, null, 2));
+  await page.waitForTimeout(3000);          // VS Code reads the file, the server gets it
+  await page.keyboard.press('Control+End');
+  await page.keyboard.insertText('\n\n\ndef is_prime(n):');
+  await page.keyboard.press('Enter');
+  const first = squash((await ghostLines(page, waitS)).join(''));
+  await page.keyboard.press('Alt+BracketRight');
+  let second = first;
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline && second === first;) {
+    await new Promise((r) => setTimeout(r, 200));
+    second = squash((await ghostLines(page, 1).catch(() => [])).join(''));
+  }
+  await shot('next-candidate.png');
+  if (!second || second === first) {
+    throw new Error(`Alt+] did not show another candidate (still ${JSON.stringify(first)})`);
+  }
+  await page.keyboard.press('Alt+BracketLeft');
+  let back = second;
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline && back !== first;) {
+    await new Promise((r) => setTimeout(r, 200));
+    back = squash((await ghostLines(page, 1).catch(() => [])).join(''));
+  }
+  if (back !== first) {
+    throw new Error(`Alt+[ should go back to ${JSON.stringify(first)}, shows ${JSON.stringify(back)}`);
+  }
+  console.log(`e2e: Alt+] showed another candidate (${JSON.stringify(second)}), Alt+[ the first again`);
 } catch (e) {
   await shot('failure.png');
+  const dom = await page?.locator('.monaco-editor').first().innerHTML().catch(() => '');
+  fs.writeFileSync(path.join(artifacts, 'editor.html'), dom ?? '');
   console.error(`e2e failed: ${e.message}\n(see ${artifacts})`);
   process.exitCode = 1;
 } finally {
