@@ -7,7 +7,7 @@
 // 2. opens a new function body, where the suggestion runs over several lines, accepts one
 //    line with editor.action.inlineSuggest.acceptNextLine (the other lines must stay
 //    shown), then the rest with Tab;
-// 3. changes the settings file while VS Code runs (candidates 4, temperature 0.8) and
+// 3. changes the settings in VS Code's settings JSON (candidates 4, temperature 0.8) and
 //    cycles through the server's candidates with Alt+] and back with Alt+[.
 // Screenshots land in $E2E_ARTIFACTS.
 //
@@ -69,7 +69,7 @@ async function waitForHttp(url, ms) {
  * line VS Code shows below it. Waits up to `seconds` for it to appear. */
 async function ghostLines(page, seconds) {
   const inline = page.locator('.monaco-editor .ghost-text-decoration');
-  const below = page.locator('.monaco-editor .ghost-text .view-line');
+  const below = page.locator('.monaco-editor .view-line:has(.ghost-text)');
   await inline.or(below).first().waitFor({ state: 'visible', timeout: seconds * 1000 });
   const clean = (t) => t.replace(/\u00a0/g, ' ');
   const first = (await inline.allInnerTexts()).map(clean).join('');
@@ -87,10 +87,11 @@ fs.mkdirSync(artifacts, { recursive: true });
 // Named like a stdlib module on purpose: the server must not import the user's files.
 const file = path.join(workspace, 'numbers.py');
 fs.writeFileSync(file, '"""Small numeric helpers."""\n\n\n');
-const settingsFile = path.join(userData, 'User', 'settings.json');
 const settings = {
   'codecomplete.pythonPath': python,
   'editor.inlineSuggest.enabled': true,
+  // Indentation is typed by the test: VS Code's auto-indent on Enter proved timing-dependent.
+  'editor.autoIndent': 'none',
   // Keep the classic suggest widget away so Tab goes to the ghost text.
   'editor.quickSuggestions': { other: false, comments: false, strings: false },
   'editor.suggestOnTriggerCharacters': false,
@@ -102,7 +103,7 @@ const settings = {
   'extensions.autoUpdate': false,
   'update.mode': 'none',
 };
-fs.writeFileSync(settingsFile, JSON.stringify(settings, null, 2));
+fs.writeFileSync(path.join(userData, 'User', 'settings.json'), JSON.stringify(settings, null, 2));
 // VS Code binds no key to "accept next line"; the README suggests this one.
 fs.writeFileSync(path.join(userData, 'User', 'keybindings.json'), JSON.stringify([{
   key: 'ctrl+alt+l', command: 'editor.action.inlineSuggest.acceptNextLine',
@@ -162,8 +163,9 @@ try {
   await page.keyboard.type('def fibonacci(n):', { delay: 30 });
   await page.keyboard.press('Enter');
   // insertText: typing the quotes one by one would meet VS Code's auto-closing.
-  await page.keyboard.insertText('"""Return the n-th Fibonacci number."""');
+  await page.keyboard.insertText('    """Return the n-th Fibonacci number."""');
   await page.keyboard.press('Enter');
+  await page.keyboard.insertText('    ');
   const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text');
   await ghost.first().waitFor({ state: 'visible', timeout: waitS * 1000 });
   const ghostText = (await ghost.allInnerTexts()).join('\n').replace(/\u00a0/g, ' ');
@@ -218,10 +220,10 @@ try {
   console.log('e2e: ghost text appeared and Tab accepted it');
 
   // 2. A multi-line suggestion, accepted one line at a time.
-  await page.keyboard.press('Control+End');
-  // insertText: no auto-indent, so the new function starts at column 0.
-  await page.keyboard.insertText('\n\n\ndef factorial(n):');
-  await page.keyboard.press('Enter');          // an empty block body: several lines
+  // After the module docstring; the cursor in an empty block body: several lines.
+  await page.keyboard.press('Control+Home');
+  await page.keyboard.press('End');
+  await page.keyboard.insertText('\n\n\ndef factorial(n):\n    ');
   const before = await ghostLines(page, waitS);
   await shot('multi-line.png');
   console.log(`multi-line ghost text: ${JSON.stringify(before)}`);
@@ -244,7 +246,12 @@ try {
       + 'the lines after the first should have stayed as ghost text');
   }
   console.log(`e2e: accept next line kept ${after.length} line(s) as ghost text`);
-  await page.keyboard.press('Tab');
+  // The cursor is now at column 1 and the rest starts with indentation: VS Code's own rule
+  // makes that Tab indent, and the next Tab accept (as it does for every provider).
+  for (let presses = 0; presses < 3 && await ghost.count(); presses++) {
+    await page.keyboard.press('Tab');
+    await page.waitForTimeout(500);
+  }
   const wholeFunction = squash(before.join(''));
   saved = '';
   for (let attempt = 0; attempt < 3 && !squash(saved).includes(wholeFunction); attempt++) {
@@ -262,12 +269,50 @@ try {
   console.log('e2e: a line, then the rest, accepted');
 
   // 3. Live settings, then cycling through several candidates.
-  fs.writeFileSync(settingsFile, JSON.stringify({ ...settings, 'codecomplete.candidates': 4,
-    'codecomplete.temperature': 0.8 }, null, 2));
-  await page.waitForTimeout(3000);          // VS Code reads the file, the server gets it
-  await page.keyboard.press('Control+End');
-  await page.keyboard.insertText('\n\n\ndef is_prime(n):');
+  // As a user does: the settings JSON edited in VS Code (it does not watch the file).
+  await page.keyboard.press('F1');
+  await page.waitForSelector('.quick-input-widget input', { timeout: 30_000 });
+  await page.keyboard.type('Preferences: Open User Settings (JSON)');
+  await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 30_000 });
   await page.keyboard.press('Enter');
+  await page.waitForSelector('.monaco-editor .view-line:has-text("codecomplete.pythonPath")',
+    { timeout: 30_000 });       // a tab or (newer VS Code) a modal editor
+  await page.keyboard.press('Control+A');
+  await page.keyboard.insertText(JSON.stringify({ ...settings, 'codecomplete.candidates': 4,
+    'codecomplete.temperature': 0.8 }, null, 2));
+  await page.keyboard.press('Control+S');
+  await page.keyboard.press('Control+W');
+  await page.keyboard.press('Control+P');
+  await page.waitForSelector('.quick-input-widget input', { timeout: 30_000 });
+  await page.keyboard.type('numbers.py');
+  await page.waitForSelector('.quick-input-list .monaco-list-row', { timeout: 30_000 });
+  await page.keyboard.press('Enter');
+  // VS Code notices the file, the extension sends the change (and logs that it did).
+  const sentLog = () => {
+    const found = [];
+    const walk = (dir) => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) {
+          walk(p);
+        } else if (e.name === 'codecomplete.log') {
+          found.push(fs.readFileSync(p, 'utf8'));
+        }
+      }
+    };
+    walk(path.join(userData, 'logs'));
+    return found.join('');
+  };
+  for (const deadline = Date.now() + 30_000; !/settings sent to the server: .*"candidates":4/
+    .test(sentLog());) {
+    if (Date.now() > deadline) {
+      throw new Error('the changed settings did not reach the server within 30 s');
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await page.keyboard.press('Control+Home');
+  await page.keyboard.press('End');
+  await page.keyboard.insertText('\n\n\ndef is_prime(n):\n    ');
   const first = squash((await ghostLines(page, waitS)).join(''));
   await page.keyboard.press('Alt+BracketRight');
   let second = first;
@@ -289,6 +334,12 @@ try {
     throw new Error(`Alt+[ should go back to ${JSON.stringify(first)}, shows ${JSON.stringify(back)}`);
   }
   console.log(`e2e: Alt+] showed another candidate (${JSON.stringify(second)}), Alt+[ the first again`);
+
+  // No warning from us along the way (a setting the server refused, a failed request).
+  const toasts = await page.locator('.notifications-toasts:has-text("codecomplete:")').allInnerTexts();
+  if (toasts.length) {
+    throw new Error(`codecomplete showed a notification: ${toasts.join(' | ')}`);
+  }
 } catch (e) {
   await shot('failure.png');
   const dom = await page?.locator('.monaco-editor').first().innerHTML().catch(() => '');

@@ -80,8 +80,10 @@ export class Controller {
     }
     this.settings = after;
     if (this.client) {
+      const sent = serverSettings(after, this.interpreter);
       await this.client.sendNotification('workspace/didChangeConfiguration',
-        { settings: { codecomplete: serverSettings(after, this.interpreter) } });
+        { settings: { codecomplete: sent } });
+      this.host.log(`settings sent to the server: ${JSON.stringify(sent)}`);
       this.host.setStatus(after.enable ? 'ready' : 'disabled');
     }
   }
