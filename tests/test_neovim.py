@@ -243,3 +243,37 @@ def test_with_nothing_shown_tab_does_what_the_users_mapping_did(nvim):
     vim.input("<Tab>")
     wait_for(vim, current_line_is("beta_name"))             # Tab moved in the menu
     assert vim.exec_lua("return vim.fn.pumvisible()") == 1
+
+
+def test_ghost_text_is_on_neovims_screen(tmp_path, tiny_model_dir):
+    """Through Neovim's own screen (a UI attached over RPC, as editors/neovim/screenshot.py
+    renders the README image): the ghost text is drawn after the typed text on the
+    cursor's row, in another colour than the buffer's text, and the SVG is well formed."""
+    import importlib.util
+    import xml.etree.ElementTree as ET
+
+    spec = importlib.util.spec_from_file_location("screenshot", PLUGIN / "screenshot.py")
+    shot = importlib.util.module_from_spec(spec)
+    sys.modules["screenshot"] = shot           # dataclasses look their module up
+    spec.loader.exec_module(shot)
+    binary = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
+    cmd = [sys.executable, "-m", "server", "--model", str(tiny_model_dir), "--temperature", "0"]
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    grid = shot.screenshot(binary, cmd, tmp_path, "node.py", NODE, "l", width=60, height=12)
+    typed = "        return self.val"
+    rows = [r for r, line in enumerate(grid.text()) if typed in line]
+    assert len(rows) == 1, grid.text()
+    row = grid.cells[rows[0]]
+    line = grid.text()[rows[0]]
+    start = line.index(typed) + len(typed)
+    assert line[start:].startswith("ue"), line            # the ghost text, on screen
+    assert grid.cursor == (rows[0], start)
+    typed_fg = grid.colors(row[start - 1][1])[0]
+    assert grid.colors(row[start][1])[0] != typed_fg      # drawn as ghost text, not text
+    svg = ET.fromstring(grid.svg())
+    drawn = [[" "] * grid.width for _ in range(grid.height)]
+    for t in svg.iter("{http://www.w3.org/2000/svg}text"):   # each run where the SVG puts it
+        col = round(float(t.get("x")) / shot.CELL_W)
+        r = round((float(t.get("y")) + 4 - shot.CELL_H) / shot.CELL_H)
+        drawn[r][col:col + len(t.text)] = list(t.text)
+    assert ["".join(d).rstrip() for d in drawn] == grid.text()
