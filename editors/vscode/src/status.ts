@@ -17,8 +17,10 @@ export class StatusItem implements vscode.Disposable {
     this.state = state;
     const icon = { starting: '$(loading~spin)', ready: '$(sparkle)', generating: '$(sync~spin)',
       disabled: '$(circle-slash)', error: '$(error)' }[state] ?? '';
-    this.item.text = `${icon} codecomplete`;
-    this.item.tooltip = detail ?? `codecomplete: ${state}`;
+    this.item.text = state === 'disabled' ? `${icon} codecomplete (paused)` : `${icon} codecomplete`;
+    this.item.tooltip = detail ?? (state === 'disabled'
+      ? 'codecomplete: paused (codecomplete.enable is off); run "codecomplete: Toggle Completions" to resume'
+      : `codecomplete: ${state}`);
     this.item.backgroundColor = state === 'error'
       ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
   }
