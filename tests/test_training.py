@@ -583,3 +583,37 @@ def test_train_help_lists_every_setting_with_its_default_and_meaning():
         assert line is not None, f.name
         assert "(default: " in line and f.metadata["help"] in line
     assert "cpu-default" in r.stdout
+
+
+def test_pack_and_unpack_restore_the_data_exactly_and_refuse_bad_input(small_dataset,
+                                                                         tmp_path):
+    from training.pack import PackError, pack, unpack
+
+    packed = tmp_path / "data.pack"
+    size = pack(small_dataset, packed, log=lambda s: None)
+    original = sum(p.stat().st_size for p in small_dataset.iterdir() if p.is_file())
+    assert 0 < size < original and any(p.name.endswith(".bin.xz") for p in packed.iterdir())
+    restored = unpack(packed, tmp_path / "restored", log=lambda s: None)
+    for p in small_dataset.iterdir():
+        if p.is_file():
+            assert (restored / p.name).read_bytes() == p.read_bytes()
+    _, _, splits = load_dataset(restored)
+    assert sum(len(s.docs) for s in splits.values()) > 0
+    assert unpack(packed, restored, log=lambda s: None) == restored     # again: left as is
+    with pytest.raises(PackError, match="already exists"):
+        pack(small_dataset, packed, log=lambda s: None)
+    with pytest.raises(PackError, match=r"more than 0\.001 MiB"):
+        pack(small_dataset, tmp_path / "small.pack", limit_mib=0.001, log=lambda s: None)
+    assert not (tmp_path / "small.pack").exists()
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(PackError, match="not this pack's data"):
+        unpack(packed, user, log=lambda s: None)
+    assert (user / "notes.txt").read_text() == "keep me"
+    shard = next(p for p in packed.iterdir() if p.name.endswith(".bin.xz"))
+    shard.write_bytes(shard.read_bytes()[:-40] + b"\0" * 40)
+    with pytest.raises(PackError, match=shard.name):
+        unpack(packed, tmp_path / "broken", log=lambda s: None)
+    assert not (tmp_path / "broken").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
