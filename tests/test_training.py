@@ -617,3 +617,30 @@ def test_pack_and_unpack_restore_the_data_exactly_and_refuse_bad_input(small_dat
         unpack(packed, tmp_path / "broken", log=lambda s: None)
     assert not (tmp_path / "broken").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_time_budget_ends_the_run_with_its_schedule_decayed_and_a_checkpoint(
+        tmp_path, small_dataset):
+    from training.optim import lr_scale
+
+    cfg = load_config("cpu-tiny", {"max_steps": "1000", "warmup_steps": "10",
+                                   "schedule": "wsd", "decay_fraction": "0.2",
+                                   "min_lr_ratio": "0.1", "time_budget_min": "1"})
+    assert lr_scale(100, cfg, wall_s=30) == 1.0                 # half the time: stable
+    assert lr_scale(100, cfg, wall_s=54) == pytest.approx(0.55)  # halfway through the decay
+    assert lr_scale(100, cfg, wall_s=60) == pytest.approx(0.1)
+    untimed = load_config("cpu-tiny", {"max_steps": "1000"})
+    assert lr_scale(100, untimed, wall_s=1e6) == lr_scale(100, untimed)   # no budget
+    lines = []
+    run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=100000, eval_every=100000,
+                                checkpoint_every=100000, schedule="wsd", warmup_steps=5,
+                                time_budget_min=0.1), log=lines.append)
+    m = metrics(run_dir)
+    steps = [r["step"] for r in m if "train_loss" in r]
+    last = max(steps)
+    assert 10 < last < 100000
+    assert (run_dir / "checkpoints" / f"step_{last:07d}").is_dir()
+    assert [r["step"] for r in m if "val_loss" in r][-1] == last     # evaluated at the end
+    lrs = [r["lr"] for r in m if "lr" in r]
+    assert lrs[-1] < 0.3 * max(lrs)                                    # decayed in time
+    assert any("time budget of 0.1 min reached" in line for line in lines)

@@ -51,6 +51,9 @@ class TrainConfig:
                              "the retrieved context holds is kept")
     # optimisation
     max_steps: int = opt(1000, "optimizer steps of the run")
+    time_budget_min: float = opt(0.0, "wall-clock minutes of the run (0: no limit): it ends "
+                                      "after max_steps or this, whichever comes first, and "
+                                      "the schedule's decay is timed to end with it")
     optimizer: str = opt("adamw", "adamw | muon (Muon for 2-D hidden weights, AdamW rest)")
     lr: float = opt(3e-3, "peak AdamW learning rate")
     muon_lr: float = opt(0.02, "peak Muon learning rate")

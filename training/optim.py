@@ -16,19 +16,25 @@ import torch
 from training.config import TrainConfig
 
 
-def lr_scale(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based)."""
+def lr_scale(step: int, cfg: TrainConfig, wall_s: float = 0.0) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based). With a
+    time budget, `wall_s` (the run's wall-clock so far) also moves the schedule on: the
+    run is as far along as the larger of its step and time fractions, so a run that will
+    not reach max_steps in its budget still decays and ends at the floor."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     total = max(cfg.max_steps, cfg.warmup_steps + 1)
+    timed = wall_s / (cfg.time_budget_min * 60) if cfg.time_budget_min > 0 else 0.0
     if cfg.schedule == "wsd":
         decay_start = total - int(cfg.decay_fraction * total)
-        if step < decay_start:
-            return 1.0
         frac = (step - decay_start) / max(1, total - decay_start)
+        if cfg.decay_fraction > 0:
+            frac = max(frac, (timed - (1 - cfg.decay_fraction)) / cfg.decay_fraction)
+        if frac < 0:
+            return 1.0
         return 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, frac)
     if cfg.schedule == "cosine":
-        frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        frac = min(1.0, max(timed, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
     raise ValueError(f"unknown schedule {cfg.schedule!r}; expected cosine or wsd.")
 

@@ -111,7 +111,8 @@ class RunState:
     """Everything besides weights and optimizer moments that an exact resume needs."""
     step: int = 0
     tokens: int = 0
-    elapsed: float = 0.0
+    elapsed: float = 0.0          # seconds spent in training steps
+    wall: float = 0.0             # seconds of the run's loop, evaluations and checkpoints too
     skipped: int = 0
     rollbacks: int = 0
     lr_factor: float = 1.0
@@ -354,7 +355,7 @@ class Trainer:
         """Forward and backward over `grad_accum` micro-batches (DDP syncs on the last),
         then the clipped gradient norm; the optimizers have not stepped yet."""
         cfg, dd, device = self.cfg, self.dd, self.device
-        set_lr(self.optimizers, lr_scale(self.rs.step, cfg) * self.rs.lr_factor)
+        set_lr(self.optimizers, lr_scale(self.rs.step, cfg, self.rs.wall) * self.rs.lr_factor)
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             batch = torch.from_numpy(self.loader.next_batch()).to(device, non_blocking=True)
@@ -373,6 +374,18 @@ class Trainer:
             loss_sum /= dd.world
         bad = not (torch.isfinite(loss_sum).item() and torch.isfinite(grad_norm).item())
         return StepResult(loss_sum, grad_norm, bad)
+
+    def out_of_time(self) -> bool:
+        """Whether the run's time budget is spent; every process agrees (the slowest
+        clock decides), so all of them stop after the same step."""
+        cfg, rs = self.cfg, self.rs
+        if cfg.time_budget_min <= 0:
+            return False
+        if self.dd.world > 1:
+            wall = torch.tensor([rs.wall], dtype=torch.float64)
+            dist.all_reduce(wall, op=dist.ReduceOp.MAX)
+            rs.wall = float(wall)
+        return rs.wall >= cfg.time_budget_min * 60
 
     def apply_step(self) -> None:
         self.consecutive_bad = 0
@@ -411,7 +424,9 @@ class Trainer:
         progress = Progress(self, bar)
         if rs.step == 0:
             self.evaluate()
-        while rs.step < cfg.max_steps:
+        t_loop, wall_before = time.time(), rs.wall
+        last = self.out_of_time()
+        while rs.step < cfg.max_steps and not last:
             t_step = time.time()
             result = self.step()
             if result.bad:
@@ -422,13 +437,20 @@ class Trainer:
             rs.step += 1
             rs.tokens += cfg.tokens_per_step * dd.world
             rs.elapsed += time.time() - t_step
+            # (out_of_time makes every process's clock the slowest one's, so the next
+            # step's learning rate, which follows the clock, is the same everywhere)
+            rs.wall = wall_before + time.time() - t_loop
+            last = rs.step == cfg.max_steps or self.out_of_time()
             bar.update(1)
-            if rs.step % cfg.log_every == 0 or rs.step == cfg.max_steps:
+            if rs.step % cfg.log_every == 0 or last:
                 progress.report(result.grad_norm)
-            if rs.step % cfg.eval_every == 0 or rs.step == cfg.max_steps:
+            if rs.step % cfg.eval_every == 0 or last:
                 self.evaluate()
-            if rs.step % cfg.checkpoint_every == 0 or rs.step == cfg.max_steps:
+            if rs.step % cfg.checkpoint_every == 0 or last:
                 self.checkpoint()
+        if last and rs.step < cfg.max_steps:
+            self.log(f"time budget of {cfg.time_budget_min:g} min reached at step {rs.step} "
+                     f"({rs.wall / 60:.1f} min)")
         bar.close()
         self.logger.close()
         if dd.main and cfg.export_dir:
