@@ -644,3 +644,25 @@ def test_time_budget_ends_the_run_with_its_schedule_decayed_and_a_checkpoint(
     lrs = [r["lr"] for r in m if "lr" in r]
     assert lrs[-1] < 0.3 * max(lrs)                                    # decayed in time
     assert any("time budget of 0.1 min reached" in line for line in lines)
+
+
+def test_gpu_script_runs_end_to_end_in_its_cpu_check(small_dataset, tmp_path):
+    """scripts/train_gpu.sh with CHECK=1: the pack unpacked, the real gpu-small model
+    trained a few steps on CPU, exported, loaded and evaluated, as on the GPU."""
+    from model.checkpoint import load_model_dir
+    from training.pack import pack
+
+    pack(small_dataset, tmp_path / "data.pack", log=lambda s: None)
+    env = dict(os.environ, CHECK="1", PY=sys.executable, PACK=str(tmp_path / "data.pack"),
+               RUNS=str(tmp_path / "runs"), OUT=str(tmp_path / "out"),
+               DATA=str(tmp_path / "data"), OMP_NUM_THREADS="1")
+    r = subprocess.run([str(ROOT / "scripts" / "train_gpu.sh")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (512, 8)
+    assert config["max_position_embeddings"] >= 1024
+    assert load_model_dir(tmp_path / "out" / "model", device="cpu").context == 1024
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert math.isfinite(result["bits_per_byte"]["model"])
+    assert (tmp_path / "out" / "metrics.jsonl").stat().st_size > 0

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One command on a machine with one large GPU: the data that travels with the repository
+# (a training.pack folder) -> the gpu-small preset trained for a fixed wall-clock budget
+# -> an exported model directory -> its evaluation, all inside BUDGET_MIN minutes.
+#
+#   scripts/train_gpu.sh                 # on the GPU machine (python3 with torch there)
+#   CHECK=1 scripts/train_gpu.sh         # the same script on CPU: a few small steps, so
+#                                        # that no GPU minute is spent debugging it
+#
+# Make the pack here first (it is ~18 MB; data/ is not in git, so carry it along):
+#   .venv/bin/python -m training.pack pack data/local-16384 data/local-16384.pack
+#
+# Environment: PACK (data/local-16384.pack), BUDGET_MIN (9: the whole script, under a
+# 10-minute command limit), RESERVE_MIN (2: kept for export and evaluation), OUT (where the
+# model directory and results go; runs/gpu-small-export), RUNS (runs), NAME (gpu-small),
+# DATA (where the pack is unpacked), PY (python3), CHECK (1: CPU check). Other arguments go
+# to training.train (for example --max-steps 2000 --fim-spans mix).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+PY=${PY:-python3}
+PACK=${PACK:-data/local-16384.pack}
+BUDGET_MIN=${BUDGET_MIN:-9}
+RESERVE_MIN=${RESERVE_MIN:-2}
+OUT=${OUT:-runs/gpu-small-export}
+NAME=${NAME:-gpu-small}
+RUNS=${RUNS:-runs}
+DATA=${DATA:-${TMPDIR:-/tmp}/codecomplete-$(basename "$PACK" .pack)}
+export PYTHONUNBUFFERED=1
+
+TRAIN=(--time-budget-min)
+EVAL=()
+if [ "${CHECK:-0}" = 1 ]; then
+    # Same preset and steps of the same code, sized for a CPU: the model is the real one.
+    EXTRA=(--device cpu --compile false --max-steps 3 --batch-size 2 --eval-batches 1
+           --eval-every 2 --checkpoint-every 2 --warmup-steps 1)
+    EVAL=(--line-cases 4 --fim-cases 4 --fim-bpb-cases 4 --parse-cases 2 --max-files 20)
+else
+    EXTRA=()
+    "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else
+        "no CUDA device: this script is for a GPU machine (CHECK=1 runs it on CPU)")'
+    "$PY" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")'
+fi
+
+"$PY" -m training.pack unpack "$PACK" "$DATA"
+left=$(( BUDGET_MIN * 60 - ($(date +%s) - START) - RESERVE_MIN * 60 ))
+if [ "$left" -lt 60 ]; then
+    echo "error: only ${left}s of BUDGET_MIN=${BUDGET_MIN} would be left to train" >&2
+    exit 2
+fi
+echo "training for at most $(( left / 60 ))m$(( left % 60 ))s"
+"$PY" -m training.train --config gpu-small --data "$DATA" --name "$NAME" --runs-dir "$RUNS" \
+    "${TRAIN[@]}" "$(awk "BEGIN { print $left / 60 }")" "${EXTRA[@]}" "$@"
+mkdir -p "$OUT"
+"$PY" -m training.export --run "$RUNS/$NAME" --out "$OUT/model" --checkpoint best
+echo "exported $OUT/model after $(( $(date +%s) - START ))s"
+"$PY" -m training.evaluate --model "$OUT/model" --data "$DATA" "${EVAL[@]}" \
+    --out "$OUT/eval.json" | tee "$OUT/eval.txt"
+cp "$RUNS/$NAME/metrics.jsonl" "$OUT/"
+echo "done in $(( $(date +%s) - START ))s"
