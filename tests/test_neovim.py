@@ -3,6 +3,7 @@ ghost-text plugin, talking to the real server over stdio."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import sys
@@ -19,15 +20,17 @@ NODE = ("class Node:\n    def __init__(self, value):\n        self.value = value
         "    def get_value(self):\n        return self.va")
 
 
-def wait_for(nvim, lua: str, timeout: float = 60.0):
-    """Poll a Lua expression until it is truthy; returns its value."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = nvim.exec_lua(f"return {lua}")
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {lua}")
+def _load_screenshot():
+    """editors/neovim/screenshot.py (not a package): its screen capture and its wait_for."""
+    spec = importlib.util.spec_from_file_location("screenshot", PLUGIN / "screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["screenshot"] = module          # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+shot = _load_screenshot()
+wait_for = shot.wait_for        # poll a Lua expression until it is truthy
 
 
 @pytest.fixture
@@ -249,13 +252,8 @@ def test_ghost_text_is_on_neovims_screen(tmp_path, tiny_model_dir):
     """Through Neovim's own screen (a UI attached over RPC, as editors/neovim/screenshot.py
     renders the README image): the ghost text is drawn after the typed text on the
     cursor's row, in another colour than the buffer's text, and the SVG is well formed."""
-    import importlib.util
     import xml.etree.ElementTree as ET
 
-    spec = importlib.util.spec_from_file_location("screenshot", PLUGIN / "screenshot.py")
-    shot = importlib.util.module_from_spec(spec)
-    sys.modules["screenshot"] = shot           # dataclasses look their module up
-    spec.loader.exec_module(shot)
     binary = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
     cmd = [sys.executable, "-m", "server", "--model", str(tiny_model_dir), "--temperature", "0"]
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")

@@ -15,6 +15,7 @@ shard xz-compressed with the other files of the folder as they are, plus `PACK.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import lzma
@@ -22,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 INDEX = "PACK.json"
@@ -41,14 +43,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` that becomes `out` when the block ends well and is
+    removed when it does not: a killed or failed run never leaves half a folder at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def pack(data: Path, out: Path, limit_mib: float = DEFAULT_LIMIT_MIB, log=print) -> int:
     """Compress the prepared folder `data` into the new folder `out`; returns its bytes."""
     if not (data / "manifest.json").is_file():
         raise PackError(f"{data} is not a training.prepare folder (no manifest.json).")
     if out.exists():
         raise PackError(f"{out} already exists; give a new folder to pack into.")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _new_folder(out) as tmp:
         index, total = {}, 0
         for src in sorted(p for p in data.iterdir() if p.is_file()):
             packed = src.suffix == ".bin"
@@ -67,10 +82,6 @@ def pack(data: Path, out: Path, limit_mib: float = DEFAULT_LIMIT_MIB, log=print)
                                 f"({total / 2**20:.1f} MiB so far); use less data or a "
                                 "higher --limit-mib.")
         (tmp / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"packed {data} into {out}: {total / 2**20:.1f} MiB")
     return total
 
@@ -90,9 +101,7 @@ def unpack(source: Path, out: Path, log=print) -> Path:
             return out
         raise PackError(f"{out} already exists and is not this pack's data; give a new "
                         "folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _new_folder(out) as tmp:
         for name, entry in index.items():
             stored, dst = source / entry["stored"], tmp / name
             if not stored.is_file():
@@ -108,10 +117,6 @@ def unpack(source: Path, out: Path, log=print) -> Path:
             if dst.stat().st_size != entry["bytes"] or _sha256(dst) != entry["sha256"]:
                 raise PackError(f"{stored} does not restore {name} as packed (size or "
                                 "SHA-256 differs).")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"unpacked {source} into {out}")
     return out
 
