@@ -71,3 +71,34 @@ def test_sdpa_gqa_path_is_chosen_by_version_number():
     from model import transformer
     assert (TorchVersion(str(torch.__version__)) >= (2, 5)) == transformer._SDPA_GQA
     assert "2.13.0+cpu" < "2.5"                # why plain string comparison was wrong
+
+
+def test_bf16_decoding_attends_in_fp32_on_cpu(random_model):
+    """A bf16 model on CPU decodes one token at a time with its attention in fp32 (the
+    bf16 kernel is ~3x slower there), and each step's logits are those of the fp32 model
+    up to bf16 weight rounding."""
+    import copy
+
+    import torch.nn.functional as F
+
+    ids = torch.randint(0, 1024, (1, 48), generator=torch.Generator().manual_seed(3))
+    fp32 = random_model(ids)
+    bf16 = copy.deepcopy(random_model).to(torch.bfloat16)
+    cache = bf16.new_cache()
+    steps = torch.cat([bf16(ids[:, i:i + 1], cache) for i in range(48)], dim=1).float()
+    err = (steps - fp32).abs().max()
+    assert err < 0.1
+    real = F.scaled_dot_product_attention
+    calls = []
+
+    def spy(q, k, v, **kw):
+        calls.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    F.scaled_dot_product_attention = spy
+    try:
+        cache = bf16.new_cache()
+        bf16(ids[:, :1], cache)
+    finally:
+        F.scaled_dot_product_attention = real
+    assert calls and set(calls) == {torch.float32}
