@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 
+import pytest
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
@@ -13,13 +14,13 @@ TEXT = ("class Node:\n    def __init__(self, value):\n        self.value = value
         "    def get_value(self):\n        return self.va")
 
 
-async def start(model_dir) -> tuple[LanguageClient, list[str]]:
+async def start(model_dir, *extra: str) -> tuple[LanguageClient, list[str]]:
     client = LanguageClient("test", "0")
     shown: list[str] = []
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: shown.append(p.message))
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
     await client.start_io(sys.executable, "-m", "server", "--model", str(model_dir),
-                          "--temperature", "0")
+                          "--temperature", "0", *extra)
     result = await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(), process_id=None))
     assert result.capabilities.inline_completion_provider is not None
@@ -34,8 +35,9 @@ async def stop(client: LanguageClient) -> None:
     await client.stop()
 
 
-async def test_inline_and_classic_completion_over_stdio(tiny_model_dir):
-    client, shown = await start(tiny_model_dir)
+@pytest.mark.parametrize("extra", [(), ("--quantize", "int8")])
+async def test_inline_and_classic_completion_over_stdio(tiny_model_dir, extra):
+    client, shown = await start(tiny_model_dir, *extra)
     try:
         uri = "file:///t/node.py"
         client.text_document_did_open(types.DidOpenTextDocumentParams(

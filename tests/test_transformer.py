@@ -102,3 +102,31 @@ def test_bf16_decoding_attends_in_fp32_on_cpu(random_model):
     finally:
         F.scaled_dot_product_attention = real
     assert calls and set(calls) == {torch.float32}
+
+
+def test_int8_weight_only_layers_compute_with_their_rounded_weights(random_model):
+    """model/quantize.py: each int8 layer is its dequantized weight, each weight within
+    half a step of its bf16 original, and the quantized model's logits stay close."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from model.quantize import Int8Linear, dequantized, quantize_int8
+
+    bf16 = copy.deepcopy(random_model).to(torch.bfloat16)
+    q = copy.deepcopy(bf16)
+    n = quantize_int8(q)
+    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert n == len(layers) == 7 * len(q.layers)
+    original = bf16.layers[0].mlp.up_proj.weight.float()
+    layer = q.layers[0].mlp.up_proj
+    step = layer.scales.float()[:, None]
+    assert ((dequantized(layer) - original).abs() <= step * 0.51 + 1e-3).all()
+    x = torch.randn(1, 5, layer.in_features, dtype=torch.bfloat16)     # 5 rows: int8
+    torch.testing.assert_close(layer(x).float(), F.linear(x.float(), dequantized(layer)),
+                               atol=0.05, rtol=0.02)
+    ids = torch.randint(0, 1024, (1, 32), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = bf16(ids).float(), q(ids).float()
+    assert (a - b).abs().max() < 0.25 * a.abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8

@@ -1,0 +1,77 @@
+"""Weight-only int8 for CPU inference: each linear layer's weight stored as int8 with one
+bf16 scale per output row, multiplied by PyTorch's int8-weight kernel.
+
+Why: decoding one token at a time on a CPU reads every weight once per token and does
+little arithmetic with it, so its speed is set by bytes read; int8 halves the bytes of
+bf16. Prefill (many tokens at once) is arithmetic-bound, and there PyTorch's int8-weight
+kernel is about half as fast as bf16 matmul, so each layer keeps its bf16 weight too and
+uses it for calls of more than ROWS rows: decode gets the int8 speed, prefill keeps the
+bf16 speed, for 1.5x the weights' memory. Embeddings and norms stay as they are; so does
+the output head (with tied embeddings it is the embedding table). `benchmarks/quantize.py`
+measures speed and bits/byte against bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.transformer import Transformer
+
+ROWS = 8       # calls with more rows (tokens x batch) than this use the bf16 weight
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T (+ b) with W kept as int8 rows times a per-row scale (symmetric) for small
+    calls, and as the original weight for large ones."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127)
+                             .to(torch.int8).contiguous())
+        self.register_buffer("scales", scale.to(dtype))
+        self.register_buffer("full", linear.weight.detach().to(dtype))
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).to(self.scales.dtype)
+        if rows.shape[0] > ROWS:
+            return F.linear(rows, self.full, self.bias).reshape(
+                *shape[:-1], self.out_features).to(x.dtype)
+        y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
+def quantize_int8(model: Transformer) -> int:
+    """Replace the blocks' linear layers by Int8Linear in place (CPU only); returns how
+    many were replaced. The model is for inference afterwards: int8 weights cannot be
+    trained or saved as a model directory."""
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("int8 weight-only quantization is for CPU inference; the model is "
+                         f"on {next(model.parameters()).device}.")
+    dtype = model.embed_tokens.weight.dtype
+    if dtype == torch.float32:
+        dtype = torch.bfloat16
+    replaced = 0
+    for block in model.layers:
+        for parent in block.modules():
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, Int8Linear(child, dtype))
+                    replaced += 1
+    return replaced
+
+
+def dequantized(layer: Int8Linear) -> torch.Tensor:
+    """The float weight an Int8Linear multiplies by (for tests and error reports)."""
+    return layer.weight.float() * layer.scales.float()[:, None]
+
+
