@@ -1,0 +1,119 @@
+"""Our engine against llama.cpp on the same weights and the same token ids, in one run.
+
+    python -m benchmarks.vs_llama_cpp [--model DIR] [--data data/local-16384]
+
+The model directory is exported to GGUF (training/gguf_export.py) and run by llama.cpp
+through llama-cpp-python (`pip install llama-cpp-python`: it builds llama.cpp, ~8 minutes
+on 2 cores). Both get the same held-out prompts as token ids of our tokenizer (so
+tokenization does not differ; docs/models.md says what llama.cpp's own costs), decode
+greedily, one prompt at a time: a request is the prefill of the prompt plus `--new` tokens.
+Ours runs bf16, then bf16 with `--quantize int8`'s layers. Prints medians, how many
+prompts give our fp32 model's greedy tokens, and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.machine import describe
+from model.checkpoint import load_model_dir
+from model.paths import default_model_dir
+from model.quantize import quantize_int8
+
+
+@torch.inference_mode()
+def ours(model, prompt: list[int], new: int) -> tuple[list[int], float, float]:
+    """Greedy tokens, prefill seconds, decode seconds."""
+    cache = model.new_cache()
+    t0 = time.perf_counter()
+    logits = model(torch.tensor([prompt]), cache, last_only=True)
+    t1 = time.perf_counter()
+    out = []
+    for _ in range(new):
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        logits = model(torch.tensor([[nxt]]), cache)
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+def theirs(llm, prompt: list[int], new: int) -> tuple[list[int], float, float]:
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prompt)
+    t1 = time.perf_counter()
+    out = []
+    for _ in range(new):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(nxt)
+        llm.eval([nxt])
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model dir (default: the shipped one)")
+    ap.add_argument("--data", default="data/local-16384", help="prepared dataset")
+    ap.add_argument("--prompts", type=int, default=10)
+    ap.add_argument("--prompt", type=int, default=448, help="prompt tokens")
+    ap.add_argument("--new", type=int, default=24)
+    args = ap.parse_args(argv)
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("error: llama-cpp-python is not installed: pip install llama-cpp-python",
+              file=sys.stderr)
+        return 2
+    from training.evaluate import validation_texts
+    from training.gguf_export import export_gguf
+
+    path = Path(args.model or default_model_dir())
+    lm = load_model_dir(path, device="cpu", dtype="bf16")
+    texts = [t for t in validation_texts(args.data) if len(t) > 8 * args.prompt]
+    random.Random(0).shuffle(texts)
+    prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
+    exact = load_model_dir(path, device="cpu", dtype="fp32").model
+    reference = [ours(exact, p, args.new)[0] for p in prompts]
+    int8 = copy.deepcopy(lm.model)
+    quantize_int8(int8)
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = export_gguf(path, Path(tmp) / "model.gguf")
+        llm = Llama(model_path=str(gguf), n_ctx=lm.context, n_batch=lm.context,
+                    logits_all=True, n_threads=threads, verbose=False)
+        engines = {"ours bf16": lambda p: ours(lm.model, p, args.new),
+                   "ours bf16 + int8 decode": lambda p: ours(int8, p, args.new),
+                   "llama.cpp bf16": lambda p: theirs(llm, p, args.new)}
+        rows = []
+        for name, run in engines.items():
+            run(prompts[0])                              # warm-up
+            results = [run(p) for p in prompts]
+            same = sum(r[0] == ref for r, ref in zip(results, reference, strict=True))
+            pre = statistics.median(r[1] for r in results)
+            dec = statistics.median(r[2] for r in results)
+            req = statistics.median(r[1] + r[2] for r in results)
+            rows.append((name, pre * 1e3 / args.prompt, dec * 1e3 / args.new, req * 1e3, same))
+    print(f"machine  {describe(lm.device)}; llama.cpp and PyTorch on {threads} threads")
+    print(f"model    {path} ({lm.config.num_parameters() / 1e6:.1f}M parameters)")
+    print(f"workload {len(prompts)} held-out prompts of {args.prompt} token ids, "
+          f"{args.new} greedy tokens each")
+    print()
+    print("| engine | prefill ms/token | decode ms/token | request ms (median) | "
+          "greedy = our fp32 |")
+    print("|---|---|---|---|---|")
+    for name, pre, dec, req, same in rows:
+        print(f"| {name} | {pre:.3f} | {dec:.2f} | {req:.1f} | {same}/{len(prompts)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
