@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.evaluate import validation_texts
     from training.gguf_export import export_gguf
 
+    if not (args.model or default_model_dir()):
+        print("error: no model directory given and no default model.", file=sys.stderr)
+        return 2
     path = Path(args.model or default_model_dir())
     lm = load_model_dir(path, device="cpu", dtype="bf16")
     texts = [t for t in validation_texts(args.data) if len(t) > 8 * args.prompt]
