@@ -13,7 +13,8 @@
 # Environment: PACK (data/local-16384.pack), BUDGET_MIN (9: the whole script, under a
 # 10-minute command limit), RESERVE_MIN (2: kept for export and evaluation), OUT (where the
 # model directory and results go; runs/gpu-small-export), RUNS (runs), NAME (gpu-small),
-# DATA (where the pack is unpacked), PY (python3), CHECK (1: CPU check). Other arguments go
+# DATA (where the pack is unpacked), PY (python3), CHECK (1: CPU check), BUNDLE_MIB (15 on
+# a lent GPU machine: the results as one tar cut into parts of this size). Other arguments go
 # to training.train (for example --max-steps 2000 --fim-spans mix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,4 +58,12 @@ echo "exported $OUT/model after $(( $(date +%s) - START ))s"
 "$PY" -m training.evaluate --model "$OUT/model" --data "$DATA" "${EVAL[@]}" \
     --out "$OUT/eval.json" | tee "$OUT/eval.txt"
 cp "$RUNS/$NAME/metrics.jsonl" "$OUT/"
+if [ -n "${BUNDLE_MIB:-}" ]; then
+    # A lent GPU machine returns at most 8 files of at most 16 MiB: one tar of the results,
+    # cut into parts. Here: cat "$OUT"/bundle.tar.* | tar -xf - -C DIR
+    tar -C "$OUT" -cf - model eval.json eval.txt metrics.jsonl \
+        | split -b "${BUNDLE_MIB}m" -d - "$OUT/bundle.tar."
+    rm -r "$OUT/model" "$OUT/eval.json" "$OUT/eval.txt" "$OUT/metrics.jsonl"
+    ls -l "$OUT"
+fi
 echo "done in $(( $(date +%s) - START ))s"
