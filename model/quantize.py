@@ -54,9 +54,10 @@ def quantize_int8(model: Transformer) -> int:
     """Replace the blocks' linear layers by Int8Linear in place (CPU only); returns how
     many were replaced. The model is for inference afterwards: int8 weights cannot be
     trained or saved as a model directory."""
-    if next(model.parameters()).device.type != "cpu":
+    device = model.embed_tokens.weight.device
+    if device.type != "cpu":
         raise ValueError("int8 weight-only quantization is for CPU inference; the model is "
-                         f"on {next(model.parameters()).device}.")
+                         f"on {device}.")
     dtype = model.embed_tokens.weight.dtype
     if dtype == torch.float32:
         dtype = torch.bfloat16

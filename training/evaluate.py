@@ -31,6 +31,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,14 +82,17 @@ def validation_texts(data: str) -> list[str]:
 
 
 @torch.no_grad()
-def bits_per_byte(lm: LoadedModel, texts: list[str]) -> float:
+def bits_per_byte(lm: LoadedModel, texts: list[str],
+                  encode: Callable[[str], list[int]] | None = None) -> float:
     """Left-to-right bits per byte over whole files, in non-overlapping context windows
-    (each file starts after <|endoftext|>, as in training)."""
+    (each file starts after <|endoftext|>, as in training). `encode` (default: the model's
+    tokenizer) measures the model on another tokenization of the same text."""
     tok, loss = lm.tokenizer, NextTokenLoss(lm.model)
+    encode = encode or tok.encode
     ctx = lm.config.max_position_embeddings
     nats, nbytes = 0.0, 0
     for text in texts:
-        ids = torch.tensor([tok.eot_id, *tok.encode(text)], device=lm.device)
+        ids = torch.tensor([tok.eot_id, *encode(text)], device=lm.device)
         for start in range(0, len(ids) - 1, ctx):
             chunk = ids[start:start + ctx + 1]
             nats += loss(chunk[None], reduction="sum").item()

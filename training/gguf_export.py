@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import ModelDirError, load_model_dir
+from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 
 PRE_TOKENIZER = "starcoder"
 # llama.cpp's regexes for that name (llama-vocab.cpp), applied one after the other.
@@ -61,7 +61,7 @@ def export_gguf(model_dir: Path, out: Path) -> Path:
     if out.exists():
         raise FileExistsError(f"{out} already exists; give a new file name.")
     lm = load_model_dir(model_dir, device="cpu", dtype="auto")
-    c, tok = lm.config, lm.tokenizer
+    c = lm.config
     if (c.model_type != "llama" or c.learned_positions or c.layer_norm or not c.gated_mlp
             or c.hidden_act != "silu" or c.attention_bias or c.attention_out_bias
             or c.mlp_bias or c.rope_scaling):
@@ -70,8 +70,26 @@ def export_gguf(model_dir: Path, out: Path) -> Path:
     if hf["model"]["type"] != "BPE" or hf.get("decoder", {}).get("type") != "ByteLevel":
         raise ValueError(f"{model_dir}'s tokenizer is not byte-level BPE.")
     tmp = out.with_name(out.name + ".tmp")
-    w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(Path(model_dir).name)
+    try:
+        w = gguf.GGUFWriter(str(tmp), "llama")
+        _fill(w, lm, hf, Path(model_dir).name)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)       # never leave half a file behind
+        raise
+    return out
+
+
+def _fill(w, lm: LoadedModel, hf: dict, name: str) -> None:
+    """The writer's metadata (architecture, tokenizer, special ids) and tensors."""
+    import gguf
+
+    c, tok = lm.config, lm.tokenizer
+    w.add_name(name)
     w.add_context_length(lm.context)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
@@ -136,12 +154,6 @@ def export_gguf(model_dir: Path, out: Path) -> Path:
             value = value.float()        # llama.cpp keeps norms in f32
         array, kind = _array(value)
         w.add_tensor(name, array, raw_dtype=kind)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    tmp.replace(out)
-    return out
 
 
 def llama_cpp_tokenizer(model_dir: Path):
@@ -156,40 +168,28 @@ def llama_cpp_tokenizer(model_dir: Path):
     return tok
 
 
-@torch.no_grad()
 def measure(model_dir: Path, data: str, files: int = 40) -> dict:
     """On held-out files: how many llama.cpp tokenizes as we do, its tokens per byte
     against ours, and our model's bits/byte on each tokenization."""
-    import math
     import random
 
-    from training.evaluate import validation_texts
-    from training.train import NextTokenLoss
+    from training.evaluate import bits_per_byte, validation_texts
 
     lm = load_model_dir(model_dir, device="cpu", dtype="fp32")
     alt = llama_cpp_tokenizer(model_dir)
+
+    def theirs(text: str) -> list[int]:
+        return alt.encode(text, add_special_tokens=False).ids
+
     texts = validation_texts(data)
     texts = random.Random(0).sample(texts, min(files, len(texts)))
-    loss = NextTokenLoss(lm.model)
-    same, n_ours, n_alt, nats_ours, nats_alt, nbytes = 0, 0, 0, 0.0, 0.0, 0
-    for text in texts:
-        ours = lm.tokenizer.encode(text)
-        theirs = alt.encode(text, add_special_tokens=False).ids
-        same += ours == theirs
-        n_ours, n_alt = n_ours + len(ours), n_alt + len(theirs)
-        nbytes += len(text.encode("utf-8"))
-        for ids, which in ((ours, 0), (theirs, 1)):
-            ids = torch.tensor([lm.tokenizer.eot_id, *ids])
-            total = 0.0
-            for start in range(0, len(ids) - 1, lm.context):
-                total += loss(ids[start:start + lm.context + 1][None], reduction="sum").item()
-            if which:
-                nats_alt += total
-            else:
-                nats_ours += total
-    return {"files": len(texts), "same_tokens": same, "tokens_ours": n_ours,
-            "tokens_llama_cpp": n_alt, "bits_per_byte_ours": nats_ours / math.log(2) / nbytes,
-            "bits_per_byte_llama_cpp": nats_alt / math.log(2) / nbytes}
+    ours = [lm.tokenizer.encode(t) for t in texts]
+    alts = [theirs(t) for t in texts]
+    return {"files": len(texts), "same_tokens": sum(a == b for a, b in zip(ours, alts,
+                                                                             strict=True)),
+            "tokens_ours": sum(map(len, ours)), "tokens_llama_cpp": sum(map(len, alts)),
+            "bits_per_byte_ours": bits_per_byte(lm, texts),
+            "bits_per_byte_llama_cpp": bits_per_byte(lm, texts, encode=theirs)}
 
 
 def main(argv: list[str] | None = None) -> int:
