@@ -29,7 +29,6 @@ RUNS=${RUNS:-runs}
 DATA=${DATA:-${TMPDIR:-/tmp}/codecomplete-$(basename "$PACK" .pack)}
 export PYTHONUNBUFFERED=1
 
-TRAIN=(--time-budget-min)
 EVAL=()
 if [ "${CHECK:-0}" = 1 ]; then
     # Same preset and steps of the same code, sized for a CPU: the model is the real one.
@@ -38,9 +37,11 @@ if [ "${CHECK:-0}" = 1 ]; then
     EVAL=(--line-cases 4 --fim-cases 4 --fim-bpb-cases 4 --parse-cases 2 --max-files 20)
 else
     EXTRA=()
-    "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else
-        "no CUDA device: this script is for a GPU machine (CHECK=1 runs it on CPU)")'
-    "$PY" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")'
+    "$PY" -c 'import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("no CUDA device: this script is for a GPU machine (CHECK=1 runs it on CPU)")
+p = torch.cuda.get_device_properties(0)
+print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}")'
 fi
 
 "$PY" -m training.pack unpack "$PACK" "$DATA"
@@ -51,7 +52,7 @@ if [ "$left" -lt 60 ]; then
 fi
 echo "training for at most $(( left / 60 ))m$(( left % 60 ))s"
 "$PY" -m training.train --config gpu-small --data "$DATA" --name "$NAME" --runs-dir "$RUNS" \
-    "${TRAIN[@]}" "$(awk "BEGIN { print $left / 60 }")" "${EXTRA[@]}" "$@"
+    --time-budget-min "$(awk "BEGIN { print $left / 60 }")" "${EXTRA[@]}" "$@"
 mkdir -p "$OUT"
 "$PY" -m training.export --run "$RUNS/$NAME" --out "$OUT/model" --checkpoint best
 echo "exported $OUT/model after $(( $(date +%s) - START ))s"
