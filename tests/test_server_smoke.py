@@ -113,3 +113,15 @@ def test_document_text_stays_out_of_the_log_at_the_default_level(tiny_model_dir)
     assert b'"id": 2' in r.stdout or b'"id":2' in r.stdout       # it answered shutdown
     assert b"very_private_identifier_4711" not in r.stderr
     assert b"inlineCompletionProvider" not in r.stderr           # no message bodies at all
+
+
+def test_quantize_flag_puts_int8_layers_in_the_served_model(tiny_model_dir):
+    from model.quantize import Int8Linear
+    from server.cli import load_engine, parse_args
+
+    for flag, expected in (("none", 0), ("int8", 7)):
+        engine, error = load_engine(parse_args(["--model", str(tiny_model_dir),
+                                                "--quantize", flag]))
+        assert error is None
+        layers = [m for m in engine.loaded.model.modules() if isinstance(m, Int8Linear)]
+        assert len(layers) == expected * engine.loaded.config.num_hidden_layers
