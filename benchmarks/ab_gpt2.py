@@ -137,7 +137,7 @@ def run(name: str, model: nn.Module, cfg: TrainConfig, data: str, minutes: float
             "optimizer": cfg.optimizer,
             "tokens": steps * cfg.batch_size * cfg.seq_len,
             "train_seconds": train_seconds,
-            "train_loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+            "train_loss_last10": sum(losses[-10:]) / max(1, len(losses[-10:])),
             "val_loss": loss, "val_bpb": bpb}
 
 

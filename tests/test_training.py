@@ -681,3 +681,84 @@ def test_gpu_script_runs_end_to_end_in_its_cpu_check(small_dataset, tmp_path):
                    shell=True, check=True)
     assert load_model_dir(joined / "model", device="cpu").context == 1024
     assert json.loads((joined / "eval.json").read_text())["bits_per_byte"]
+
+
+def _variant_with_base_weights(switches: dict):
+    """A recipe-A/B variant and a plain model holding the same shared weights."""
+    from benchmarks.ab_recipe import Variant
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+
+    cfg = ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=160,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    base = Transformer(cfg)
+    variant = Variant(cfg, **switches)
+    state = {k.replace("v_proj.proj.", "v_proj."): v for k, v in variant.state_dict().items()}
+    missing = [k for k in state if k not in base.state_dict()]
+    with torch.no_grad():
+        for k, v in base.state_dict().items():
+            v.copy_(state[k])
+    return base, variant, missing
+
+
+def test_recipe_ab_variants_change_only_what_they_name():
+    ids = torch.randint(0, 512, (2, 24))
+    base, softcap, _ = _variant_with_base_weights({"softcap": 15.0})
+    logits = base(ids)
+    assert logits.abs().max() > 0.1
+    assert torch.allclose(softcap(ids), 15 * torch.tanh(logits / 15), atol=1e-5)
+
+    for switches, extra in (({"unet": True}, "skip_weights"),
+                            ({"value_embed": True}, "value_embed.weight")):
+        base, variant, missing = _variant_with_base_weights(switches)
+        assert missing == [extra]
+        variant(ids).float().square().mean().backward()
+        param = variant.get_parameter(extra)
+        assert param.grad is not None and param.grad.abs().sum() > 0, extra
+        assert not torch.allclose(variant(ids), base(ids), atol=1e-4), extra
+        with torch.no_grad():        # with the new path switched off, the plain model again
+            param.zero_()
+        assert torch.allclose(variant(ids), base(ids), atol=1e-5), extra
+
+
+def test_recipe_ab_same_size_arms_are_the_same_size():
+    """relu2 and deep claim the base model's parameter count at the shipped vocabulary."""
+    from benchmarks.ab_recipe import ARMS, Variant
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+
+    shipped = load_config("cpu-default", {})
+    def size(overrides: dict, switches: dict) -> int:
+        c = load_config("cpu-default", overrides)
+        cfg = ModelConfig(vocab_size=16384, hidden_size=c.hidden_size,
+                          intermediate_size=c.intermediate_size,
+                          num_hidden_layers=c.num_hidden_layers,
+                          num_attention_heads=c.num_attention_heads,
+                          num_key_value_heads=c.num_key_value_heads,
+                          tie_word_embeddings=c.tie_word_embeddings)
+        model = Variant(cfg, **switches) if switches else Transformer(cfg)
+        return sum(p.numel() for p in model.parameters())
+
+    base = size({}, {})
+    for arm in ("relu2", "deep"):
+        assert abs(size(ARMS[arm][1], ARMS[arm][2]) / base - 1) < 0.03, arm
+    assert size(ARMS["untied"][1], {}) - base == 16384 * shipped.hidden_size
+
+
+def test_recipe_ab_merges_arms_run_separately(tmp_path, small_dataset):
+    from benchmarks.ab_recipe import main
+
+    out = tmp_path / "ab.json"
+    common = ["--data", str(small_dataset), "--config", "cpu-tiny", "--minutes", "0.05",
+              "--out", str(out)]
+    assert main(common + ["--arms", "base"]) == 0
+    assert main(common + ["--arms", "unet,softcap"]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert sorted(results) == ["base", "softcap", "unet"]
+    assert all(r["steps"] > 8 and 0 < r["val_bpb"] < 20 for r in results.values())
+    assert results["unet"]["params"] == results["base"]["params"] + load_config("cpu-tiny", {}).num_hidden_layers // 2
+    with pytest.raises(SystemExit):
+        main(common + ["--arms", "vocab8k"])        # no --data-8k
+    with pytest.raises(SystemExit):
+        main(common + ["--arms", "nonesuch"])
