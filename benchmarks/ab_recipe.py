@@ -13,6 +13,8 @@ validation windows of the held-out packages. Arms (see ARMS):
 - seed: base with another seed (data order and initialisation): the noise floor;
 - softcap: logits soft-capped at 15 (15 tanh(z / 15)), as modded-nanogpt does;
 - relu2: an ungated ReLU^2 MLP (c_proj(relu(c_fc(x))^2)) at the same parameter count (1056);
+- relu2_gated: SwiGLU with ReLU^2 in place of SiLU (down(relu(gate(x))^2 * up(x))): the
+  form a `transformers` Llama loads (`hidden_act = "relu2"`);
 - unet: U-net skips: the output of layer i (first half) added, with a learned weight, to
   the input of layer n-1-i (second half);
 - value_embed: a second embedding table of the K/V width added to the values of the first
@@ -61,6 +63,17 @@ class ReLU2MLP(nn.Module):
         return self.c_proj(F.relu(self.c_fc(x)).square())
 
 
+class GatedReLU2MLP(nn.Module):
+    """Llama's gated MLP with a squared ReLU: down(relu(gate(x))^2 * up(x))."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.gate_proj(x)).square() * self.up_proj(x))
+
+
 class PlusValue(nn.Module):
     """A value projection that adds the value embedding its model set for this pass."""
 
@@ -78,7 +91,7 @@ class Variant(Transformer):
     """Our Llama with modded-nanogpt's architectural switches (training only: no cache)."""
 
     def __init__(self, config: ModelConfig, softcap: float = 0.0, relu2: int = 0,
-                 unet: bool = False, value_embed: bool = False):
+                 relu2_gated: bool = False, unet: bool = False, value_embed: bool = False):
         super().__init__(config)
         n = config.num_hidden_layers
         self.softcap = softcap
@@ -86,6 +99,9 @@ class Variant(Transformer):
             std = config.initializer_range / (2 * n) ** 0.5
             for block in self.layers:
                 block.mlp = ReLU2MLP(config.hidden_size, relu2, std)
+        if relu2_gated:
+            for block in self.layers:
+                block.mlp = GatedReLU2MLP(block.mlp)
         self.skip_weights = nn.Parameter(torch.ones(n // 2)) if unet else None
         self.value_layers = (0, n - 1) if value_embed else ()
         self.value_embed = nn.Embedding(
@@ -123,6 +139,8 @@ ARMS: dict[str, tuple[str, dict[str, str], dict, str]] = {
     "seed": ("base, seed 1 (noise floor)", {"seed": "1"}, {}, "16k"),
     "softcap": ("logit soft-cap 15", {}, {"softcap": 15.0}, "16k"),
     "relu2": ("ungated ReLU^2 MLP, 1056 wide (same params)", {}, {"relu2": 1056}, "16k"),
+    "relu2_gated": ("gated ReLU^2 (SwiGLU's shape, relu^2 for silu)", {},
+                    {"relu2_gated": True}, "16k"),
     "unet": ("U-net skips, learned weights", {}, {"unet": True}, "16k"),
     "value_embed": ("value embedding, layers 0 and 5", {}, {"value_embed": True}, "16k"),
     "untied": ("untied output head", {"tie_word_embeddings": "false"}, {}, "16k"),

@@ -708,6 +708,13 @@ def test_recipe_ab_variants_change_only_what_they_name():
     logits = base(ids)
     assert logits.abs().max() > 0.1
     assert torch.allclose(softcap(ids), 15 * torch.tanh(logits / 15), atol=1e-5)
+    base, gated, missing = _variant_with_base_weights({"relu2_gated": True})
+    assert missing == []               # the same weights under the same names as Llama's
+    x = torch.randn(3, 64)
+    mlp = base.layers[0].mlp
+    expected = mlp.down_proj(torch.relu(mlp.gate_proj(x)).square() * mlp.up_proj(x))
+    assert torch.allclose(gated.layers[0].mlp(x), expected, atol=1e-6)
+    assert not torch.allclose(gated(ids), base(ids), atol=1e-4)
 
     for switches, extra in (({"unet": True}, "skip_weights"),
                             ({"value_embed": True}, "value_embed.weight")):
@@ -752,13 +759,14 @@ def test_recipe_ab_merges_arms_run_separately(tmp_path, small_dataset):
     out = tmp_path / "ab.json"
     common = ["--data", str(small_dataset), "--config", "cpu-tiny", "--minutes", "0.05",
               "--out", str(out)]
-    assert main(common + ["--arms", "base"]) == 0
-    assert main(common + ["--arms", "unet,softcap"]) == 0
+    assert main([*common, "--arms", "base"]) == 0
+    assert main([*common, "--arms", "unet,softcap"]) == 0
     results = json.loads(out.read_text())["results"]
     assert sorted(results) == ["base", "softcap", "unet"]
     assert all(r["steps"] > 8 and 0 < r["val_bpb"] < 20 for r in results.values())
-    assert results["unet"]["params"] == results["base"]["params"] + load_config("cpu-tiny", {}).num_hidden_layers // 2
+    layers = load_config("cpu-tiny", {}).num_hidden_layers
+    assert results["unet"]["params"] == results["base"]["params"] + layers // 2
     with pytest.raises(SystemExit):
-        main(common + ["--arms", "vocab8k"])        # no --data-8k
+        main([*common, "--arms", "vocab8k"])        # no --data-8k
     with pytest.raises(SystemExit):
-        main(common + ["--arms", "nonesuch"])
+        main([*common, "--arms", "nonesuch"])
