@@ -166,7 +166,8 @@ try {
   await page.keyboard.insertText('    """Return the n-th Fibonacci number."""');
   await page.keyboard.press('Enter');
   await page.keyboard.insertText('    ');
-  const ghost = page.locator('.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text');
+  const ghostSelector = '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text';
+  const ghost = page.locator(ghostSelector);
   await ghost.first().waitFor({ state: 'visible', timeout: waitS * 1000 });
   const shown = (await ghost.allInnerTexts()).join('\n').replace(/\u00a0/g, ' ');
   await shot('ghost-text.png');
@@ -183,23 +184,26 @@ try {
   // playwright round trips cannot count against the extension.
   const typedChar = shown.trimStart()[0];
   const want = squash(shown).slice(1);
-  await page.evaluate(() => {
-    const read = () => Array.from(document.querySelectorAll(
-      '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text'))
+  await page.evaluate((selector) => {
+    const read = () => Array.from(document.querySelectorAll(selector))
       .map((e) => e.textContent).join('').replace(/\s+/g, '');
     const seen = { keyAt: null, changes: [] };
+    const onKey = () => { seen.keyAt ??= performance.now(); };
+    const observer = new MutationObserver(() => seen.changes.push([performance.now(), read()]));
+    observer.observe(document.querySelector('.monaco-editor'),
+      { subtree: true, childList: true, characterData: true });
+    document.addEventListener('keydown', onKey, true);
+    // Called once the measurement is over: the rest of the test types and edits a lot.
+    seen.stop = () => { observer.disconnect(); document.removeEventListener('keydown', onKey, true); };
     window.__ccTypeThrough = seen;
-    document.addEventListener('keydown', () => { seen.keyAt ??= performance.now(); }, true);
-    new MutationObserver(() => seen.changes.push([performance.now(), read()]))
-      .observe(document.querySelector('.monaco-editor'),
-        { subtree: true, childList: true, characterData: true });
-  });
+  }, ghostSelector);
   await page.keyboard.type(typedChar);
   let seenAfter = Infinity;
   let through = '';
   const deadline = Date.now() + 2000;
   while (Date.now() < deadline && seenAfter === Infinity) {
-    const { keyAt, changes } = await page.evaluate(() => window.__ccTypeThrough);
+    const { keyAt, changes } = await page.evaluate(
+      () => ({ keyAt: window.__ccTypeThrough.keyAt, changes: window.__ccTypeThrough.changes }));
     const after = changes.filter(([at]) => keyAt !== null && at >= keyAt);
     through = after.length ? after[after.length - 1][1] : through;
     const hit = after.find(([, text]) => text === want);
@@ -209,6 +213,7 @@ try {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
+  await page.evaluate(() => window.__ccTypeThrough.stop());
   if (seenAfter > 250) {
     throw new Error(`after typing ${JSON.stringify(typedChar)} of ${JSON.stringify(shown)} the `
       + `rest was not shown within 250 ms of the key press (${seenAfter === Infinity
