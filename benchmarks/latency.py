@@ -11,7 +11,8 @@
 Also the server's CPU seconds per 100 replayed keystrokes (Linux); `--multiline` sets the
 server's multiline setting (auto, never, always), `--debounce` models an editor that waits
 before asking (a request is sent only when no key follows within it), and `--human-gaps`
-draws the gaps between keys like a person types instead of a fixed `--interval`.
+draws the gaps between keys like a person types instead of a fixed `--interval`;
+`--context-tokens N` caps the file's prompt (the server's context_tokens setting).
 `--workspace DIR` makes DIR the workspace; `--context` turns repository context on (off by
 default, as in the server; without a workspace the opened files are the context).
 Files come from the validation split of a prepared dataset (`--data`), else from the
@@ -111,7 +112,9 @@ async def run(args: argparse.Namespace) -> dict:
         capabilities=types.ClientCapabilities(), process_id=None, root_uri=root,
         workspace_folders=[types.WorkspaceFolder(uri=root, name="w")] if root else None,
         initialization_options={"multiline": args.multiline,
-                                "workspace_context": args.context}))
+                                "workspace_context": args.context,
+                                **({"context_tokens": args.context_tokens}
+                                   if args.context_tokens else {})}))
     client.initialized(types.InitializedParams())
     while root and (await client.protocol.send_request_async(
             "codecomplete/status", {})).workspace_indexing:
@@ -216,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="a folder the server indexes as the workspace (repository context)")
     ap.add_argument("--context", action="store_true",
                     help="turn the server's workspace_context on (off by default)")
+    ap.add_argument("--context-tokens", type=int, default=None,
+                    help="the server's context_tokens (the file's prompt budget; default: "
+                         "the server's)")
     ap.add_argument("--server-log", default="logs/latency-server.log",
                     help="the server's stderr")
     args = ap.parse_args(argv)
@@ -223,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     s = r["server"]
     print(f"machine: {describe()}")
     print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters); "
-          f"multiline {args.multiline}; workspace context "
+          f"multiline {args.multiline}; context_tokens {args.context_tokens or 'default'}; "
+          f"workspace context "
           f"{'on' if args.context else 'off'} ({args.workspace or 'open files only'}, "
           f"{r['cold_context_tokens']:.0f} context tokens per cold prompt)")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
