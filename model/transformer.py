@@ -231,6 +231,12 @@ class Transformer(nn.Module):
         With a cache, the ids are positions cache.length.. and their keys/values are
         appended to it.
         """
+        return self.lm_head(self.features(input_ids, cache, last_only))
+
+    def features(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                 last_only: bool = False) -> torch.Tensor:
+        """The final normed hidden states [B, T, hidden] that `forward` turns into logits:
+        what a training-only head (training/horizon.py) reads as well."""
         start = cache.length if cache is not None else 0
         if start + input_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(
@@ -247,7 +253,7 @@ class Transformer(nn.Module):
             cache.advance(input_ids[0].tolist())
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     def new_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:
         p = self.embed_tokens.weight

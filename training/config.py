@@ -40,6 +40,9 @@ class TrainConfig:
     fim_level: str = opt("context", "context: FIM inside each packed window | document")
     fim_spans: str = opt("char", "where middles are cut: char (random characters) | line "
                                  "(the rest of a line, as editors ask) | mix (half each)")
+    horizon_weight: float = opt(0.0, "weight of the horizon-length loss: a training-only "
+                                     "head predicts how much of each FIM middle is left "
+                                     "(training/horizon.py; 0: off)")
     repo_packing: bool = opt(False, "pack each repository's files together, each under its "
                                     "<file_sep>path header (needs data of format 2)")
     repo_rate: float = opt(0.0, "share of windows that start with a retrieval example: "

@@ -78,9 +78,12 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
 
 
-def build_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: torch.nn.Module, cfg: TrainConfig,
+                     extra: torch.nn.Module | None = None) -> list[torch.optim.Optimizer]:
     """AdamW over everything (weight decay on matrices only), or Muon for the hidden 2-D
-    weights plus AdamW for the rest. Each group remembers its base lr as `base_lr`."""
+    weights plus AdamW for the rest. Each group remembers its base lr as `base_lr`.
+    `extra` is a training-only module outside the model (the horizon head): AdamW, no
+    weight decay, in a group of its own."""
     matrices, others, hidden = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -94,7 +97,9 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opt
     fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     adamw = torch.optim.AdamW(
         [{"params": matrices, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-         {"params": others, "weight_decay": 0.0, "base_lr": cfg.lr}],
+         {"params": others, "weight_decay": 0.0, "base_lr": cfg.lr},
+         *([{"params": list(extra.parameters()), "weight_decay": 0.0, "base_lr": cfg.lr}]
+           if extra is not None else [])],
         lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **fused)
     if cfg.optimizer == "adamw":
         return [adamw]

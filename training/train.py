@@ -45,6 +45,7 @@ from training.checkpoints import (
 )
 from training.config import TrainConfig, load_config, preset_names, settings_help
 from training.data import DataError, PackedLoader, load_dataset, validation_batches
+from training.horizon import HorizonHead, horizon_loss, horizon_targets
 from training.optim import build_optimizers, lr_scale, set_lr
 
 
@@ -130,14 +131,26 @@ class NextTokenLoss(torch.nn.Module):
     logits [B, T, V] fits: the A/B benchmark wraps its GPT-2 baseline in it too.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, horizon_weight: float = 0.0):
         super().__init__()
         self.model = model
+        self.horizon_weight = horizon_weight
+        self.horizon = HorizonHead(model.config.hidden_size) if horizon_weight > 0 else None
 
-    def forward(self, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        logits = self.model(batch[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+    def forward(self, batch: torch.Tensor, reduction: str = "mean",
+                horizon: torch.Tensor | None = None) -> torch.Tensor:
+        """The next-token loss of `batch` [B, T + 1]; with the horizon head and its
+        targets (training/horizon.py) plus horizon_weight x the head's loss."""
+        if self.horizon is None or horizon is None:
+            logits = self.model(batch[:, :-1])
+        else:
+            hidden = self.model.features(batch[:, :-1])
+            logits = self.model.lm_head(hidden)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                batch[:, 1:].reshape(-1), reduction=reduction)
+        if self.horizon is None or horizon is None:
+            return loss
+        return loss + self.horizon_weight * horizon_loss(self.horizon(hidden), horizon)
 
 
 def compiled(net: torch.nn.Module, cfg: TrainConfig, device: torch.device,
@@ -251,11 +264,12 @@ class Trainer:
         self.mcfg = model_config(cfg, self.tok)
         self.byte_len = token_byte_lengths(self.tok, self.mcfg.vocab_size)
         self.model = Transformer(self.mcfg).to(self.device)
-        self.optimizers = build_optimizers(self.model, cfg)
+        self.loss = NextTokenLoss(self.model, cfg.horizon_weight).to(self.device)
+        self.optimizers = build_optimizers(self.model, cfg, self.loss.horizon)
         self.rs = RunState()
         self.start_weights(resume)
         self.write_run_config()
-        net: torch.nn.Module = NextTokenLoss(self.model)
+        net: torch.nn.Module = self.loss
         if self.dd.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net)
         self.net = compiled(net, cfg, self.device, log)
@@ -312,6 +326,8 @@ class Trainer:
         ck = load_checkpoint(path)
         apply_weights(self.model, ck)
         saved = ck.state
+        if self.loss.horizon is not None and "horizon" in saved:
+            self.loss.horizon.load_state_dict(saved["horizon"])
         try:
             for opt, sd in zip(self.optimizers, saved["optimizers"], strict=True):
                 opt.load_state_dict(sd)
@@ -331,7 +347,9 @@ class Trainer:
         if self.dd.main:
             save_checkpoint(self.ckpt_dir, self.rs.step, self.model, {
                 "optimizers": [o.state_dict() for o in self.optimizers], "data": data_states,
-                "rng": torch.get_rng_state(), "run": dict(self.rs.__dict__)},
+                "rng": torch.get_rng_state(), "run": dict(self.rs.__dict__),
+                **({"horizon": self.loss.horizon.state_dict()}
+                   if self.loss.horizon is not None else {})},
                 self.cfg.keep_checkpoints)
 
     def evaluate(self) -> None:
@@ -358,17 +376,20 @@ class Trainer:
         set_lr(self.optimizers, lr_scale(self.rs.step, cfg, self.rs.wall) * self.rs.lr_factor)
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            batch = torch.from_numpy(self.loader.next_batch()).to(device, non_blocking=True)
+            rows = self.loader.next_batch()
+            batch = torch.from_numpy(rows).to(device, non_blocking=True)
+            extra = {} if self.loss.horizon is None else {"horizon": torch.from_numpy(
+                horizon_targets(rows, self.tok.fim_middle_id, self.tok.eot_id)).to(device)}
             sync = contextlib.nullcontext() if (dd.world == 1 or micro == cfg.grad_accum - 1) \
                 else self.net.no_sync()
             with sync, torch.autocast(device.type, dtype=self.amp or torch.float32,
                                       enabled=self.amp is not None):
-                loss = self.net(batch) / cfg.grad_accum
+                loss = self.net(batch, **extra) / cfg.grad_accum
                 if self.rs.step in cfg.debug_nan_steps:
                     loss = loss * float("nan")
                 loss.backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.loss.parameters(), cfg.grad_clip)
         if dd.world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= dd.world
