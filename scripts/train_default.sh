@@ -49,9 +49,11 @@ $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$N
     --checkpoint-every 50 \
     ${RESUME:+--resume} "$@"
 # The fifth makes FIM examples inside each window, as the preset now does (400 steps,
-# 6.6M tokens, re-warmed to 2.5e-4 / Muon 0.003, the last half decaying).
+# 6.6M tokens, re-warmed to 2.5e-4 / Muon 0.003, the last half decaying); the fifth and
+# sixth were trained before every example got its end (--fim-ends false).
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME-5" \
-    --init-from "runs/$NAME-4/checkpoints/step_0000800" --max-steps 400 --warmup-steps 20 \
+    --init-from "runs/$NAME-4/checkpoints/step_0000800" --fim-ends false --max-steps 400 \
+    --warmup-steps 20 \
     --lr 2.5e-4 --muon-lr 0.003 --weight-decay 0.02 --decay-fraction 0.5 --eval-every 100 \
     --checkpoint-every 50 ${RESUME:+--resume} "$@"
 $PY -m training.export --run "runs/$NAME-5" --out "runs/$NAME-5/export" --checkpoint latest
@@ -61,7 +63,8 @@ $PY -m training.export --run "runs/$NAME-5" --out "runs/$NAME-5/export" --checkp
 # last half decaying; --max-steps 659 gives the same schedule on any machine.
 $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME-6" \
     --init-from "runs/$NAME-5/export" --seq-len 1024 --batch-size 8 --grad-accum 2 \
-    --repo-packing true --max-steps 659 --warmup-steps 20 --lr 2.5e-4 --muon-lr 0.003 \
+    --repo-packing true --fim-ends false --max-steps 659 --warmup-steps 20 --lr 2.5e-4 \
+    --muon-lr 0.003 \
     --weight-decay 0.02 --decay-fraction 0.5 --eval-every 100 --checkpoint-every 100 \
     ${RESUME:+--resume} "$@"
 $PY -m training.export --run "runs/$NAME-6" --out model/default --checkpoint latest

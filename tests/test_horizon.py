@@ -19,19 +19,41 @@ from training.train import NextTokenLoss, train
 
 from .test_training import tiny_config
 
-MID, EOT = 3, 0
+MID, EOT, SEP = 3, 0, 5
 
 
 def test_targets_count_what_is_left_of_each_closed_middle():
     # ids: x <mid> a b <eot> y <mid> c   (the second middle is cut off by the window)
     row = np.array([[7, MID, 8, 9, EOT, 7, MID, 8]])
-    t = horizon_targets(row, MID, EOT)
+    t = horizon_targets(row, MID, (EOT, SEP))
     assert t.shape == (1, 7)
     scale = math.log1p(7)
     # position 1 (<mid>) predicts a: a, b and <eot> are to come; position 3 predicts <eot>
     assert np.allclose(t[0, 1:4], [math.log1p(3) / scale, math.log1p(2) / scale,
                                    math.log1p(1) / scale])
     assert (t[0, [0, 4, 5, 6]] == IGNORE).all()
+
+
+def test_with_repository_packing_the_next_files_header_ends_a_middle():
+    # ids: <mid> a <file_sep> path <mid> b c   (files inside a repository are not closed
+    # by <|endoftext|>; the next file's header follows the middle)
+    row = np.array([[MID, 8, SEP, 9, MID, 8, 9, 7]])
+    t = horizon_targets(row, MID, (EOT, SEP))
+    scale = math.log1p(7)
+    assert np.allclose(t[0, :2], [math.log1p(2) / scale, math.log1p(1) / scale])
+    assert (t[0, 2:] == IGNORE).all()
+
+
+def test_the_loader_with_repository_packing_gives_the_head_targets(small_dataset):
+    """Real training windows, packed by repository as the 1024-token sitting was: the
+    head must get targets there (it got almost none when only <|endoftext|> ended one)."""
+    from training.data import PackedLoader, load_dataset
+    tok, _, splits = load_dataset(small_dataset)
+    loader = PackedLoader(splits["train"], tok, 256, 8, seed=1, fim_rate=0.9, spm_rate=0.5,
+                          repo_packing=True)
+    rows = np.concatenate([loader.next_batch() for _ in range(4)])
+    t = horizon_targets(rows, tok.fim_middle_id, (tok.eot_id, tok.file_sep_id))
+    assert (t >= 0).sum() > 0.1 * t.size
 
 
 def test_loss_ignores_positions_outside_middles():

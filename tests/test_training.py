@@ -93,8 +93,9 @@ def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
             done = [i + 1 for i, t in enumerate(after) if t == tok.eot_id]
             examples = [after[a:b] for a, b in zip([0, *done], done, strict=False)]
             # every piece came back whole, as one example, in order (the sentinels make
-            # the window longer, so the last ones may be cut off at its end)
-            assert len(pieces) - 2 <= len(examples) <= len(pieces)
+            # the window longer, so the last ones may be cut off at its end; the piece the
+            # window cut ends with <|endoftext|> too, see the next test)
+            assert len(pieces) - 2 <= len(examples) <= len(pieces) + 1
             for piece, example in zip(pieces, examples, strict=False):
                 assert reassemble(tok, example) == tok.decode(piece[:-1])
                 checked += 1
@@ -113,6 +114,40 @@ def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
     with pytest.raises(DataError, match="fim_level 'line' is not one of document, context"):
         PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.5, spm_rate=0.5,
                      fim_level="line")
+
+
+def test_context_fim_examples_end_inside_their_window(small_dataset):
+    """Every FIM example ends with <|endoftext|> inside its window, also the one made from
+    the piece the window cut, whose suffix gives up its tail for it; and what it holds is
+    the start of that piece, in order. Without `fim_ends` most examples had no end."""
+    tok, _, splits = load_dataset(small_dataset)
+
+    def examples_and_ends(ends: bool) -> tuple[int, int]:
+        plain = PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=0.0, spm_rate=0.5)
+        fim = PackedLoader(splits["train"], tok, 96, 4, seed=3, fim_rate=1.0, spm_rate=0.5,
+                           fim_ends=ends)
+        total = ended = 0
+        for _ in range(50):
+            for before, after in zip(plain.next_batch().tolist(), fim.next_batch().tolist(),
+                                     strict=True):
+                assert len(after) == 97
+                for m in (i for i, t in enumerate(after) if t == tok.fim_middle_id):
+                    total += 1
+                    ended += tok.eot_id in after[m + 1:]
+                if not ends:
+                    continue
+                # each example (the last one's suffix shortened) is text of its window
+                cuts = [i + 1 for i, t in enumerate(after) if t == tok.eot_id]
+                window = tok.decode(before)
+                for a, b in zip([0, *cuts], cuts, strict=False):
+                    if after[a] == tok.fim_prefix_id:
+                        assert reassemble(tok, after[a:b]) in window
+        return total, ended
+
+    total, ended = examples_and_ends(True)
+    assert total >= 100 and ended == total
+    total, ended = examples_and_ends(False)
+    assert ended < 0.6 * total
 
 
 SAMPLE = ("import os\n\n\nclass Store:\n    def __init__(self, root):\n"

@@ -40,6 +40,9 @@ class TrainConfig:
     fim_level: str = opt("context", "context: FIM inside each packed window | document")
     fim_spans: str = opt("char", "where middles are cut: char (random characters) | line "
                                  "(the rest of a line, as editors ask) | mix (half each)")
+    fim_ends: bool = opt(True, "context level: every FIM example ends with <|endoftext|> "
+                               "inside its window (the suffix's tail gives way); false: "
+                               "as the fifth and sixth sittings were trained")
     horizon_weight: float = opt(0.0, "weight of the horizon-length loss: a training-only "
                                      "head predicts how much of each FIM middle is left "
                                      "(training/horizon.py; 0: off)")

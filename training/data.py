@@ -108,7 +108,7 @@ class PackedLoader:
                  seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1,
                  fim_level: str = "context", repo_packing: bool = False,
                  repo_rate: float = 0.0, repo_context_tokens: int = 256,
-                 repo_tries: int = 1, fim_spans: str = "char"):
+                 repo_tries: int = 1, fim_spans: str = "char", fim_ends: bool = True):
         if not split.docs:
             raise DataError("the training split has no documents.")
         if fim_level not in FIM_LEVELS:
@@ -119,6 +119,7 @@ class PackedLoader:
         if fim_spans not in SPANS:
             raise DataError(f"fim_spans {fim_spans!r} is not one of {', '.join(SPANS)}.")
         self.fim_level, self.fim_spans, self.windows = fim_level, fim_spans, 0
+        self.fim_ends = fim_ends
         self.split, self.tok = split, tok
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.fim_rate, self.spm_rate = seed, fim_rate, spm_rate
@@ -197,7 +198,7 @@ class PackedLoader:
             del self.buffer[:need]
             if self.fim_level == "context" and self.fim_rate > 0:
                 row = context_fim(self.tok, row, rng, self.fim_rate, self.spm_rate,
-                                  self.fim_spans)
+                                  self.fim_spans, self.fim_ends)
             rows.append(head + row)
         self.windows += len(rows)
         return np.asarray(rows, dtype=np.int64)

@@ -22,6 +22,7 @@ SPANS = ("char", "line", "mix")
 MULTILINE_RATE = 0.3          # share of line middles that run over 2-5 lines
 CLOSED_RATE = 0.25            # share of line middles that stop before the line's closers
 CLOSERS = ")]}:,'\""
+FIM_EXTRA = 4                 # tokens a FIM example adds: three sentinels and the end
 
 
 def pick_middle(text: str, rng: random.Random) -> tuple[int, int] | None:
@@ -91,7 +92,7 @@ def reassemble(tok: Tokenizer, ids: list[int]) -> str:
 
 
 def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: float = 0.5,
-                spm_rate: float = 0.5, spans: str = "char") -> list[int]:
+                spm_rate: float = 0.5, spans: str = "char", ends: bool = True) -> list[int]:
     """FIM inside one packed training window (context-level FIM), same length out as in.
 
     The window is split after each <|endoftext|> and before each <file_sep> (repository
@@ -99,10 +100,18 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
     probability fim_rate. Why not per document: with a 512-token context and Python files
     of 2,300 tokens at the median, a document-level example almost never has its sentinels,
     suffix and middle in one window, so the model cannot learn to fill a middle from a
-    suffix. Here every example lies whole in its window, as a server prompt does. The
-    sentinels lengthen the window, so the end of the last middle may be cut off, and a piece
-    whose <fim_middle> would not fit stays left to right; a window that came out
-    shorter (re-tokenising at the cuts rarely merges tokens) is padded with <fim_pad>.
+    suffix. Here every example lies in its window, as a server prompt does; a piece whose
+    <fim_middle> would not fit stays left to right; a window that came out shorter
+    (re-tokenising at the cuts rarely merges tokens) is padded with <fim_pad>.
+
+    With `ends` (the default) every example ends with <|endoftext|> inside the window, as
+    the server expects a middle to end: a piece the window cut (or a file inside a packed
+    repository) still gets it, and the piece that runs to the window's end is made 4 tokens
+    shorter first so that the sentinels and the end fit (and should re-tokenising still
+    overflow, the suffix's tail gives way). Without it
+    (how the fifth and sixth sittings were trained) only a piece that ended with
+    <|endoftext|> kept it and the window cut the rest: counted on 64 windows of 1024 tokens,
+    7 of 43 examples had an end, so the model hardly ever saw where a middle stops.
     """
     out: list[int] = []
     for piece in _pieces(tok, ids):
@@ -111,19 +120,41 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
         out.extend(piece[:head])
         piece = piece[head:]
         body = piece[:-1] if closed else piece
+        room = len(ids) - len(out)
+        if ends and len(body) + FIM_EXTRA > room:
+            body = body[:max(room - FIM_EXTRA, 0)]   # the sentinels and the end must fit
         if len(body) < 2 or rng.random() >= fim_rate:
             out.extend(piece)
             continue
         example = document_tokens(tok, tok.decode(body), rng, fim_rate=1.0, spm_rate=spm_rate,
                                   spans=spans)
-        if not closed:
+        if not closed and not ends:
             example = example[:-1]
+        if ends and len(out) + len(example) > len(ids):
+            example = _shorten_suffix(tok, example, len(out) + len(example) - len(ids))
         if len(out) + example.index(tok.fim_middle_id) >= len(ids):
             example = piece         # its middle would not fit: keep it left to right
         out.extend(example)
     pad = tok.eot_id if tok.fim_pad_id is None else tok.fim_pad_id
     out = out[:len(ids)]
     return out + [pad] * (len(ids) - len(out))
+
+
+def _shorten_suffix(tok: Tokenizer, example: list[int], excess: int) -> list[int]:
+    """`example` (ending with <|endoftext|>) made `excess` tokens shorter without moving
+    its middle's end: the tail of its suffix (just before <fim_middle> in both orders)
+    goes first; once the suffix is empty the middle runs to the end of the text, so the
+    text may end sooner and the rest comes off the middle's tail. As it was when even
+    that leaves no middle."""
+    m = example.index(tok.fim_middle_id)
+    cut = min(excess, m - example.index(tok.fim_suffix_id) - 1)
+    example = example[:m - cut] + example[m:]
+    rest = excess - cut
+    if rest == 0:
+        return example
+    if len(example) - 1 - rest <= m - cut + 1:
+        return example
+    return example[:len(example) - 1 - rest] + example[-1:]
 
 
 def _pieces(tok: Tokenizer, ids: list[int]) -> list[list[int]]:

@@ -10,13 +10,16 @@ model: it lives in the loss module, is saved in training checkpoints only, and i
 exported, so the model directory stays a plain Llama that `transformers` loads.
 
 Targets come from the token ids alone (no change to the data pipeline): every position
-from a `<fim_middle>` up to the token before the `<|endoftext|>` that closes the example
-predicts a token of what the server would generate; its target is how many tokens are
-still to come (that closing token included), on a log scale scaled into (0, 1]:
+from a `<fim_middle>` up to the token before the one that ends the example predicts a
+token of what the server would generate; its target is how many tokens are still to come
+(the ending token included), on a log scale scaled into (0, 1]:
 log(1 + remaining) / log(1 + window). The paper divides by the middle's length instead;
 here, in SPM order (`<fim_middle>` prefix middle), the ids do not say where the prefix
 ends, so a fixed scale is used. A middle the window cut off before its end has no known
-length and is left out (target -1).
+length and is left out (target -1). What ends an example: `<|endoftext|>`, or, with
+repository packing, the `<file_sep>` of the next file (a file inside a repository is not
+closed by `<|endoftext|>`, see training/fim.py's `context_fim`); the server stops at
+either, as at any special token.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from torch import nn
 IGNORE = -1.0
 
 
-def horizon_targets(batch: np.ndarray, middle_id: int, eot_id: int) -> np.ndarray:
+def horizon_targets(batch: np.ndarray, middle_id: int, end_ids: tuple[int, ...]
+                    ) -> np.ndarray:
     """For a batch of training rows [B, T + 1], the targets [B, T] of the positions that
     predict the next token (the model's inputs are row[:-1]): the scaled count of tokens
     still to come inside a FIM example's generated part, IGNORE elsewhere."""
@@ -39,10 +43,10 @@ def horizon_targets(batch: np.ndarray, middle_id: int, eot_id: int) -> np.ndarra
     for r in range(rows):
         row = batch[r]
         for m in np.flatnonzero(row == middle_id):
-            ends = np.flatnonzero(row[m + 1:] == eot_id)
+            ends = np.flatnonzero(np.isin(row[m + 1:], end_ids))
             if not len(ends):
                 continue                   # the window cut this middle off
-            end = m + 1 + int(ends[0])     # index of the closing <|endoftext|>
+            end = m + 1 + int(ends[0])     # index of the token that ends the example
             # position p (m <= p < end) predicts token p + 1; end - p tokens are still to come
             positions = np.arange(m, end)
             out[r, positions] = np.log1p(end - positions) / scale

@@ -265,6 +265,8 @@ class Trainer:
         self.byte_len = token_byte_lengths(self.tok, self.mcfg.vocab_size)
         self.model = Transformer(self.mcfg).to(self.device)
         self.loss = NextTokenLoss(self.model, cfg.horizon_weight).to(self.device)
+        self.example_ends = tuple(t for t in (self.tok.eot_id, self.tok.file_sep_id)
+                                  if t is not None)    # what ends a FIM example
         self.optimizers = build_optimizers(self.model, cfg, self.loss.horizon)
         self.rs = RunState()
         self.start_weights(resume)
@@ -286,7 +288,8 @@ class Trainer:
         self.loader = PackedLoader(splits["train"], self.tok, cfg.seq_len, cfg.batch_size,
                                    cfg.seed, cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world,
                                    cfg.fim_level, cfg.repo_packing, cfg.repo_rate,
-                                   cfg.repo_context_tokens, cfg.repo_tries, cfg.fim_spans)
+                                   cfg.repo_context_tokens, cfg.repo_tries, cfg.fim_spans,
+                                   cfg.fim_ends)
         # The same validation windows whatever the process count: eval_batches global batches.
         self.val = validation_batches(splits["val"], self.tok, cfg.seq_len, cfg.batch_size,
                                       cfg.eval_batches * dd.world)
@@ -379,7 +382,7 @@ class Trainer:
             rows = self.loader.next_batch()
             batch = torch.from_numpy(rows).to(device, non_blocking=True)
             extra = {} if self.loss.horizon is None else {"horizon": torch.from_numpy(
-                horizon_targets(rows, self.tok.fim_middle_id, self.tok.eot_id)).to(device)}
+                horizon_targets(rows, self.tok.fim_middle_id, self.example_ends)).to(device)}
             sync = contextlib.nullcontext() if (dd.world == 1 or micro == cfg.grad_accum - 1) \
                 else self.net.no_sync()
             with sync, torch.autocast(device.type, dtype=self.amp or torch.float32,
