@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import load_model_dir
 from training.checkpoints import load_checkpoint
+from training.config import TrainConfig
 from training.horizon import IGNORE, horizon_loss, horizon_targets
 from training.train import NextTokenLoss, train
 
@@ -63,8 +64,7 @@ def test_loss_ignores_positions_outside_middles():
     assert horizon_loss(pred, torch.full((1, 3), IGNORE)).item() == 0.0
 
 
-def test_next_token_loss_is_unchanged_without_targets(small_dataset):
-    cfg = tiny_config(small_dataset, small_dataset.parent)
+def test_next_token_loss_is_unchanged_without_targets():
     from model.config import ModelConfig
     from model.transformer import Transformer
     model = Transformer(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -77,7 +77,7 @@ def test_next_token_loss_is_unchanged_without_targets(small_dataset):
     targets = torch.full((2, 16), 0.5)
     # the head starts at zero: sigmoid(0) = 0.5 everywhere, so its loss starts at 0
     assert torch.allclose(with_head(batch, horizon=targets), plain)
-    assert cfg.horizon_weight == 0.0           # off unless asked for
+    assert TrainConfig().horizon_weight == 0.0           # off unless asked for
 
 
 def test_training_with_the_head_learns_it_resumes_it_and_exports_only_the_model(

@@ -118,8 +118,8 @@ def test_context_fim_keeps_each_example_inside_its_window(small_dataset):
 
 def test_context_fim_examples_end_inside_their_window(small_dataset):
     """Every FIM example ends with <|endoftext|> inside its window, also the one made from
-    the piece the window cut, whose suffix gives up its tail for it; and what it holds is
-    the start of that piece, in order. Without `fim_ends` most examples had no end."""
+    the piece the window cut, whose suffix gives up its tail for it; and each example's
+    text is text of its window. Without `fim_ends` most examples had no end."""
     tok, _, splits = load_dataset(small_dataset)
 
     def examples_and_ends(ends: bool) -> tuple[int, int]:

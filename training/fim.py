@@ -108,10 +108,10 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
     the server expects a middle to end: a piece the window cut (or a file inside a packed
     repository) still gets it, and the piece that runs to the window's end is made 4 tokens
     shorter first so that the sentinels and the end fit (and should re-tokenising still
-    overflow, the suffix's tail gives way). Without it
-    (how the fifth and sixth sittings were trained) only a piece that ended with
-    <|endoftext|> kept it and the window cut the rest: counted on 64 windows of 1024 tokens,
-    7 of 43 examples had an end, so the model hardly ever saw where a middle stops.
+    overflow, the suffix's tail gives way). Without it (how the fifth and sixth sittings
+    were trained) only a piece that ended with <|endoftext|> kept it and the window cut the
+    rest: counted on 64 windows of 1024 tokens, 7 of 43 examples had an end, so the model
+    hardly ever saw where a middle stops.
     """
     out: list[int] = []
     for piece in _pieces(tok, ids):
@@ -144,8 +144,8 @@ def _shorten_suffix(tok: Tokenizer, example: list[int], excess: int) -> list[int
     """`example` (ending with <|endoftext|>) made `excess` tokens shorter without moving
     its middle's end: the tail of its suffix (just before <fim_middle> in both orders)
     goes first; once the suffix is empty the middle runs to the end of the text, so the
-    text may end sooner and the rest comes off the middle's tail. As it was when even
-    that leaves no middle."""
+    text may end sooner and the rest comes off the middle's tail. When that would leave no
+    middle, only the suffix is cut and the window cuts the end, as without `ends`."""
     m = example.index(tok.fim_middle_id)
     cut = min(excess, m - example.index(tok.fim_suffix_id) - 1)
     example = example[:m - cut] + example[m:]

@@ -2,8 +2,8 @@
 is left, so the model learns where a middle ends.
 
 Why: next-token loss teaches a FIM model what comes next but says little about when to
-stop, and our single-line FIM suggestions mostly fail by running on or stopping short of
-the suffix. Ding et al. ("Horizon-Length Prediction", 2024) add a linear head on the last
+stop (how often our FIM suggestions fail by stopping in the wrong place is not measured
+yet). Ding et al. ("Horizon-Length Prediction", 2024) add a linear head on the last
 hidden states that predicts, at every position of a middle, the share of the middle still
 to come, and report large FIM gains for almost no cost. The head is not part of the
 model: it lives in the loss module, is saved in training checkpoints only, and is never
