@@ -4,7 +4,7 @@
 // 1. types a function header and its docstring, waits for ghost text, types its first
 //    character (the rest must stay shown at once), accepts its next word with Ctrl+Right
 //    (the rest must stay shown), the rest with Tab, and checks the file saved on disk;
-// 2. opens a new function body, where the suggestion runs over several lines, accepts one
+// 2. opens an empty __init__ body, where the suggestion runs over several lines, accepts one
 //    line with editor.action.inlineSuggest.acceptNextLine (the other lines must stay
 //    shown), then the rest with Tab;
 // 3. changes the settings in VS Code's settings JSON (candidates 4, temperature 0.8) and
@@ -266,15 +266,18 @@ try {
   console.log('e2e: ghost text appeared and Tab accepted it');
 
   // 2. A multi-line suggestion, accepted one line at a time.
-  // After the module docstring; the cursor in an empty block body: several lines.
+  // After the module docstring; the cursor in the empty body of an __init__ that takes
+  // arguments: storing them is several lines, the body every model we trained completes
+  // over several lines (an empty `def factorial(n):` got one `return` line from some).
   await page.keyboard.press('Control+Home');
   await page.keyboard.press('End');
-  await page.keyboard.insertText('\n\n\ndef factorial(n):\n    ');
+  const initLine = 'def __init__(self, x, y):';
+  await page.keyboard.insertText(`\n\n\nclass Point:\n    ${initLine}\n        `);
   const before = await ghostLines(page, waitS);
   await shot('multi-line.png');
   console.log(`multi-line ghost text: ${JSON.stringify(before)}`);
   if (before.length < 2) {
-    throw new Error(`expected a multi-line suggestion in an empty function body, got ${JSON.stringify(before)}`);
+    throw new Error(`expected a multi-line suggestion in an empty __init__ body, got ${JSON.stringify(before)}`);
   }
   await page.keyboard.press('Control+Alt+KeyL');
   const expectRest = squash(before.slice(1).join(''));
@@ -308,7 +311,7 @@ try {
       saved = fs.readFileSync(file, 'utf8');
     }
   }
-  if (!squash(saved.split('def factorial(n):')[1] ?? '').startsWith(wholeFunction)) {
+  if (!squash(saved.split(initLine)[1] ?? '').startsWith(wholeFunction)) {
     throw new Error(`the accepted line and the rest should make the suggestion `
       + `${JSON.stringify(before)}; the saved file is\n${saved}`);
   }
