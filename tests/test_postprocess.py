@@ -45,7 +45,13 @@ def test_block_end_stop_function():
 
 
 @pytest.mark.parametrize("text, want", [
-    ("x = 1\nx = 1\nx = 1\nx = 1", "x = 1\nx = 1"),
+    ("x = 1\nx = 1\nx = 1\nx = 1", "x = 1"),
+    # a repeat that changes nothing goes at once; one with an effect at the third copy
+    ("self.x = x\n        self.y = y\n        self.y = y", "self.x = x\n        self.y = y"),
+    ("next(it)\nnext(it)\nnext(it)", "next(it)\nnext(it)"),
+    ("x = next(it)\nx = next(it)", "x = next(it)\nx = next(it)"),
+    ("node = node.next\nnode = node.next", "node = node.next\nnode = node.next"),
+    ("i += 1\ni += 1", "i += 1\ni += 1"),
     ("print(a)\nprint(b)", "print(a)\nprint(b)"),
     ("foo" + ")" * 20, "foo)"),
     ("abababababababab", None),

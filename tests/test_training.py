@@ -460,6 +460,14 @@ def test_evaluation_cases_and_metrics():
     assert 0 < b["xz"] < 8 and 0 < b["gzip"] < 8
 
 
+def test_a_body_shown_looping_is_counted():
+    from training.evaluate import shows_loop
+    assert shows_loop("    self.x = x\n        self.y = y\n        self.y = y")
+    assert shows_loop("    d = {1: True, 1: True, 1: True, 1: True, 1: True, 1: True}")
+    assert not shows_loop("    self.x = x\n        self.y = y\n\n\n        return")
+    assert not shows_loop("    x = [0, 0, 0, 0, 0, 0, 0, 0]")
+
+
 def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     run_dir = train(tiny_config(small_dataset, tmp_path, max_steps=60, eval_every=30),
                     log=lambda s: None)
@@ -475,7 +483,8 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     res = json.loads(out.read_text())
     assert 0 < res["bits_per_byte"]["model"] < 10
     assert res["line_completion"]["cases"] == 10 and res["fim_single_line"]["cases"] == 10
-    assert 0 <= res["parse"]["parse_rate"] <= 1
+    assert 0 <= res["parse"]["parse_rate"] <= 1 and 0 <= res["parse"]["loops"] <= 1
+    assert "sampled bodies shown looping" in r.stdout
     assert res["fim_bits_per_byte"]["cases"] == 6 and res["fim_bits_per_byte"]["model"] > 0
     assert "FIM middle bits/byte (model)" in r.stdout
     # Only the middle and the <|endoftext|> closing it are scored: with uniform logits each

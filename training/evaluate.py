@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ast
 import gzip
+import itertools
 import json
 import lzma
 import math
@@ -38,6 +39,7 @@ from pathlib import Path
 import torch
 
 from completion.pipeline import complete
+from completion.postprocess import repetition
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.tokenizer import fim_layout
@@ -225,16 +227,19 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
               cfg: EvalConfig) -> dict[str, float]:
     """Sample function bodies (temperature 0.8) where a user starts a new body: the
     server's multi-line path (stops at the block's end, post-processed). A body counts
-    when the def with it parses; a body the filters drop counts as not parsing."""
+    when the def with it parses; a body the filters drop counts as not parsing. `loops`
+    is the share of bodies shown with a line repeated in a row or a repeating unit of
+    tokens (what the repetition filter did not cut)."""
     sites = body_sites(texts)
     rng.shuffle(sites)
     sites = sites[:n]
-    ok = 0
+    ok = loops = 0
     samples = []
     settings = settings_for(cfg, temperature=0.8, top_p=0.95, seed=cfg.seed, max_tokens=96)
     for prefix, def_line, suffix in sites:
         out = complete(lm, prefix, suffix, settings)
         body = "    " + out[0] if out else ""
+        loops += shows_loop(body)
         try:
             ast.parse(def_line + "\n" + body)
             ok += bool(body.strip())
@@ -242,7 +247,16 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
             pass
         if len(samples) < 12:
             samples.append({"prompt_tail": prefix[-120:], "completion": body[:400]})
-    return {"parse_rate": ok / max(1, len(sites)), "cases": len(sites), "samples": samples}
+    return {"parse_rate": ok / max(1, len(sites)), "loops": loops / max(1, len(sites)),
+            "cases": len(sites), "samples": samples}
+
+
+def shows_loop(body: str) -> bool:
+    """Whether a suggestion as shown still loops: a non-blank line the same as the one
+    before it, or a unit of tokens repeating (the repetition filter's own test)."""
+    lines = body.split("\n")
+    return (any(b.strip() and a == b for a, b in itertools.pairwise(lines))
+            or repetition.loop_start(body) is not None)
 
 
 def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="auto",
@@ -285,6 +299,7 @@ def format_table(r: dict) -> str:
         ("FIM single-line exact match", f"{fim['exact_match']:.3f}  ({fim['cases']} cases)"),
         ("FIM single-line edit similarity", f"{fim['edit_similarity']:.3f}"),
         ("sampled bodies that parse", f"{p['parse_rate']:.3f}  ({p['cases']} cases)"),
+        ("sampled bodies shown looping", f"{p.get('loops', float('nan')):.3f}"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)

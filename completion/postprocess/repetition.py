@@ -1,6 +1,8 @@
 """Small models loop: the same line again and again, or the same few words. Cut the
-completion where a line repeats for the third time in a row, or where a short unit of
-tokens starts repeating, and drop the completion if the loop is all there is.
+completion where a line repeats for the third time in a row, or for the second time when
+the repeat can change nothing (an assignment of a value without calls that reads none of
+the names it assigns: `self.y = y` twice), or where a short unit of tokens starts
+repeating, and drop the completion if the loop is all there is.
 
 Loops are found on tokens, not characters: whitespace is no token, so indentation is never
 a loop (an indented method body is not "six spaces repeated"); a number is one token
@@ -12,6 +14,7 @@ repeated; rows of literals such as `0, 0, 0, 0, 0, 0` are data, not loops.
 
 from __future__ import annotations
 
+import ast
 import re
 
 from completion.postprocess.context import CompletionContext
@@ -27,8 +30,10 @@ REPEATED_WORD = re.compile(r"([^\W\d_]{1,4}?)\1{5,}")   # `abababababab` inside 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:
     lines = text.split("\n")
-    for i in range(2, len(lines)):
-        if lines[i].strip() and lines[i] == lines[i - 1] == lines[i - 2]:
+    for i in range(1, len(lines)):
+        if not lines[i].strip() or lines[i] != lines[i - 1]:
+            continue
+        if idle_rebinding(lines[i]) or (i >= 2 and lines[i] == lines[i - 2]):
             text = "\n".join(lines[:i])
             break
     cut = loop_start(text)
@@ -38,6 +43,29 @@ def apply(text: str, ctx: CompletionContext) -> str | None:
             return None                         # nothing but the loop
         text = text[:unit_end]
     return text if text.strip() else None
+
+
+def idle_rebinding(line: str) -> bool:
+    """Whether running `line` again right after itself changes nothing: an assignment whose
+    statement has no call, await, yield or walrus, and whose value reads no name its
+    targets use (`node = node.next` twice advances twice; `x = next(it)` twice reads two
+    items; `self.y = y` twice is the model starting a loop)."""
+    try:
+        tree = ast.parse(line.strip())
+    except SyntaxError:
+        return False
+    if len(tree.body) != 1 or not isinstance(tree.body[0], (ast.Assign, ast.AnnAssign)):
+        return False
+    stmt = tree.body[0]
+    if stmt.value is None or any(isinstance(n, EFFECTS) for n in ast.walk(stmt)):
+        return False
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+    bound = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    read = {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)}
+    return not bound & read
+
+
+EFFECTS = (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)
 
 
 def loop_start(text: str) -> tuple[int, int] | None:
