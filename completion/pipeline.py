@@ -39,7 +39,11 @@ class Prepared:
 def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
             context: list[int] | None = None) -> Prepared:
     """The prompt and generation settings for a cursor between `prefix` and `suffix`:
-    multi-line on an empty line opening a block body, else the rest of one line.
+    multi-line on an empty line opening a block body, else the rest of one line. On a
+    blank line the user asks for a line, so generation may not end it before writing
+    something: the model, trained on middles that may be empty, often would (on held-out
+    single-line FIM cases, mostly at column 0 after a blank line, re-growing the healed
+    line break into another one).
     `context` is repository context (completion/prompt.context_ids), put first; the FIM
     prompt gets what it leaves of the model's context."""
     multiline = wants_multiline(prefix, suffix, settings.multiline)
@@ -51,7 +55,8 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
     config = GenerationConfig(max_new_tokens=settings.max_tokens,
                               temperature=settings.temperature, top_p=settings.top_p,
                               n=settings.candidates, seed=settings.seed,
-                              stop=() if multiline else ("\n",))
+                              stop=() if multiline else ("\n",),
+                              write_line=ctx.on_blank_line)
     return Prepared(ids, healed, ctx, config, block_end(ctx.indent) if multiline else None)
 
 

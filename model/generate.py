@@ -8,6 +8,7 @@ import codecs
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -33,6 +34,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()     # stop strings; the text is cut before them
     ignore_eos: bool = False       # never end on a special token (benchmarks)
     ban_first: tuple[int, ...] = ()  # token ids the first generated token may not be
+    write_line: bool = False       # write something before any line break or end of text
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.n < 1 or not 0 < self.top_p <= 1 \
@@ -133,8 +135,6 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         logits[:, vocab:] = float("-inf")
         if cfg.ignore_eos:
             logits[:, sorted(tok.special_ids)] = float("-inf")
-        if step == 0 and cfg.ban_first:
-            logits[:, list(cfg.ban_first)] = float("-inf")
         for b, r in enumerate(rows):
             if r.heal_left and r.reason is None:
                 allowed = allowed_tokens(tok, r.heal_left)
@@ -143,6 +143,17 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
                     idx = torch.tensor(allowed, device=logits.device)
                     keep[idx] = logits[b, idx]
                     logits[b] = keep
+        bans = [list(cfg.ban_first) if step == 0 else [] for _ in rows]
+        if cfg.write_line:
+            for b, r in enumerate(rows):
+                if r.reason is None and not r.text.strip():
+                    bans[b] += _line_enders(tok, r)
+        for b, ban in enumerate(bans):
+            if ban:
+                banned = logits[b].clone()
+                banned[ban] = float("-inf")
+                if torch.isfinite(banned).any():   # never leave a row without a token
+                    logits[b] = banned
         next_ids = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         next_list = next_ids.tolist()
         for r, t in zip(rows, next_list, strict=True):
@@ -165,6 +176,27 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
             r.reason = LENGTH
         candidates.append(Candidate(r.text, r.ids, r.reason))
     return GenerationResult(candidates, len(prompt_ids), reused, t1 - t0, t2 - t1, new_tokens)
+
+
+def _line_enders(tok: Tokenizer, r: _Row) -> list[int]:
+    """Tokens that would end the row's line or text before anything but blanks is written
+    after the cursor: special tokens, and tokens whose bytes past the healed ones (the
+    cursor's partial token, re-grown first) start, after blanks, with a line break."""
+    if not r.skip:
+        return list(_line_break_first(tok))
+    return [*tok.special_ids,
+            *(t for t in allowed_tokens(tok, r.heal_left)
+              if _breaks_line(tok.token_bytes(t)[r.skip:]))]
+
+
+def _breaks_line(data: bytes) -> bool:
+    return data.lstrip(b" \t")[:1] in (b"\n", b"\r")
+
+
+@lru_cache(maxsize=8)
+def _line_break_first(tok: Tokenizer) -> tuple[int, ...]:
+    return (*tok.special_ids,
+            *(i for i in range(tok.vocab_size) if _breaks_line(tok.token_bytes(i))))
 
 
 def _apply_stops(r: _Row, stops: tuple[str, ...],

@@ -140,6 +140,11 @@ def test_the_engine_and_the_evaluation_send_the_same_prompt_and_filter_alike(
         assert eng.build_prompt(prefix, suffix) == (p.ids, p.healed)
         assert [c.text for c in eng.complete(prefix, suffix)] == \
             pipeline.complete(eng.loaded, prefix, suffix, eng.settings)
+        # On a blank line (the cursor's line holds only blanks) a line must be written.
+        assert p.config.write_line == (not prefix.rsplit("\n", 1)[-1].strip()
+                                       and not suffix.split("\n", 1)[0].strip())
+    assert pipeline.prepare(eng.loaded, "import os\n", "\n", eng.settings).config.write_line
+    assert not pipeline.prepare(eng.loaded, "x = f(", ")\n", eng.settings).config.write_line
 
 
 def test_multiline_modes():

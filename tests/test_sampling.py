@@ -82,3 +82,48 @@ def test_banned_first_tokens(tiny):
     banned = generate(tiny.model, tok, prompt,
                       GenerationConfig(max_new_tokens=3, ban_first=(first,)))
     assert banned.candidates[0].token_ids[0] != first
+
+
+class Favouring(torch.nn.Module):
+    """The tiny model with a large bonus on some tokens: a model that wants to end the line
+    at once, as ours often does on a blank line (the test's only departure from it)."""
+
+    def __init__(self, model, favoured: list[int]):
+        super().__init__()
+        self.inner = model
+        self.embed_tokens = model.embed_tokens
+        self.bonus = torch.zeros(model.embed_tokens.weight.shape[0])
+        self.bonus[favoured] = 50.0
+
+    def forward(self, ids, cache, last_only=False):
+        return self.inner(ids, cache, last_only=last_only) + self.bonus
+
+    def new_cache(self, batch=1, capacity=None):
+        return self.inner.new_cache(batch, capacity)
+
+
+def test_write_line_writes_before_a_line_break_or_the_end(tiny):
+    from model.healing import allowed_tokens
+    tok = tiny.tokenizer
+    breaks = [i for i in range(tok.vocab_size)
+              if tok.token_bytes(i).lstrip(b" \t")[:1] == b"\n"]
+    model = Favouring(tiny.model, [tok.eot_id, *breaks, *allowed_tokens(tok, b"\n")])
+    for text, heal in (("import os\n", b""), ("import os", b"\n")):
+        prompt = tok.encode(text)
+        plain = generate(model, tok, prompt, GenerationConfig(max_new_tokens=4, stop=("\n",)),
+                         heal=heal).candidates[0]
+        assert not plain.text.strip()       # the model ends the line at once ...
+        kept = generate(model, tok, prompt, GenerationConfig(
+            max_new_tokens=4, stop=("\n",), write_line=True), heal=heal).candidates[0]
+        assert kept.text.strip(), (text, kept)          # ... unless asked to write first
+        if heal:                                         # the healed line break re-grown
+            assert tok.token_bytes(kept.token_ids[0]).startswith(heal)
+
+
+def test_a_ban_never_leaves_no_token_to_choose(tiny):
+    from model.healing import allowed_tokens
+    tok = tiny.tokenizer
+    allowed = tuple(allowed_tokens(tok, b"\n"))
+    r = generate(tiny.model, tok, tok.encode("import os"),
+                 GenerationConfig(max_new_tokens=2, ban_first=allowed), heal=b"\n")
+    assert tok.token_bytes(r.candidates[0].token_ids[0]).startswith(b"\n")

@@ -22,6 +22,11 @@ class CompletionContext:
         return self.suffix.split("\n", 1)[0]
 
     @property
+    def on_blank_line(self) -> bool:
+        """Whether the cursor's line holds nothing but blanks: the user asks for a line."""
+        return not self.current_line.strip() and not self.rest_of_line.strip()
+
+    @property
     def next_lines(self) -> list[str]:
         """The lines after the cursor's line."""
         return self.suffix.split("\n")[1:]
