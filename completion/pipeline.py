@@ -13,14 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, Filter, run_chain
 from completion.postprocess.block_scope import block_end
 from completion.prompt import build_prompt, prompt_budget, wants_multiline
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel
-from model.generate import CANCELLED, GenerationConfig, GenerationResult, generate
+from model.generate import (
+    CANCELLED,
+    GenerationConfig,
+    GenerationResult,
+    generate,
+    tokens_opening_with,
+)
 from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer
 
@@ -78,11 +83,9 @@ def generate_candidates(lm: LoadedModel, p: Prepared, cache: KVCache | None = No
     return result
 
 
-@lru_cache(maxsize=8)
 def quote_tokens(tok: Tokenizer) -> tuple[int, ...]:
     """Tokens that begin (after spaces) with a quote: what a docstring starts with."""
-    return tuple(i for i in range(tok.vocab_size) if i not in tok.special_ids
-                 and tok.token_bytes(i).lstrip(b" \t")[:1] in (b'"', b"'"))
+    return tokens_opening_with(tok, (b'"', b"'"))
 
 
 def filter_texts(texts: list[str], ctx: CompletionContext, chain: list[Filter]) -> list[str]:

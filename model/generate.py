@@ -189,14 +189,24 @@ def _line_enders(tok: Tokenizer, r: _Row) -> list[int]:
               if _breaks_line(tok.token_bytes(t)[r.skip:]))]
 
 
+LINE_BREAKS = (b"\n", b"\r")
+
+
 def _breaks_line(data: bytes) -> bool:
-    return data.lstrip(b" \t")[:1] in (b"\n", b"\r")
+    return data.lstrip(b" \t")[:1] in LINE_BREAKS
+
+
+@lru_cache(maxsize=16)
+def tokens_opening_with(tok: Tokenizer, firsts: tuple[bytes, ...]) -> tuple[int, ...]:
+    """Ordinary tokens whose first byte after spaces and tabs is one of `firsts` (special
+    tokens have no bytes, so never match)."""
+    return tuple(i for i in range(tok.vocab_size)
+                 if tok.token_bytes(i).lstrip(b" \t")[:1] in firsts)
 
 
 @lru_cache(maxsize=8)
 def _line_break_first(tok: Tokenizer) -> tuple[int, ...]:
-    return (*tok.special_ids,
-            *(i for i in range(tok.vocab_size) if _breaks_line(tok.token_bytes(i))))
+    return (*tok.special_ids, *tokens_opening_with(tok, LINE_BREAKS))
 
 
 def _apply_stops(r: _Row, stops: tuple[str, ...],
