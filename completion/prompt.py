@@ -61,9 +61,9 @@ def wants_multiline(prefix: str, suffix: str, mode: str = "auto") -> bool:
         return False
     if mode == "always":
         return True
-    current = ctx.current_line
-    if current.strip():
+    if not ctx.on_blank_line:
         return False
+    current = ctx.current_line
     previous = prefix[: len(prefix) - len(current)].rstrip("\n").rsplit("\n", 1)[-1]
     return previous.rstrip().endswith(":")
 
