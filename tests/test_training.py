@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -204,37 +205,95 @@ def test_loader_with_line_spans_makes_whole_examples_whose_suffix_starts_at_a_li
                      fim_spans="word")
 
 
+def _lane_files(tok, split, stream: list[int]) -> list[tuple[str, str, bool]]:
+    """(repository, path, closed by <|endoftext|>) of each whole file in one row's stream,
+    each checked to be that file's tokens under its header."""
+    files = []
+    cuts = [i for i, t in enumerate(stream) if t == tok.file_sep_id]
+    by_name = {name: i for i, name in enumerate(split.names)}
+    for a, b in itertools.pairwise(cuts):
+        chunk = stream[a + 1:b]
+        head = tok.decode(chunk).split("\n", 1)[0]
+        repo = next(r for r, p in split.names if p == head)
+        shard, s0, s1 = split.docs[by_name[(repo, head)]]
+        body = split.tokens[shard][s0:s1].tolist()
+        closed = chunk[-1] == tok.eot_id
+        assert chunk[-len(body) - closed:][:len(body)] == body
+        files.append((repo, head, closed))
+    return files
+
+
 def test_repository_packing_keeps_each_repository_together_under_file_headers(
         small_dataset):
     tok, _, splits = load_dataset(small_dataset)
     train_split = splits["train"]
     loader = PackedLoader(train_split, tok, 128, 4, seed=5, fim_rate=0.0, spm_rate=0.5,
                           repo_packing=True)
-    stream: list[int] = []
-    while len(stream) < train_split.n_tokens + 200:
-        stream += loader.next_batch().reshape(-1).tolist()
-    # Cut the stream at the headers: each file's header names it, its body is the file,
-    # and a repository's files come together, in path order, closed by <|endoftext|>.
-    seen: list[tuple[str, str]] = []
-    cuts = [i for i, t in enumerate(stream) if t == tok.file_sep_id]
-    by_name = {name: i for i, name in enumerate(train_split.names)}
-    for a, b in itertools.pairwise(cuts):
-        chunk = stream[a + 1:b]
-        head = tok.decode(chunk).split("\n", 1)[0]
-        repo = next(r for r, p in train_split.names if p == head)
-        shard, s0, s1 = train_split.docs[by_name[(repo, head)]]
-        body = train_split.tokens[shard][s0:s1].tolist()
-        assert chunk[-len(body) - (chunk[-1] == tok.eot_id):][:len(body)] == body
-        seen.append((repo, head))
-    first_epoch = seen[:len(train_split.names)]
-    repos = [r for r, _ in first_epoch]
-    assert set(repos) == {r for r, _ in train_split.names}
-    runs = [r for i, r in enumerate(repos) if i == 0 or repos[i - 1] != r]
-    assert len(runs) == len(set(runs))                  # one stretch per repository
-    for repo in set(repos):
-        paths = [p for r, p in first_epoch if r == repo]
-        assert paths == sorted(paths)
-    assert stream.count(tok.eot_id) >= len(set(repos)) - 1
+    batches = [loader.next_batch() for _ in range(train_split.n_tokens * 2 // (4 * 129))]
+    # Each row is its own stream: cut it at the headers. A repository's files come
+    # together, in path order, the last one closed by <|endoftext|>.
+    every_repo = {r for r, _ in train_split.names}
+    read: set[str] = set()
+    for row in range(4):
+        stream = [t for b in batches for t in b[row].tolist()]
+        files = _lane_files(tok, train_split, stream)
+        ends = [i + 1 for i, (_, _, closed) in enumerate(files) if closed]
+        # (each row starts at a header; its tail may still be being read)
+        for a, b in itertools.pairwise([0, *ends]):
+            repo = files[a][0]
+            assert [r for r, _, _ in files[a:b]] == [repo] * (b - a)
+            paths = [p for _, p, _ in files[a:b]]
+            assert paths == sorted(p for r, p in train_split.names if r == repo)
+            read.add(repo)
+    assert read == every_repo
+
+
+def test_repository_packing_mixes_repositories_within_a_step(small_dataset):
+    """One stream for all rows made a step 4 (in training 16) windows of one package, and
+    a long sitting trained on one package for an hour: each row reads its own."""
+    tok, _, splits = load_dataset(small_dataset)
+    train_split = splits["train"]
+    assert len({r for r, _ in train_split.names}) >= 4
+    loader = PackedLoader(train_split, tok, 128, 4, seed=5, fim_rate=0.0, spm_rate=0.5,
+                          repo_packing=True)
+    batch = loader.next_batch()
+    assert len({lane.repo for lane in loader.lanes}) == 4
+    for lane, row in zip(loader.lanes, batch, strict=True):
+        headed = [tok.decode(row[i + 1:i + 40].tolist()).split("\n", 1)[0]
+                  for i in np.flatnonzero(row == tok.file_sep_id)]
+        assert headed and {r for r, p in train_split.names if p in headed} == {lane.repo}
+    loader.next_batch()
+    assert len({lane.repo for lane in loader.lanes}) == 4
+
+
+def test_repository_packing_resumes_each_row_and_old_single_stream_positions(
+        small_dataset):
+    tok, _, splits = load_dataset(small_dataset)
+    def make():
+        return PackedLoader(splits["train"], tok, 96, 4, seed=2, fim_rate=0.5, spm_rate=0.5,
+                            repo_packing=True)
+    a = make()
+    for _ in range(5):
+        a.next_batch()
+    state = json.loads(json.dumps(a.state()))     # as a checkpoint stores it
+    expected = [a.next_batch() for _ in range(3)]
+    b = make()
+    b.load_state(state)
+    assert all((b.next_batch() == x).all() for x in expected)
+    # A position saved when all rows shared one stream (cursor in documents): the first
+    # row carries on inside the repository that stream was reading.
+    order = a._permutation(0)
+    first = order[0]
+    old = {"epoch": 0, "cursor": 2, "windows": 7, "buffer": [5, 6]}
+    c = make()
+    c.load_state(old)
+    assert (c.lanes[0].repo, c.lanes[0].next_file, c.lanes[0].buffer) == (first, 2, [5, 6])
+    assert all(lane.repo is None for lane in c.lanes[1:])
+    c.next_batch()
+    assert len({lane.repo for lane in c.lanes}) == 4 and c.lanes[0].repo == first
+    bad = dict(state, lanes=[{"repo": "nobody/else", "next_file": 0, "buffer": []}])
+    with pytest.raises(DataError, match="'nobody/else'"):
+        make().load_state(bad)
 
 
 def test_retrieval_windows_are_deterministic_resumable_and_need_named_data(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,20 @@ def _doc_names(path: Path, count: int, names: list[tuple[str, str]] | None
 FIM_LEVELS = ("document", "context")
 
 
+@dataclass
+class Lane:
+    """One batch row's own stream under repository packing: the repository it is reading,
+    how many of that repository's files it has packed, and the tokens not yet in a window.
+
+    Each row reads its own repository, so a step's rows come from as many repositories as
+    the batch has rows. With one stream for the whole batch a step was 16 windows of one
+    package, and a long sitting trained on one package for an hour at a time (an eighth
+    sitting got worse that way: docs/default-model.md)."""
+    repo: str | None = None
+    next_file: int = 0
+    buffer: list[int] = field(default_factory=list)
+
+
 class PackedLoader:
     """Yields (batch, seq_len + 1) int64 arrays of packed documents, forever.
 
@@ -100,8 +114,10 @@ class PackedLoader:
     With `repo_packing` the epoch order is a permutation of repositories, each one's files
     in path order, each file opened by its header (`<file_sep>path`, completion/prompt.py)
     and each repository closed by `<|endoftext|>`: the model sees a project's files together,
-    as the server shows them. With `repo_rate` > 0 that share of windows starts with a
-    retrieval example (training/repo_context.py) from the current repository, the rest of
+    as the server shows them. Each batch row is a `Lane` that takes the next repository of
+    the permutation when it has packed all of its current one, so one step mixes as many
+    repositories as it has rows. With `repo_rate` > 0 that share of windows starts with a
+    retrieval example (training/repo_context.py) from its row's repository, the rest of
     the window packed as usual."""
 
     def __init__(self, split: Split, tok: Tokenizer, seq_len: int, batch_size: int,
@@ -131,20 +147,31 @@ class PackedLoader:
         for i, (repo, _) in enumerate(split.names or []):
             self.repos.setdefault(repo, []).append(i)
         self._indexes = RepoIndexes()
-        self.epoch, self.cursor = 0, 0
+        self.epoch, self.cursor = 0, 0     # cursor: into documents, or repositories
         self.buffer: list[int] = []
-        self._order = self._permutation(0)
+        self.lanes = [Lane() for _ in range(batch_size)] if repo_packing else []
+        self._order: list = self._permutation(0)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
+    def _permutation(self, epoch: int) -> list:
+        """This rank's reading order for an epoch: document indices, or with repository
+        packing repository names."""
         rng = np.random.default_rng([self.seed, epoch])
         if self.repo_packing:
             names = sorted(self.repos)
             perm = [names[i] for i in rng.permutation(len(names))]
-            mine = perm[self.rank::self.world] or perm[:1]
-            return np.asarray([d for repo in mine for d in self.repos[repo]], dtype=np.int64)
-        perm = rng.permutation(len(self.split.docs))
-        mine = perm[self.rank::self.world]
-        return mine if len(mine) else perm[:1]
+            return perm[self.rank::self.world] or perm[:1]
+        perm = rng.permutation(len(self.split.docs)).tolist()
+        return perm[self.rank::self.world] or perm[:1]
+
+    def _next_in_order(self) -> int | str:
+        """The next document (or repository) of the reading order, starting an epoch when
+        this one is read."""
+        if self.cursor >= len(self._order):
+            self.epoch += 1
+            self.cursor = 0
+            self._order = self._permutation(self.epoch)
+        self.cursor += 1
+        return self._order[self.cursor - 1]
 
     def _ids(self, doc_index: int) -> np.ndarray:
         shard, start, end = self.split.docs[doc_index]
@@ -165,19 +192,35 @@ class PackedLoader:
         return document_tokens(self.tok, self.tok.decode(ids.tolist()), rng,
                                fim_rate=1.0, spm_rate=self.spm_rate, spans=self.fim_spans)
 
-    def _fill(self, need: int) -> None:
-        while len(self.buffer) < need:
-            if self.cursor >= len(self._order):
-                self.epoch += 1
-                self.cursor = 0
-                self._order = self._permutation(self.epoch)
-            self.buffer.extend(self._document(int(self._order[self.cursor])))
-            self.cursor += 1
+    def _take(self, row: int, need: int) -> list[int]:
+        """The next `need` tokens of row `row`'s stream (the shared one without repository
+        packing), taken out of its buffer."""
+        if not self.repo_packing:
+            while len(self.buffer) < need:
+                self.buffer.extend(self._document(int(self._next_in_order())))
+            out = self.buffer[:need]
+            del self.buffer[:need]
+            return out
+        lane = self.lanes[row]
+        while len(lane.buffer) < need:
+            if lane.repo is None or lane.next_file >= len(self.repos[lane.repo]):
+                lane.repo, lane.next_file = str(self._next_in_order()), 0
+            lane.buffer.extend(self._document(self.repos[lane.repo][lane.next_file]))
+            lane.next_file += 1
+        out = lane.buffer[:need]
+        del lane.buffer[:need]
+        return out
 
-    def _retrieval(self, rng: random.Random) -> list[int]:
-        """A retrieval example from a random file of the repository being read."""
-        doc = int(self._order[max(0, self.cursor - 1)])
-        repo = self.split.names[doc][0]
+    def _retrieval(self, row: int, rng: random.Random) -> list[int]:
+        """A retrieval example from a random file of the repository row `row` is reading
+        (without repository packing: of the document read last)."""
+        if self.repo_packing:
+            lane = self.lanes[row]
+            if lane.repo is None:
+                lane.repo, lane.next_file = str(self._next_in_order()), 0
+            repo = lane.repo
+        else:
+            repo = self.split.names[int(self._order[max(0, self.cursor - 1)])][0]
         members = self.repos[repo]
         index = self._indexes.get(repo, lambda: (
             (self.split.names[d][1], self.tok.decode(self._ids(d).tolist())) for d in members))
@@ -190,12 +233,9 @@ class PackedLoader:
         rows = []
         for i in range(self.batch_size):
             rng = random.Random(f"{self.seed}:{self.rank}:window{self.windows + i}")
-            head = self._retrieval(rng) if self.repo_rate > 0 \
+            head = self._retrieval(i, rng) if self.repo_rate > 0 \
                 and rng.random() < self.repo_rate else []
-            need = self.seq_len + 1 - len(head)
-            self._fill(need)
-            row = self.buffer[:need]
-            del self.buffer[:need]
+            row = self._take(i, self.seq_len + 1 - len(head))
             if self.fim_level == "context" and self.fim_rate > 0:
                 row = context_fim(self.tok, row, rng, self.fim_rate, self.spm_rate,
                                   self.fim_spans, self.fim_ends)
@@ -204,14 +244,50 @@ class PackedLoader:
         return np.asarray(rows, dtype=np.int64)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "windows": self.windows,
-                "buffer": list(self.buffer)}
+        state = {"epoch": self.epoch, "cursor": self.cursor, "windows": self.windows,
+                 "buffer": list(self.buffer)}
+        if self.repo_packing:
+            state["lanes"] = [{"repo": lane.repo, "next_file": lane.next_file,
+                               "buffer": list(lane.buffer)} for lane in self.lanes]
+        return state
 
     def load_state(self, state: dict) -> None:
+        """Continue from `state()`. A state with more lanes than this batch has rows drops
+        the extra ones (their repositories' rest is skipped this epoch); fewer start the
+        new rows at the next repository."""
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.windows = int(state.get("windows", 0))   # checkpoints from before fim_level
         self.buffer = [int(t) for t in state["buffer"]]
         self._order = self._permutation(self.epoch)
+        if not self.repo_packing:
+            return
+        if "lanes" not in state:
+            self._lanes_from_one_stream()
+            return
+        saved = [Lane(lane["repo"], int(lane["next_file"]), [int(t) for t in lane["buffer"]])
+                 for lane in state["lanes"]]
+        for lane in saved:
+            if lane.repo is not None and lane.repo not in self.repos:
+                raise DataError(f"the saved data position reads repository {lane.repo!r}, "
+                                "which this training split does not have.")
+        self.lanes = (saved + [Lane() for _ in self.lanes])[:self.batch_size]
+
+    def _lanes_from_one_stream(self) -> None:
+        """A position saved when all rows shared one stream (its cursor counts documents
+        of the repository-ordered epoch): the first row carries on with the repository
+        that stream was in, the others start at the next repositories."""
+        docs_cursor, self.cursor = self.cursor, 0
+        first = Lane(buffer=self.buffer)
+        self.buffer = []
+        seen = 0
+        for repo in self._order:
+            files = len(self.repos[repo])
+            self.cursor += 1
+            if seen + files > docs_cursor:
+                first.repo, first.next_file = repo, docs_cursor - seen
+                break
+            seen += files
+        self.lanes = [first] + [Lane() for _ in range(self.batch_size - 1)]
 
 
 def validation_batches(split: Split, tok: Tokenizer, seq_len: int, batch_size: int,
