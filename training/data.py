@@ -195,21 +195,25 @@ class PackedLoader:
     def _take(self, row: int, need: int) -> list[int]:
         """The next `need` tokens of row `row`'s stream (the shared one without repository
         packing), taken out of its buffer."""
-        if not self.repo_packing:
-            while len(self.buffer) < need:
-                self.buffer.extend(self._document(int(self._next_in_order())))
-            out = self.buffer[:need]
-            del self.buffer[:need]
-            return out
-        lane = self.lanes[row]
-        while len(lane.buffer) < need:
-            if lane.repo is None or lane.next_file >= len(self.repos[lane.repo]):
-                lane.repo, lane.next_file = str(self._next_in_order()), 0
-            lane.buffer.extend(self._document(self.repos[lane.repo][lane.next_file]))
-            lane.next_file += 1
-        out = lane.buffer[:need]
-        del lane.buffer[:need]
+        buffer = self.lanes[row].buffer if self.repo_packing else self.buffer
+        while len(buffer) < need:
+            buffer.extend(self._next_document(row))
+        out = buffer[:need]
+        del buffer[:need]
         return out
+
+    def _next_document(self, row: int) -> list[int]:
+        """The next document of row `row`'s stream, as `_document` packs it."""
+        if not self.repo_packing:
+            return self._document(int(self._next_in_order()))
+        lane = self.lanes[row]
+        if lane.repo is None or lane.next_file >= len(self.repos[lane.repo]):
+            self._start_repository(lane)
+        lane.next_file += 1
+        return self._document(self.repos[lane.repo][lane.next_file - 1])
+
+    def _start_repository(self, lane: Lane) -> None:
+        lane.repo, lane.next_file = str(self._next_in_order()), 0
 
     def _retrieval(self, row: int, rng: random.Random) -> list[int]:
         """A retrieval example from a random file of the repository row `row` is reading
@@ -217,7 +221,7 @@ class PackedLoader:
         if self.repo_packing:
             lane = self.lanes[row]
             if lane.repo is None:
-                lane.repo, lane.next_file = str(self._next_in_order()), 0
+                self._start_repository(lane)
             repo = lane.repo
         else:
             repo = self.split.names[int(self._order[max(0, self.cursor - 1)])][0]
