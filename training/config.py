@@ -46,6 +46,8 @@ class TrainConfig:
     horizon_weight: float = opt(0.0, "weight of the horizon-length loss: a training-only "
                                      "head predicts how much of each FIM middle is left "
                                      "(training/horizon.py; 0: off)")
+    prose_weight: float = opt(1.0, "loss weight of prose targets (comment text, docstrings: "
+                                   "training/prose.py) against 1 for code; 1: all equal")
     repo_packing: bool = opt(False, "pack each repository's files together, each under its "
                                     "<file_sep>path header (needs data of format 2)")
     repo_rate: float = opt(0.0, "share of windows that start with a retrieval example: "

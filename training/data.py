@@ -21,6 +21,7 @@ from completion.prompt import header_ids
 from model.tokenizer import Tokenizer
 from training.fim import SPANS, context_fim, document_tokens
 from training.prepare import MANIFEST, TOKENIZER
+from training.prose import CODE, STATES, end_state, row_prose
 from training.repo_context import RepoIndexes, retrieval_example
 
 
@@ -101,6 +102,7 @@ class Lane:
     repo: str | None = None
     next_file: int = 0
     buffer: list[int] = field(default_factory=list)
+    prose: str = CODE       # where its stream stands (training/prose.py), with track_prose
 
 
 class PackedLoader:
@@ -124,7 +126,8 @@ class PackedLoader:
                  seed: int, fim_rate: float, spm_rate: float, rank: int = 0, world: int = 1,
                  fim_level: str = "context", repo_packing: bool = False,
                  repo_rate: float = 0.0, repo_context_tokens: int = 256,
-                 repo_tries: int = 1, fim_spans: str = "char", fim_ends: bool = True):
+                 repo_tries: int = 1, fim_spans: str = "char", fim_ends: bool = True,
+                 track_prose: bool = False):
         if not split.docs:
             raise DataError("the training split has no documents.")
         if fim_level not in FIM_LEVELS:
@@ -135,7 +138,8 @@ class PackedLoader:
         if fim_spans not in SPANS:
             raise DataError(f"fim_spans {fim_spans!r} is not one of {', '.join(SPANS)}.")
         self.fim_level, self.fim_spans, self.windows = fim_level, fim_spans, 0
-        self.fim_ends = fim_ends
+        self.fim_ends, self.track_prose = fim_ends, track_prose
+        self.prose = CODE        # the shared stream's prose state (training/prose.py)
         self.split, self.tok = split, tok
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.fim_rate, self.spm_rate = seed, fim_rate, spm_rate
@@ -234,25 +238,43 @@ class PackedLoader:
                                  self.repo_context_tokens, self.spm_rate, self.repo_tries)
 
     def next_batch(self) -> np.ndarray:
-        rows = []
+        return self.next_batch_and_prose()[0]
+
+    def next_batch_and_prose(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The next batch and, with `track_prose`, which of its tokens are prose (comment
+        text, docstrings: training/prose.py), else None."""
+        rows, masks = [], []
         for i in range(self.batch_size):
             rng = random.Random(f"{self.seed}:{self.rank}:window{self.windows + i}")
             head = self._retrieval(i, rng) if self.repo_rate > 0 \
                 and rng.random() < self.repo_rate else []
             row = self._take(i, self.seq_len + 1 - len(head))
+            if self.track_prose:
+                start = self._prose_state(i, row)
             if self.fim_level == "context" and self.fim_rate > 0:
                 row = context_fim(self.tok, row, rng, self.fim_rate, self.spm_rate,
                                   self.fim_spans, self.fim_ends)
+            if self.track_prose:
+                masks.append(np.concatenate([row_prose(self.tok, head),
+                                             row_prose(self.tok, row, start)]))
             rows.append(head + row)
         self.windows += len(rows)
-        return np.asarray(rows, dtype=np.int64)
+        return np.asarray(rows, dtype=np.int64), np.stack(masks) if masks else None
+
+    def _prose_state(self, row: int, window: list[int]) -> str:
+        """The prose state `window` (row `row`'s, before FIM) starts in; keeps the one it
+        ends in for the row's next window."""
+        holder = self.lanes[row] if self.repo_packing else self
+        start, holder.prose = holder.prose, end_state(self.tok, window, holder.prose)
+        return start
 
     def state(self) -> dict:
         state = {"epoch": self.epoch, "cursor": self.cursor, "windows": self.windows,
-                 "buffer": list(self.buffer)}
+                 "buffer": list(self.buffer), "prose": self.prose}
         if self.repo_packing:
             state["lanes"] = [{"repo": lane.repo, "next_file": lane.next_file,
-                               "buffer": list(lane.buffer)} for lane in self.lanes]
+                               "buffer": list(lane.buffer), "prose": lane.prose}
+                              for lane in self.lanes]
         return state
 
     def load_state(self, state: dict) -> None:
@@ -262,14 +284,15 @@ class PackedLoader:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.windows = int(state.get("windows", 0))   # checkpoints from before fim_level
         self.buffer = [int(t) for t in state["buffer"]]
+        self.prose = _prose_state(state)
         self._order = self._permutation(self.epoch)
         if not self.repo_packing:
             return
         if "lanes" not in state:
             self._lanes_from_one_stream()
             return
-        saved = [Lane(lane["repo"], int(lane["next_file"]), [int(t) for t in lane["buffer"]])
-                 for lane in state["lanes"]]
+        saved = [Lane(lane["repo"], int(lane["next_file"]), [int(t) for t in lane["buffer"]],
+                      _prose_state(lane)) for lane in state["lanes"]]
         for lane in saved:
             if lane.repo is not None and lane.repo not in self.repos:
                 raise DataError(f"the saved data position reads repository {lane.repo!r}, "
@@ -281,7 +304,7 @@ class PackedLoader:
         of the repository-ordered epoch): the first row carries on with the repository
         that stream was in, the others start at the next repositories."""
         docs_cursor, self.cursor = self.cursor, 0
-        first = Lane(buffer=self.buffer)
+        first = Lane(buffer=self.buffer, prose=self.prose)
         self.buffer = []
         seen = 0
         for repo in self._order:
@@ -292,6 +315,15 @@ class PackedLoader:
                 break
             seen += files
         self.lanes = [first] + [Lane() for _ in range(self.batch_size - 1)]
+
+
+def _prose_state(saved: dict) -> str:
+    """A saved prose state (positions saved before it existed start in code)."""
+    prose = saved.get("prose", CODE)
+    if prose not in STATES:
+        raise DataError(f"the saved data position has prose state {prose!r}, not one of "
+                        f"{STATES}.")
+    return prose
 
 
 def validation_batches(split: Split, tok: Tokenizer, seq_len: int, batch_size: int,

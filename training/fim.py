@@ -114,7 +114,7 @@ def context_fim(tok: Tokenizer, ids: list[int], rng: random.Random, fim_rate: fl
     hardly ever saw where a middle stops.
     """
     out: list[int] = []
-    for piece in _pieces(tok, ids):
+    for piece in window_pieces(tok, ids):
         closed = bool(piece) and piece[-1] == tok.eot_id
         head = _header_length(tok, piece)
         out.extend(piece[:head])
@@ -157,7 +157,7 @@ def _shorten_suffix(tok: Tokenizer, example: list[int], excess: int) -> list[int
     return example[:len(example) - 1 - rest] + example[-1:]
 
 
-def _pieces(tok: Tokenizer, ids: list[int]) -> list[list[int]]:
+def window_pieces(tok: Tokenizer, ids: list[int]) -> list[list[int]]:
     """The window cut after each <|endoftext|> and before each <file_sep>."""
     pieces, start = [], 0
     for i, t in enumerate(ids):

@@ -138,16 +138,23 @@ class NextTokenLoss(torch.nn.Module):
         self.horizon = HorizonHead(model.config.hidden_size) if horizon_weight > 0 else None
 
     def forward(self, batch: torch.Tensor, reduction: str = "mean",
-                horizon: torch.Tensor | None = None) -> torch.Tensor:
+                horizon: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         """The next-token loss of `batch` [B, T + 1]; with the horizon head and its
-        targets (training/horizon.py) plus horizon_weight x the head's loss."""
+        targets (training/horizon.py) plus horizon_weight x the head's loss. `weights`
+        [B, T] (per target token, e.g. `--prose-weight`) make the mean a weighted one."""
         if self.horizon is None or horizon is None:
             logits = self.model(batch[:, :-1])
         else:
             hidden = self.model.features(batch[:, :-1])
             logits = self.model.lm_head(hidden)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                               batch[:, 1:].reshape(-1), reduction=reduction)
+        if weights is not None:
+            per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                        batch[:, 1:].reshape(-1), reduction="none")
+            loss = (per_token * weights.reshape(-1)).sum() / weights.sum()
+        else:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                   batch[:, 1:].reshape(-1), reduction=reduction)
         if self.horizon is None or horizon is None:
             return loss
         return loss + self.horizon_weight * horizon_loss(self.horizon(hidden), horizon)
@@ -281,6 +288,8 @@ class Trainer:
     def load_data(self) -> None:
         """The tokenizer, the training loader and the fixed validation windows."""
         cfg, dd = self.cfg, self.dd
+        if not cfg.prose_weight >= 0:
+            raise ValueError(f"--prose-weight {cfg.prose_weight} must be 0 or more.")
         self.tok, self.manifest, splits = load_dataset(cfg.data)
         if "val" not in splits or not splits["val"].docs:
             raise DataError(f"{cfg.data} has no validation split; re-run prepare with more "
@@ -289,7 +298,7 @@ class Trainer:
                                    cfg.seed, cfg.fim_rate, cfg.spm_rate, dd.rank, dd.world,
                                    cfg.fim_level, cfg.repo_packing, cfg.repo_rate,
                                    cfg.repo_context_tokens, cfg.repo_tries, cfg.fim_spans,
-                                   cfg.fim_ends)
+                                   cfg.fim_ends, track_prose=cfg.prose_weight != 1.0)
         # The same validation windows whatever the process count: eval_batches global batches.
         self.val = validation_batches(splits["val"], self.tok, cfg.seq_len, cfg.batch_size,
                                       cfg.eval_batches * dd.world)
@@ -379,10 +388,13 @@ class Trainer:
         set_lr(self.optimizers, lr_scale(self.rs.step, cfg, self.rs.wall) * self.rs.lr_factor)
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            rows = self.loader.next_batch()
+            rows, prose = self.loader.next_batch_and_prose()
             batch = torch.from_numpy(rows).to(device, non_blocking=True)
             extra = {} if self.loss.horizon is None else {"horizon": torch.from_numpy(
                 horizon_targets(rows, self.tok.fim_middle_id, self.example_ends)).to(device)}
+            if prose is not None:
+                extra["weights"] = torch.from_numpy(np.where(
+                    prose[:, 1:], np.float32(cfg.prose_weight), np.float32(1.0))).to(device)
             sync = contextlib.nullcontext() if (dd.world == 1 or micro == cfg.grad_accum - 1) \
                 else self.net.no_sync()
             with sync, torch.autocast(device.type, dtype=self.amp or torch.float32,
