@@ -161,3 +161,40 @@ def test_training_with_a_prose_weight_trains_otherwise_and_is_refused_below_zero
     assert losses[0.3] != losses[1.0]      # same data and seed: only the weights differ
     with pytest.raises(ValueError, match="--prose-weight"):
         train(tiny_config(small_dataset, tmp_path / "neg", prose_weight=-1), log=lambda s: None)
+
+
+def test_evaluation_reports_bits_per_byte_of_code_and_of_prose_apart(random_model, tokenizer):
+    from pathlib import Path
+
+    from model.checkpoint import LoadedModel, ModelMeta
+    from training.evaluate import bits_per_byte, code_and_prose_bits
+    tiny = LoadedModel(random_model, tokenizer, random_model.config, ModelMeta(context_size=1024),
+                       Path("."), torch.device("cpu"), torch.float32)
+    texts = [SOURCE, SOURCE.replace("Store", "Cache")]
+    split = code_and_prose_bits(tiny, texts)
+    assert split["model"] == pytest.approx(bits_per_byte(tiny, texts), rel=1e-5)
+    share = split["prose_share"]
+    assert 0.1 < share < 0.6
+    assert split["model"] == pytest.approx(split["code"] * (1 - share) + split["prose"] * share)
+    # With uniform logits every token costs log2(vocab) bits: count the tokens by hand.
+    vocab = tiny.config.vocab_size
+    real = tiny.model
+
+    class Uniform(torch.nn.Module):
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, vocab)
+    tiny.model = Uniform()
+    try:
+        uniform = code_and_prose_bits(tiny, texts)
+    finally:
+        tiny.model = real
+    tokens = {True: 0, False: 0}
+    nbytes = {True: 0, False: 0}
+    for text in texts:
+        ids = tiny.tokenizer.encode(text)
+        for t, flag in zip(ids, prose_flags(tiny.tokenizer, ids)[0], strict=True):
+            tokens[flag] += 1
+            nbytes[flag] += len(tiny.tokenizer.token_bytes(t))
+    bits = np.log2(vocab)
+    assert uniform["prose"] == pytest.approx(tokens[True] * bits / nbytes[True])
+    assert uniform["code"] == pytest.approx(tokens[False] * bits / nbytes[False])

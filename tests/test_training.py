@@ -541,6 +541,8 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     assert "validation bits/byte (model)" in r.stdout
     res = json.loads(out.read_text())
     assert 0 < res["bits_per_byte"]["model"] < 10
+    assert res["bits_per_byte"]["code"] > 0 and res["bits_per_byte"]["prose"] > 0
+    assert "model on code / on prose" in r.stdout
     assert res["line_completion"]["cases"] == 10 and res["fim_single_line"]["cases"] == 10
     assert 0 <= res["parse"]["parse_rate"] <= 1 and 0 <= res["parse"]["loops"] <= 1
     assert "sampled bodies shown looping" in r.stdout

@@ -5,6 +5,7 @@
 Reports, on the validation split (whole repositories training never saw):
 - bits per byte of the model (left-to-right, windows of the model's context) beside
   gzip -9 and xz -9 compressing each file on its own — the same files, the same bytes;
+  and the model's apart on code and on prose (comment text, docstrings);
 - line completion: cut a line at a random point, complete the rest of the line greedily
   as the server would (the lines below are the suffix); exact match and edit similarity;
 - FIM bits per byte: the model's loss on middles cut at random characters from random
@@ -44,6 +45,7 @@ from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.tokenizer import fim_layout
 from training.data import DataError, load_dataset
+from training.prose import prose_flags
 from training.train import NextTokenLoss
 
 
@@ -86,22 +88,42 @@ def validation_texts(data: str) -> list[str]:
 
 
 @torch.no_grad()
+def token_nats(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """The model's loss (nats) on each token of one file's `ids`, read left to right after
+    <|endoftext|> (each file starts so in training) in non-overlapping context windows."""
+    loss, ctx = NextTokenLoss(lm.model), lm.config.max_position_embeddings
+    seq = torch.tensor([lm.tokenizer.eot_id, *ids], device=lm.device)
+    parts = [loss(seq[start:start + ctx + 1][None], reduction="none")
+             for start in range(0, len(seq) - 1, ctx)]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
 def bits_per_byte(lm: LoadedModel, texts: list[str],
                   encode: Callable[[str], list[int]] | None = None) -> float:
-    """Left-to-right bits per byte over whole files, in non-overlapping context windows
-    (each file starts after <|endoftext|>, as in training). `encode` (default: the model's
-    tokenizer) measures the model on another tokenization of the same text."""
-    tok, loss = lm.tokenizer, NextTokenLoss(lm.model)
-    encode = encode or tok.encode
-    ctx = lm.config.max_position_embeddings
-    nats, nbytes = 0.0, 0
+    """Left-to-right bits per byte over whole files (`token_nats`). `encode` (default: the
+    model's tokenizer) measures the model on another tokenization of the same text."""
+    encode = encode or lm.tokenizer.encode
+    nats = sum(token_nats(lm, encode(text)).sum().item() for text in texts)
+    return nats / math.log(2) / max(1, sum(len(text.encode("utf-8")) for text in texts))
+
+
+def code_and_prose_bits(lm: LoadedModel, texts: list[str]) -> dict[str, float]:
+    """Bits per byte of all of `texts`, and apart of their code and of their prose (comment
+    text and docstrings, training/prose.py): what a training prose weight trades."""
+    tok = lm.tokenizer
+    nats = {True: 0.0, False: 0.0}
+    nbytes = {True: 0, False: 0}
     for text in texts:
-        ids = torch.tensor([tok.eot_id, *encode(text)], device=lm.device)
-        for start in range(0, len(ids) - 1, ctx):
-            chunk = ids[start:start + ctx + 1]
-            nats += loss(chunk[None], reduction="sum").item()
-        nbytes += len(text.encode("utf-8"))
-    return nats / math.log(2) / max(1, nbytes)
+        ids = tok.encode(text)
+        flags, _ = prose_flags(tok, ids)
+        for t, flag, n in zip(ids, flags, token_nats(lm, ids).tolist(), strict=True):
+            nats[flag] += n
+            nbytes[flag] += len(tok.token_bytes(t))
+    bits = {k: v / math.log(2) for k, v in nats.items()}
+    return {"model": (bits[True] + bits[False]) / max(1, nbytes[True] + nbytes[False]),
+            "code": bits[False] / max(1, nbytes[False]),
+            "prose": bits[True] / max(1, nbytes[True]),
+            "prose_share": nbytes[True] / max(1, nbytes[True] + nbytes[False])}
 
 
 @torch.no_grad()
@@ -269,7 +291,7 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
     t0 = time.time()
     result: dict = {"model": str(model_dir), "data": data,
                     "params": lm.config.num_parameters(), "device": str(lm.device)}
-    result["bits_per_byte"] = {"model": bits_per_byte(lm, bpb_files),
+    result["bits_per_byte"] = {**code_and_prose_bits(lm, bpb_files),
                                **compressor_bpb(bpb_files), "files": len(bpb_files),
                                "bytes": sum(len(t.encode()) for t in bpb_files)}
     log(f"bits/byte done in {time.time() - t0:.0f}s")
@@ -293,6 +315,8 @@ def format_table(r: dict) -> str:
         ("validation bits/byte (model)", f"{b['model']:.3f}"),
         ("  gzip -9 per file", f"{b['gzip']:.3f}"),
         ("  xz -9 per file", f"{b['xz']:.3f}"),
+        ("  model on code / on prose", f"{b['code']:.3f} / {b['prose']:.3f}  "
+         f"(prose {b['prose_share']:.0%} of the bytes)" if "code" in b else "-"),
         ("FIM middle bits/byte (model)", fim_bpb),
         ("line completion exact match", f"{lc['exact_match']:.3f}  ({lc['cases']} cases)"),
         ("line completion edit similarity", f"{lc['edit_similarity']:.3f}"),
