@@ -284,7 +284,7 @@ class PackedLoader:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.windows = int(state.get("windows", 0))   # checkpoints from before fim_level
         self.buffer = [int(t) for t in state["buffer"]]
-        self.prose = _prose_state(state)
+        self.prose = _saved_prose(state)
         self._order = self._permutation(self.epoch)
         if not self.repo_packing:
             return
@@ -292,7 +292,7 @@ class PackedLoader:
             self._lanes_from_one_stream()
             return
         saved = [Lane(lane["repo"], int(lane["next_file"]), [int(t) for t in lane["buffer"]],
-                      _prose_state(lane)) for lane in state["lanes"]]
+                      _saved_prose(lane)) for lane in state["lanes"]]
         for lane in saved:
             if lane.repo is not None and lane.repo not in self.repos:
                 raise DataError(f"the saved data position reads repository {lane.repo!r}, "
@@ -317,7 +317,7 @@ class PackedLoader:
         self.lanes = [first] + [Lane() for _ in range(self.batch_size - 1)]
 
 
-def _prose_state(saved: dict) -> str:
+def _saved_prose(saved: dict) -> str:
     """A saved prose state (positions saved before it existed start in code)."""
     prose = saved.get("prose", CODE)
     if prose not in STATES:

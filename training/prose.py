@@ -39,9 +39,12 @@ def prose_flags(tok: Tokenizer, ids: list[int], state: str = CODE) -> tuple[list
         raise ValueError(f"prose state {state!r} is not one of {STATES}.")
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     starts, chunks, length = [], [], len(state)
+    special = []
     for t in ids:
         starts.append(length)
-        chunk = decoder.decode(tok.token_bytes(t))
+        raw = tok.token_bytes(t)
+        special.append(not raw)
+        chunk = decoder.decode(raw)
         chunks.append(chunk)
         length += len(chunk)
     text = state + "".join(chunks) + decoder.decode(b"", final=True)
@@ -59,7 +62,7 @@ def prose_flags(tok: Tokenizer, ids: list[int], state: str = CODE) -> tuple[list
             end = quote if kind == "open string" else CODE
         else:
             end = CODE
-    flags = [bool(prose[s]) and bool(tok.token_bytes(t)) for s, t in zip(starts, ids, strict=True)]
+    flags = [bool(prose[s]) and not sp for s, sp in zip(starts, special, strict=True)]
     return flags, end
 
 

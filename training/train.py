@@ -148,13 +148,11 @@ class NextTokenLoss(torch.nn.Module):
         else:
             hidden = self.model.features(batch[:, :-1])
             logits = self.model.lm_head(hidden)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                               batch[:, 1:].reshape(-1),
+                               reduction=reduction if weights is None else "none")
         if weights is not None:
-            per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                        batch[:, 1:].reshape(-1), reduction="none")
-            loss = (per_token * weights.reshape(-1)).sum() / weights.sum()
-        else:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                   batch[:, 1:].reshape(-1), reduction=reduction)
+            loss = (loss * weights.reshape(-1)).sum() / weights.sum()
         if self.horizon is None or horizon is None:
             return loss
         return loss + self.horizon_weight * horizon_loss(self.horizon(hidden), horizon)
