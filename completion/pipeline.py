@@ -29,6 +29,8 @@ from model.generate import (
 from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer
 
+SHOWN: list[Filter] = PRE_CACHE + POST_CACHE     # every filter, as an answer is shown
+
 
 @dataclass
 class Prepared:
@@ -98,10 +100,16 @@ def filter_texts(texts: list[str], ctx: CompletionContext, chain: list[Filter]) 
     return out
 
 
+def generated(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
+              cache: KVCache | None = None) -> tuple[list[str], CompletionContext]:
+    """The model's texts for a cursor before any filter, and what the filters know."""
+    p = prepare(lm, prefix, suffix, settings)
+    result = generate_candidates(lm, p, cache or lm.model.new_cache(1, lm.context))
+    return [c.text for c in result.candidates if c.finish_reason != CANCELLED], p.ctx
+
+
 def complete(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
              cache: KVCache | None = None) -> list[str]:
     """Completions as the server would show them, without its caches and re-ranking."""
-    p = prepare(lm, prefix, suffix, settings)
-    result = generate_candidates(lm, p, cache or lm.model.new_cache(1, lm.context))
-    texts = [c.text for c in result.candidates if c.finish_reason != CANCELLED]
-    return filter_texts(texts, p.ctx, PRE_CACHE + POST_CACHE)
+    texts, ctx = generated(lm, prefix, suffix, settings, cache)
+    return filter_texts(texts, ctx, SHOWN)

@@ -1,4 +1,4 @@
-"""Where comments and strings are in Python text: one small scanner (`pieces`) and two uses.
+"""Where comments and strings are in Python text: one small scanner (`pieces`) and its uses.
 
 `cursor_region`: is the cursor inside a comment or a string? For the `comments` /
 `strings` settings (some users want no ghost text while writing prose) and the open-string
@@ -6,7 +6,8 @@ filter. The scan starts at most `WINDOW` characters back, at a line start, so a 
 costs a bounded amount of work; a triple-quoted string opened before that window is not
 seen (then the answer is "code", the permissive choice).
 
-`own_depths`: which brackets a completion opened itself (the auto-closed-bracket filters).
+`own_depths`: which brackets a completion opened itself (the auto-closed-bracket filters),
+and whether a bracket is still open at the cursor (the whole-statements filter).
 """
 
 from __future__ import annotations
@@ -61,13 +62,19 @@ def pieces(text: str) -> Iterator[tuple[str, int, int, int]]:
         i = piece[3]
 
 
-def cursor_region(prefix: str) -> str:
-    """CODE, COMMENT or STRING: where the end of `prefix` (the cursor) is."""
+def window(prefix: str) -> str:
+    """The end of `prefix` that the scans read: at most WINDOW characters, from a line
+    start."""
     start = max(0, len(prefix) - WINDOW)
     if start:
         nl = prefix.find("\n", start)
         start = nl + 1 if nl != -1 else len(prefix)
-    text = prefix[start:]
+    return prefix[start:]
+
+
+def cursor_region(prefix: str) -> str:
+    """CODE, COMMENT or STRING: where the end of `prefix` (the cursor) is."""
+    text = window(prefix)
     tail = deque(pieces(text), maxlen=1)
     if not tail:
         return CODE

@@ -16,6 +16,7 @@ from completion.postprocess import (
     repetition,
     run_chain,
     trailing_whitespace,
+    whole_statements,
 )
 from completion.syntax import own_depths
 
@@ -122,6 +123,32 @@ def test_min_length(text, multiline, want):
 ])
 def test_open_string(text, c, want):
     assert open_string.apply(text, c) == want
+
+
+@pytest.mark.parametrize("text, c, want", [
+    # cut off by the token limit inside a call: back to the last complete statement
+    ("x = 1\n    if x:\n        return f(a,\n                 b)\n    y = g(1,",
+     ctx(BODY, multiline=True), "x = 1\n    if x:\n        return f(a,\n                 b)"),
+    ("x = 1\n    for i in y:", ctx(BODY, multiline=True), "x = 1"),   # a header, no body
+    ("x = 1\n    return x", ctx(BODY, multiline=True), "x = 1\n    return x"),  # whole
+    ("if x:\n        y = (", ctx(BODY, multiline=True), "if x:"),    # none parses: line 1
+    ("return (a for a in b", ctx(BODY, multiline=True), "return (a for a in b"),
+    ("def f():\n    return 1\ndef g(", ctx("import os\n", multiline=True),
+     "def f():\n    return 1"),                                       # at column 0
+    ("y = 1\n\tz = (", ctx("def f(x):\n\t", multiline=True), "y = 1"),  # tabs
+    # not the start of a statement, or not multi-line: left alone
+    ("a,\n    b,", ctx("foo(\n    ", multiline=True), "a,\n    b,"),
+    ("foo(\n        1", ctx("    x = ", multiline=True), "foo(\n        1"),
+    ("f(a,\n    b", ctx(BODY), "f(a,\n    b"),
+])
+def test_whole_statements(text, c, want):
+    assert whole_statements.apply(text, c) == want
+
+
+def test_chain_shows_a_body_cut_by_the_token_limit_up_to_its_last_whole_line():
+    body = '"""Sum."""\n    total = 0\n    for v in values:\n        total += v\n    return sum(t'
+    shown = run_chain(body, ctx(BODY, multiline=True), PRE_CACHE + POST_CACHE)
+    assert shown == '"""Sum."""\n    total = 0\n    for v in values:\n        total += v'
 
 
 def test_trailing_whitespace():

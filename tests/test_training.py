@@ -545,6 +545,9 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     assert "model on code / on prose" in r.stdout
     assert res["line_completion"]["cases"] == 10 and res["fim_single_line"]["cases"] == 10
     assert 0 <= res["parse"]["parse_rate"] <= 1 and 0 <= res["parse"]["loops"] <= 1
+    # the whole-statements cut only ever turns a body that does not parse into one that does
+    assert res["parse"]["parse_rate"] >= res["parse"]["parse_rate_uncut"] >= 0
+    assert "before the whole-statements cut" in r.stdout
     assert "sampled bodies shown looping" in r.stdout
     assert res["fim_bits_per_byte"]["cases"] == 6 and res["fim_bits_per_byte"]["model"] > 0
     assert "FIM middle bits/byte (model)" in r.stdout

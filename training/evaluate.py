@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from completion.pipeline import complete
-from completion.postprocess import repetition
+from completion.pipeline import SHOWN, complete, filter_texts, generated
+from completion.postprocess import repetition, whole_statements
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.tokenizer import fim_layout
@@ -249,28 +249,41 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
               cfg: EvalConfig) -> dict[str, float]:
     """Sample function bodies (temperature 0.8) where a user starts a new body: the
     server's multi-line path (stops at the block's end, post-processed). A body counts
-    when the def with it parses; a body the filters drop counts as not parsing. `loops`
-    is the share of bodies shown with a line repeated in a row or a repeating unit of
-    tokens (what the repetition filter did not cut)."""
+    when the def with it parses; a body the filters drop counts as not parsing.
+    `parse_rate` is of the bodies as shown; `parse_rate_uncut` of the same samples
+    through every filter but the whole-statements cut, which keeps only lines that
+    parse: the model's own share, the one to compare across models. `loops` is the share
+    of bodies shown with a line repeated in a row or a repeating unit of tokens (what
+    the repetition filter did not cut)."""
     sites = body_sites(texts)
     rng.shuffle(sites)
     sites = sites[:n]
-    ok = loops = 0
+    ok = ok_uncut = loops = 0
     samples = []
     settings = settings_for(cfg, temperature=0.8, top_p=0.95, seed=cfg.seed, max_tokens=96)
+    uncut_chain = [f for f in SHOWN if f is not whole_statements.apply]
     for prefix, def_line, suffix in sites:
-        out = complete(lm, prefix, suffix, settings)
-        body = "    " + out[0] if out else ""
+        raw, ctx = generated(lm, prefix, suffix, settings)
+        shown, uncut = (filter_texts(raw, ctx, chain) for chain in (SHOWN, uncut_chain))
+        body = "    " + shown[0] if shown else ""
         loops += shows_loop(body)
-        try:
-            ast.parse(def_line + "\n" + body)
-            ok += bool(body.strip())
-        except (SyntaxError, ValueError):
-            pass
+        ok += body_parses(def_line, body)
+        ok_uncut += body_parses(def_line, "    " + uncut[0] if uncut else "")
         if len(samples) < 12:
-            samples.append({"prompt_tail": prefix[-120:], "completion": body[:400]})
-    return {"parse_rate": ok / max(1, len(sites)), "loops": loops / max(1, len(sites)),
-            "cases": len(sites), "samples": samples}
+            samples.append({"prompt_tail": prefix[-120:], "completion": body[:400],
+                            "uncut": ("    " + uncut[0] if uncut else "")[:400]})
+    n_sites = max(1, len(sites))
+    return {"parse_rate": ok / n_sites, "parse_rate_uncut": ok_uncut / n_sites,
+            "loops": loops / n_sites, "cases": len(sites), "samples": samples}
+
+
+def body_parses(def_line: str, body: str) -> bool:
+    """Whether a non-empty body parses under its def line."""
+    try:
+        ast.parse(def_line + "\n" + body)
+    except (SyntaxError, ValueError):
+        return False
+    return bool(body.strip())
 
 
 def shows_loop(body: str) -> bool:
@@ -323,6 +336,8 @@ def format_table(r: dict) -> str:
         ("FIM single-line exact match", f"{fim['exact_match']:.3f}  ({fim['cases']} cases)"),
         ("FIM single-line edit similarity", f"{fim['edit_similarity']:.3f}"),
         ("sampled bodies that parse", f"{p['parse_rate']:.3f}  ({p['cases']} cases)"),
+        ("  before the whole-statements cut", f"{p['parse_rate_uncut']:.3f}"
+         if "parse_rate_uncut" in p else "-"),
         ("sampled bodies shown looping", f"{p.get('loops', float('nan')):.3f}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -18,6 +18,7 @@ from completion.postprocess import (
     open_string,
     repetition,
     trailing_whitespace,
+    whole_statements,
 )
 from completion.postprocess.context import CompletionContext
 
@@ -28,6 +29,7 @@ PRE_CACHE: list[Filter] = [
     repetition.apply,           # cut looping output, drop if nothing is left
     open_string.apply,          # never end inside a string the completion opened
     duplicate_suffix.apply,     # never repeat the rest of the line or the next lines
+    whole_statements.apply,     # a new block body: only whole lines that parse
     trailing_whitespace.apply,
 ]
 POST_CACHE: list[Filter] = [
