@@ -6,8 +6,10 @@ filter. The scan starts at most `WINDOW` characters back, at a line start, so a 
 costs a bounded amount of work; a triple-quoted string opened before that window is not
 seen (then the answer is "code", the permissive choice).
 
-`own_depths`: which brackets a completion opened itself (the auto-closed-bracket filters),
-and whether a bracket is still open at the cursor (the whole-statements filter).
+`own_depths`: which brackets a completion opened itself (the auto-closed-bracket filters).
+
+`left_open`: whether a bracket or string is still open at the cursor (the whole-statements
+filter).
 """
 
 from __future__ import annotations
@@ -85,6 +87,27 @@ def cursor_region(prefix: str) -> str:
 
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
+BRACKETS = re.compile(r"[()\[\]{}]")
+
+
+def left_open(prefix: str) -> bool:
+    """Whether a bracket or a string opened in the scanned end of `prefix` is still open
+    at its end (the cursor). Only bracket characters are visited, so the full window
+    costs well under a millisecond; a closer with nothing open (its opener lies before
+    the window) counts nothing, as in `own_depths`."""
+    text = window(prefix)
+    stack: list[str] = []
+    for kind, start, _, end in pieces(text):
+        if kind == "open string":
+            return True
+        if kind == "code":
+            for m in BRACKETS.finditer(text, start, end):
+                c = m.group()
+                if c in OPENERS:
+                    stack.append(OPENERS[c])
+                elif stack and c == stack[-1]:
+                    stack.pop()
+    return bool(stack)
 
 
 def own_depths(text: str) -> list[int]:

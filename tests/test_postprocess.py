@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from completion.postprocess import (
@@ -18,7 +20,7 @@ from completion.postprocess import (
     trailing_whitespace,
     whole_statements,
 )
-from completion.syntax import own_depths
+from completion.syntax import left_open, own_depths, window
 
 
 def ctx(prefix: str, suffix: str = "", multiline: bool = False) -> CompletionContext:
@@ -161,6 +163,14 @@ def test_chain_keeps_balanced_brackets_before_an_auto_closed_one():
     c = ctx("    print(", ")\n")
     assert run_chain("len(x))", c, PRE_CACHE + POST_CACHE) == "len(x)"
     assert run_chain("len(x)", c, PRE_CACHE + POST_CACHE) == "len(x)"
+
+
+def test_left_open_agrees_with_own_depths_at_the_end():
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice("()[]{}ab '\"#\n") for _ in range(rng.randrange(40)))
+        assert left_open(text) == bool(own_depths(window(text))[-1]), text
+    assert left_open("foo(\n    ") and left_open('x = """doc\n') and not left_open("f(x)\n")
 
 
 def test_own_depths():

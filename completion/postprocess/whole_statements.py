@@ -12,6 +12,8 @@ kept, as a single-line completion would show it.
 
 Parsing is `ast.parse` (no compilation, nothing run), so `return` or `break` outside a
 function or loop are fine: the completion is a block body whose header is in the prefix.
+It runs once per generation (before the cache); the prefix is scanned for an open bracket
+only when a body does not parse whole.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from __future__ import annotations
 import ast
 
 from completion.postprocess.context import CompletionContext
-from completion.syntax import own_depths, window
+from completion.syntax import left_open
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:
-    if not ctx.multiline or not ctx.on_blank_line or own_depths(window(ctx.prefix))[-1]:
+    if not ctx.multiline or not ctx.on_blank_line or parses(text, ctx.current_line):
         return text
-    if parses(text, ctx.current_line):
+    if left_open(ctx.prefix):          # inside a bracket: not a statement start
         return text
     ends = [i for i, c in enumerate(text) if c == "\n"]
     for end in reversed(ends):
