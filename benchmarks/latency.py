@@ -121,7 +121,7 @@ async def run(args: argparse.Namespace) -> dict:
         await asyncio.sleep(0.1)
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
-    typing, cold, status_ms, context_tokens = [], [], [], []
+    typing, cold, status_ms, context_tokens, prompt_tokens = [], [], [], [], []
     typing_cpu = 0.0            # the server's CPU seconds while keystrokes are replayed
     sent_requests = 0
     for i, text in enumerate(files):
@@ -135,8 +135,9 @@ async def run(args: argparse.Namespace) -> dict:
             await client.text_document_inline_completion_async(
                 params(uri, position_at(text, offset)))
             cold.append((time.perf_counter() - t0) * 1000)
-            context_tokens.append((await client.protocol.send_request_async(
-                "codecomplete/status", {})).last_context_tokens)
+            st = await client.protocol.send_request_async("codecomplete/status", {})
+            context_tokens.append(st.last_context_tokens)
+            prompt_tokens.append(st.last_prompt_tokens)
         # (a) typing: start at a random line, type the rest of the line and the next ones
         uri = f"file:///bench/typed{i}.py"
         start = text.find("\n", rng.randrange(len(text) // 4, len(text) * 3 // 4)) + 1
@@ -195,6 +196,7 @@ async def run(args: argparse.Namespace) -> dict:
     cancelled = sent_requests - len(typing)
     return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
             "cold_context_tokens": statistics.mean(context_tokens) if context_tokens else 0,
+            "cold_prompt_tokens": statistics.mean(prompt_tokens) if prompt_tokens else 0,
             "server": status, "sent": sent_requests, "cpu_per_100_keys": typing_cpu * 100 / max(
                 1, len(files) * args.keys)}
 
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
           f"multiline {args.multiline}; context_tokens {args.context_tokens or 'default'}; "
           f"workspace context "
           f"{'on' if args.context else 'off'} ({args.workspace or 'open files only'}, "
-          f"{r['cold_context_tokens']:.0f} context tokens per cold prompt)")
+          f"{r['cold_context_tokens']:.0f} context tokens per cold prompt); "
+          f"{r['cold_prompt_tokens']:.0f} prompt tokens per cold prompt in all")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
     for name, values, bars in (("typing (answered requests)", r["typing"], "50 / 150"),
                                ("cold (fresh file)", r["cold"], "200 / 400"),

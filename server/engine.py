@@ -49,6 +49,7 @@ class EngineStats:
     reused_tokens: int = 0
     prompt_tokens: int = 0
     context_tokens: int = 0        # repository context in the latest request's prompt
+    last_prompt_tokens: int = 0    # the whole prompt of the latest generation
 
 
 # Test seam: seconds to sleep per generated token, simulating a slow model so tests of
@@ -110,6 +111,7 @@ class CompletionEngine:
             if stats.requests else None,
             "generating": self.generating,
             "last_context_tokens": stats.context_tokens,
+            "last_prompt_tokens": stats.last_prompt_tokens,
         }
 
     def warmup(self) -> float:
@@ -281,6 +283,7 @@ class CompletionEngine:
         with self._state:
             self.stats.prompt_tokens += result.prompt_tokens
             self.stats.reused_tokens += result.reused_tokens
+            self.stats.last_prompt_tokens = result.prompt_tokens
         texts = filter_texts([c.text for c in result.candidates], p.ctx, PRE_CACHE)
         return [Completion(text, p.ctx.multiline) for text in texts]
 

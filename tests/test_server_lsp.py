@@ -505,7 +505,9 @@ async def test_workspace_context_follows_folders_files_and_the_setting(tiny_mode
         assert registered[0].registrations[0].method == \
             types.WORKSPACE_DID_CHANGE_WATCHED_FILES
         await inline(client, uri, QUERY)
-        assert (await status()).last_context_tokens > 0
+        st = await status()
+        assert st.last_context_tokens > 0
+        assert st.last_prompt_tokens > st.last_context_tokens     # the FIM prompt follows
         (tmp_path / "extra.py").write_text("def extra():\n    return Vector(0, 0)\n")
         client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
             changes=[types.FileEvent(uri=(tmp_path / "extra.py").as_uri(),
