@@ -22,7 +22,7 @@ $PY -m scraper local "$SITE" --each-subdir --db data/corpus.sqlite
 $PY -m scraper dedup --db data/corpus.sqlite
 $PY -m scraper stats --db data/corpus.sqlite
 $PY -m training.prepare --db data/corpus.sqlite --out "data/local-$VOCAB" --vocab-size "$VOCAB"
-# Seven sittings, as the shipped model was trained. The first three used AdamW (the preset
+# Eight sittings, as the shipped model was trained. The first three used AdamW (the preset
 # now uses Muon, so they say --optimizer adamw): 850 steps (13.9M tokens), then a second
 # warmup-stable-decay cycle of 1000 steps (16.4M tokens) from its last checkpoint, which
 # also continues its place in the data (--init-from), then a third of 800 steps (13.1M
@@ -75,8 +75,18 @@ $PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$N
     --grad-accum 2 --repo-packing true --fim-ends true --max-steps 180 --warmup-steps 20 \
     --lr 2.5e-4 --muon-lr 0.003 --weight-decay 0.02 --decay-fraction 0.5 --eval-every 60 \
     --checkpoint-every 60 ${RESUME:+--resume} "$@"
-$PY -m training.export --run "runs/$NAME-7" --out model/default --checkpoint latest
+$PY -m training.export --run "runs/$NAME-7" --out "runs/$NAME-7/export" --checkpoint latest
+# The eighth (run `sitting-11`, 2026-12-03) continues the seventh's exported weights, each
+# batch row reading its own repository (lanes), on an 85-minute budget that ended it at
+# step 1824 (29.9M tokens) with the last half decaying; --max-steps 1824 gives the same
+# schedule on any machine.
+$PY -m training.train --config cpu-default --data "data/local-$VOCAB" --name "$NAME-8" \
+    --init-from "runs/$NAME-7/export" --seq-len 1024 --batch-size 8 --grad-accum 2 \
+    --repo-packing true --fim-ends true --max-steps 1824 --warmup-steps 20 --lr 2.5e-4 \
+    --muon-lr 0.003 --weight-decay 0.02 --decay-fraction 0.5 --eval-every 100 \
+    --checkpoint-every 100 ${RESUME:+--resume} "$@"
+$PY -m training.export --run "runs/$NAME-8" --out model/default --checkpoint latest
 $PY -m training.evaluate --model model/default --data "data/local-$VOCAB" \
-    --out "runs/$NAME-7/eval.json"
+    --out "runs/$NAME-8/eval.json"
 $PY -m training.plot "runs/$NAME" "runs/$NAME-2" "runs/$NAME-3" "runs/$NAME-4" "runs/$NAME-5" \
-    "runs/$NAME-6" "runs/$NAME-7" --out docs/img/default-loss.png
+    "runs/$NAME-6" "runs/$NAME-7" "runs/$NAME-8" --out docs/img/default-loss.png
