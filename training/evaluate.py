@@ -264,14 +264,15 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
     uncut_chain = [f for f in SHOWN if f is not whole_statements.apply]
     for prefix, def_line, suffix in sites:
         raw, ctx = generated(lm, prefix, suffix, settings)
-        shown, uncut = (filter_texts(raw, ctx, chain) for chain in (SHOWN, uncut_chain))
-        body = "    " + shown[0] if shown else ""
+        texts_shown, texts_uncut = (filter_texts(raw, ctx, chain)
+                                    for chain in (SHOWN, uncut_chain))
+        body, uncut = ("    " + out[0] if out else "" for out in (texts_shown, texts_uncut))
         loops += shows_loop(body)
         ok += body_parses(def_line, body)
-        ok_uncut += body_parses(def_line, "    " + uncut[0] if uncut else "")
+        ok_uncut += body_parses(def_line, uncut)
         if len(samples) < 12:
             samples.append({"prompt_tail": prefix[-120:], "completion": body[:400],
-                            "uncut": ("    " + uncut[0] if uncut else "")[:400]})
+                            "uncut": uncut[:400]})
     n_sites = max(1, len(sites))
     return {"parse_rate": ok / n_sites, "parse_rate_uncut": ok_uncut / n_sites,
             "loops": loops / n_sites, "cases": len(sites), "samples": samples}
