@@ -549,6 +549,9 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     assert res["parse"]["parse_rate"] >= res["parse"]["parse_rate_uncut"] >= 0
     assert "before the whole-statements cut" in r.stdout
     assert "sampled bodies shown looping" in r.stdout
+    # every body counted as looping is kept to be read
+    looping = res["parse"]["looping_samples"]
+    assert len(looping) == round(res["parse"]["loops"] * res["parse"]["cases"])
     assert res["fim_bits_per_byte"]["cases"] == 6 and res["fim_bits_per_byte"]["model"] > 0
     assert "FIM middle bits/byte (model)" in r.stdout
     # Only the middle and the <|endoftext|> closing it are scored: with uniform logits each

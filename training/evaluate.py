@@ -24,7 +24,6 @@ Cut points come from a seeded RNG, so two models are compared on the same cases.
 from __future__ import annotations
 
 import argparse
-import ast
 import gzip
 import itertools
 import json
@@ -230,8 +229,8 @@ def run_line_completion(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, fl
     return {"exact_match": em / n, "edit_similarity": es / n, "cases": len(cases)}
 
 
-def body_sites(texts: list[str]) -> list[tuple[str, str, str]]:
-    """(prefix ending in the body's indentation, def line, suffix after the body) for each
+def body_sites(texts: list[str]) -> list[tuple[str, str]]:
+    """(prefix ending in the body's indentation, suffix after the body) for each
     top-level `def` with its header on one line: where a user starts a new function body."""
     sites = []
     for text in texts:
@@ -240,7 +239,7 @@ def body_sites(texts: list[str]) -> list[tuple[str, str, str]]:
             if line.startswith("def ") and line.rstrip().endswith(":"):
                 end = next((j for j in range(i + 1, len(lines)) if lines[j].strip()
                             and not lines[j].startswith((" ", "\t"))), len(lines))
-                sites.append(("\n".join(lines[:i + 1]) + "\n    ", line,
+                sites.append(("\n".join(lines[:i + 1]) + "\n    ",
                               "\n" + "\n".join(lines[end:])))
     return sites
 
@@ -249,7 +248,8 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
               cfg: EvalConfig) -> dict[str, float]:
     """Sample function bodies (temperature 0.8) where a user starts a new body: the
     server's multi-line path (stops at the block's end, post-processed). A body counts
-    when the def with it parses; a body the filters drop counts as not parsing.
+    when it parses as whole statements (`whole_statements.parses`, the cut's own test);
+    a body the filters drop counts as not parsing.
     `parse_rate` is of the bodies as shown; `parse_rate_uncut` of the same samples
     through every filter but the whole-statements cut, which keeps only lines that
     parse: the model's own share, the one to compare across models. `loops` is the share
@@ -259,32 +259,28 @@ def run_parse(lm: LoadedModel, texts: list[str], n: int, rng: random.Random,
     rng.shuffle(sites)
     sites = sites[:n]
     ok = ok_uncut = loops = 0
-    samples = []
+    samples, looping_samples = [], []
     settings = settings_for(cfg, temperature=0.8, top_p=0.95, seed=cfg.seed, max_tokens=96)
     uncut_chain = [f for f in SHOWN if f is not whole_statements.apply]
-    for prefix, def_line, suffix in sites:
+    for prefix, suffix in sites:
         raw, ctx = generated(lm, prefix, suffix, settings)
         texts_shown, texts_uncut = (filter_texts(raw, ctx, chain)
                                     for chain in (SHOWN, uncut_chain))
-        body, uncut = ("    " + out[0] if out else "" for out in (texts_shown, texts_uncut))
-        loops += shows_loop(body)
-        ok += body_parses(def_line, body)
-        ok_uncut += body_parses(def_line, uncut)
+        body, uncut = (out[0] if out else "" for out in (texts_shown, texts_uncut))
+        looping = shows_loop("    " + body)
+        loops += looping
+        ok += whole_statements.parses(body, "    ")
+        ok_uncut += whole_statements.parses(uncut, "    ")
+        sample = {"prompt_tail": prefix[-120:], "completion": "    " + body[:400],
+                  "uncut": "    " + uncut[:400]}
         if len(samples) < 12:
-            samples.append({"prompt_tail": prefix[-120:], "completion": body[:400],
-                            "uncut": uncut[:400]})
+            samples.append(sample)
+        if looping:
+            looping_samples.append(sample)
     n_sites = max(1, len(sites))
     return {"parse_rate": ok / n_sites, "parse_rate_uncut": ok_uncut / n_sites,
-            "loops": loops / n_sites, "cases": len(sites), "samples": samples}
-
-
-def body_parses(def_line: str, body: str) -> bool:
-    """Whether a non-empty body parses under its def line."""
-    try:
-        ast.parse(def_line + "\n" + body)
-    except (SyntaxError, ValueError):
-        return False
-    return bool(body.strip())
+            "loops": loops / n_sites, "cases": len(sites), "samples": samples,
+            "looping_samples": looping_samples}
 
 
 def shows_loop(body: str) -> bool:
