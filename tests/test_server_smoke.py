@@ -125,3 +125,23 @@ def test_quantize_flag_puts_int8_layers_in_the_served_model(tiny_model_dir):
         assert error is None
         layers = [m for m in engine.loaded.model.modules() if isinstance(m, Int8Linear)]
         assert len(layers) == expected * engine.loaded.config.num_hidden_layers
+
+
+def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):
+    """benchmarks.latency drives the real server as an editor does; its table must count
+    the requests it really made (2 files: 2 x 2 cold requests, 2 status probes)."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.latency", "--model",
+                        str(tiny_model_dir), "--files", "2", "--keys", "12", "--cold", "2",
+                        "--interval", "0.03", "--server-log", str(tmp_path / "server.log")],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("machine: ")
+    rows = {line[:28].strip(): line[28:].split() for line in r.stdout.splitlines()
+            if line.startswith(("typing", "cold", "status"))}
+    assert int(rows["typing (answered requests)"][0]) >= 1
+    assert float(rows["typing (answered requests)"][1]) > 0       # p50 in ms
+    assert int(rows["cold (fresh file)"][0]) == 4
+    assert int(rows["status during generation"][0]) == 2
+    prompt_tokens = r.stdout.split(" prompt tokens per cold prompt")[0].rsplit(" ", 1)[1]
+    assert int(prompt_tokens) > 0
+    assert "keys 24, requests sent" in r.stdout
