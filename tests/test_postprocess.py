@@ -80,6 +80,15 @@ def test_repetition(text, want):
     assert repetition.apply(text, ctx("", multiline=True)) == want
 
 
+def test_repetition_reads_the_first_line_from_the_cursors_line():
+    # a body's first line starts after the indentation the user typed
+    text = 'group = parser.getgroup("g")\n    group = parser.getgroup("g")\n    return'
+    assert repetition.apply(text, ctx("def f(parser):\n    ", multiline=True)) == \
+        'group = parser.getgroup("g")'
+    assert repetition.apply("x = 1\n    x = 1", ctx("def f():\n        ",
+                                                    multiline=True)) == "x = 1\n    x = 1"
+
+
 @pytest.mark.parametrize("text, c, want", [
     ("value)", ctx("print(", ")"), "value"),                    # rest of line repeated
     ("a + b", ctx("x = ", "  # sum"), "a + b"),

@@ -37,10 +37,12 @@ REPEATED_WORD = re.compile(r"([^\W\d_]{1,4}?)\1{5,}")   # `abababababab` inside 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:
     lines = text.split("\n")
+    # The first line starts at the cursor: compare it as the user's line will read.
+    whole = [ctx.current_line + lines[0], *lines[1:]]
     for i in range(1, len(lines)):
-        if not lines[i].strip() or lines[i] != lines[i - 1]:
+        if not whole[i].strip() or whole[i] != whole[i - 1]:
             continue
-        if not data_row(lines[i]) or (i >= 2 and lines[i] == lines[i - 2]):
+        if not data_row(whole[i]) or (i >= 2 and whole[i] == whole[i - 2]):
             text = "\n".join(lines[:i])
             break
     cut = loop_start(text)
