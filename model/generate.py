@@ -1,5 +1,6 @@
 """Autoregressive generation with a KV cache, n candidates, stop strings, cancellation and
-token healing. The server and the evaluator both call `generate`.
+token healing, by sampling, greedy decoding or beam search. The server and the evaluator
+both call `generate`.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ class GenerationConfig:
     ignore_eos: bool = False       # never end on a special token (benchmarks)
     ban_first: tuple[int, ...] = ()  # token ids the first generated token may not be
     write_line: bool = False       # write something before any line break or end of text
+    beams: int = 1                 # >1: beam search for the most probable text (greedy, n 1)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.n < 1 or not 0 < self.top_p <= 1 \
-                or self.temperature < 0 or self.top_k < 0:
+                or self.temperature < 0 or self.top_k < 0 or self.beams < 1:
             raise ValueError(f"invalid generation settings: {self}")
+        if self.beams > 1 and (self.temperature > 0 or self.n > 1):
+            raise ValueError(f"beam search is greedy and finds one text: {self}")
 
 
 @dataclass
@@ -74,6 +78,16 @@ class _Row:
         self.text = ""
         self.ids: list[int] = []
         self.reason: str | None = None
+
+    def fork(self) -> _Row:
+        """An independent copy, for a beam that branches."""
+        new = _Row.__new__(_Row)
+        new.heal_left, new.skip, new.text, new.reason = \
+            self.heal_left, self.skip, self.text, self.reason
+        new.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        new.decoder.setstate(self.decoder.getstate())
+        new.ids = list(self.ids)
+        return new
 
     def add(self, token_id: int, data: bytes) -> None:
         self.ids.append(token_id)
@@ -121,39 +135,21 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
     tail = torch.tensor([prompt_ids[reused:]], device=device)
     logits = model(tail, cache, last_only=True)[:, -1].float()
     t1 = time.perf_counter()
+    if cfg.beams > 1:
+        rows, new_tokens = _beam_search(model, tok, cfg, cache, logits, heal, max_new,
+                                        should_stop, stop_text)
+        return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
 
     work = cache if cfg.n == 1 else cache.expand(cfg.n)
     logits = logits.expand(cfg.n, -1).clone()
     rows = [_Row(heal) for _ in range(cfg.n)]
-    vocab = tok.vocab_size
     new_tokens = 0
     for step in range(max_new):
         if should_stop is not None and should_stop():
             for r in rows:
                 r.reason = r.reason or CANCELLED
             break
-        logits[:, vocab:] = float("-inf")
-        if cfg.ignore_eos:
-            logits[:, sorted(tok.special_ids)] = float("-inf")
-        for b, r in enumerate(rows):
-            if r.heal_left and r.reason is None:
-                allowed = allowed_tokens(tok, r.heal_left)
-                if allowed:
-                    keep = torch.full_like(logits[b], float("-inf"))
-                    idx = torch.tensor(allowed, device=logits.device)
-                    keep[idx] = logits[b, idx]
-                    logits[b] = keep
-        bans = [list(cfg.ban_first) if step == 0 else [] for _ in rows]
-        if cfg.write_line:
-            for b, r in enumerate(rows):
-                if r.reason is None and not r.text.strip():
-                    bans[b] += _line_enders(tok, r)
-        for b, ban in enumerate(bans):
-            if ban:
-                banned = logits[b].clone()
-                banned[ban] = float("-inf")
-                if torch.isfinite(banned).any():   # never leave a row without a token
-                    logits[b] = banned
+        _constrain(logits, rows, tok, cfg, step)
         next_ids = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         next_list = next_ids.tolist()
         for r, t in zip(rows, next_list, strict=True):
@@ -168,14 +164,119 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         if all(r.reason is not None for r in rows) or step == max_new - 1:
             break
         logits = model(next_ids[:, None], work)[:, -1].float()
-    t2 = time.perf_counter()
+    return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
 
+
+def _result(rows: list[_Row], prompt_ids: list[int], reused: int, t0: float, t1: float,
+            new_tokens: int) -> GenerationResult:
     candidates = []
     for r in rows:
         if r.reason is None:
             r.reason = LENGTH
         candidates.append(Candidate(r.text, r.ids, r.reason))
-    return GenerationResult(candidates, len(prompt_ids), reused, t1 - t0, t2 - t1, new_tokens)
+    return GenerationResult(candidates, len(prompt_ids), reused, t1 - t0,
+                            time.perf_counter() - t1, new_tokens)
+
+
+def _constrain(logits: torch.Tensor, rows: list[_Row], tok: Tokenizer, cfg: GenerationConfig,
+               step: int) -> None:
+    """Mask, in place, what each row may not write next: ids past the vocabulary, special
+    tokens when `ignore_eos`, tokens that do not re-grow the healed bytes, the banned
+    first tokens, and line enders while a `write_line` row has written nothing."""
+    logits[:, tok.vocab_size:] = float("-inf")
+    if cfg.ignore_eos:
+        logits[:, sorted(tok.special_ids)] = float("-inf")
+    for b, r in enumerate(rows):
+        if r.heal_left and r.reason is None:
+            allowed = allowed_tokens(tok, r.heal_left)
+            if allowed:
+                keep = torch.full_like(logits[b], float("-inf"))
+                idx = torch.tensor(allowed, device=logits.device)
+                keep[idx] = logits[b, idx]
+                logits[b] = keep
+    bans = [list(cfg.ban_first) if step == 0 else [] for _ in rows]
+    if cfg.write_line:
+        for b, r in enumerate(rows):
+            if r.reason is None and not r.text.strip():
+                bans[b] += _line_enders(tok, r)
+    for b, ban in enumerate(bans):
+        if ban:
+            banned = logits[b].clone()
+            banned[ban] = float("-inf")
+            if torch.isfinite(banned).any():   # never leave a row without a token
+                logits[b] = banned
+
+
+SPARE_OPTIONS = 64    # tokens looked at per beam beyond its width: when the likeliest all
+#                      end the text (a line break, end of text), live beams still grow
+
+
+def _beam_search(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cache: KVCache,
+                 logits: torch.Tensor, heal: bytes, max_new: int,
+                 should_stop: Callable[[], bool] | None,
+                 stop_text: Callable[[str], int | None] | None) -> tuple[list[_Row], int]:
+    """The most probable text (sum of token log-probabilities, ended by a special token,
+    a stop or the length limit) among `cfg.beams` beams: greedy decoding keeps one path
+    and misses a line whose first token is not the single most likely one. Returns the
+    winning row and the number of its tokens.
+
+    A text that writes nothing (blanks at most) wins only when no beam wrote anything:
+    the request asked for the rest of a line, and an empty answer shows nothing. A
+    finished text is final once no live beam scores higher (scores only fall as tokens
+    are added). The beams decode as one batch over a copy of `cache` (which keeps just
+    the prompt); beams that die are replaced by copies of the best so the batch keeps
+    its shape, and never chosen."""
+    width = cfg.beams
+    work = cache.expand(width, capacity=cache.length + max_new + 1)
+    beams = [(0.0, _Row(heal))]                  # (score, row), best first
+    finished: list[tuple[float, _Row]] = []
+    for step in range(max_new):
+        if should_stop is not None and should_stop():
+            best = beams[0][1]
+            best.reason = CANCELLED
+            return [best], len(best.ids)
+        rows = [r for _, r in beams]
+        logp = torch.log_softmax(logits[:len(rows)], dim=-1)
+        masked = logits[:len(rows)].clone()
+        _constrain(masked, rows, tok, cfg, step)
+        logp = logp.masked_fill(~torch.isfinite(masked), float("-inf"))
+        options = []
+        for b, (score, _) in enumerate(beams):
+            top = torch.topk(logp[b], min(width + SPARE_OPTIONS, logp.shape[1]))
+            options += [(score + v, b, t) for v, t in zip(top.values.tolist(),
+                                                          top.indices.tolist(), strict=True)
+                        if v != float("-inf")]
+        options.sort(key=lambda o: -o[0])
+        grown: list[tuple[float, _Row, int, int]] = []    # score, row, parent, token
+        for score, b, t in options:
+            if len(grown) == width:
+                break
+            row = beams[b][1].fork()
+            if t in tok.special_ids:
+                row.reason = STOP
+                finished.append((score, row))
+                continue
+            row.add(t, tok.token_bytes(t))
+            _apply_stops(row, cfg.stop, stop_text)
+            if row.reason is not None:
+                finished.append((score, row))
+            else:
+                grown.append((score, row, b, t))
+        best_done = max((f[0] for f in finished if f[1].text.strip()), default=float("-inf"))
+        if not grown or best_done >= grown[0][0] or step == max_new - 1:
+            finished += [(score, row) for score, row, _, _ in grown]
+            break
+        parents = [g[2] for g in grown] + [grown[0][2]] * (width - len(grown))
+        ids = [g[3] for g in grown] + [grown[0][3]] * (width - len(grown))
+        n = work.length
+        order = torch.tensor(parents, device=logits.device)
+        for t in work.k + work.v:
+            t[:, :, :n] = t[order, :, :n]
+        beams = [(score, row) for score, row, _, _ in grown]
+        logits = model(torch.tensor(ids, device=logits.device)[:, None], work)[:, -1].float()
+    best = max(finished, key=lambda f: (bool(f[1].text.strip()), f[0]))[1] if finished \
+        else beams[0][1]
+    return [best], len(best.ids)
 
 
 def _line_enders(tok: Tokenizer, r: _Row) -> list[int]:

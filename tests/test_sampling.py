@@ -127,3 +127,104 @@ def test_a_ban_never_leaves_no_token_to_choose(tiny):
     r = generate(tiny.model, tok, tok.encode("import os"),
                  GenerationConfig(max_new_tokens=2, ban_first=allowed), heal=b"\n")
     assert tok.token_bytes(r.candidates[0].token_ids[0]).startswith(b"\n")
+
+
+def sequence_logprob(model, prompt: list[int], ids: list[int]) -> float:
+    """Sum of the model's log-probabilities of `ids` after `prompt`, in one forward pass."""
+    whole = torch.tensor([prompt + ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(whole, model.new_cache(1))[0].float(), -1)
+    return sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(ids))
+
+
+def test_beam_search_as_wide_as_the_vocabulary_finds_the_most_probable_pair(tiny):
+    """Two tokens, every first token kept: beam search is exhaustive, so its pair must be
+    the best of all vocab x vocab pairs, scored independently here; greedy's is not
+    always (at some of these prompts it is worse, which is why beams exist)."""
+    tok, model = tiny.tokenizer, tiny.model
+    vocab = tok.vocab_size
+    ordinary = torch.full((model.embed_tokens.weight.shape[0],), float("-inf"))
+    ordinary[[i for i in range(vocab) if i not in tok.special_ids]] = 0.0
+    greedy_worse = 0
+    for text in ("class Box:\n    def __init__(self, value):\n        self.", "import ",
+                 "def area(width, height):\n    return ", "for i in range(", "x = [",
+                 "    def __repr__(self):\n        return f", "if __name__ == "):
+        prompt = tok.encode(text)
+        with torch.inference_mode():
+            cache = model.new_cache(1)
+            first = torch.log_softmax(model(torch.tensor([prompt]), cache)[0, -1].float(), -1)
+            second = torch.log_softmax(
+                model(torch.arange(vocab)[:, None], cache.expand(vocab))[:, -1].float(), -1)
+        pairs = (first + ordinary)[:vocab, None] + second + ordinary
+        best = divmod(int(pairs.argmax()), pairs.shape[1])
+        r = generate(model, tok, prompt, GenerationConfig(max_new_tokens=2, beams=vocab,
+                                                          ignore_eos=True)).candidates[0]
+        assert tuple(r.token_ids) == best, text
+        assert abs(sequence_logprob(model, prompt, r.token_ids) - pairs.max().item()) < 1e-3
+        greedy = generate(model, tok, prompt, GenerationConfig(max_new_tokens=2,
+                                                               ignore_eos=True)).candidates[0]
+        greedy_worse += tuple(greedy.token_ids) != best
+    assert greedy_worse
+
+
+def test_beam_search_ends_lines_heals_and_is_cancellable(tiny):
+    tok, model = tiny.tokenizer, tiny.model
+    cfg = GenerationConfig(max_new_tokens=24, stop=("\n",), beams=4)
+    prompts = ["class Point:\n    def __init__(self, x, y):\n        self.x = ",
+               "import os\nimport sys\n\n\ndef main(", "    def area(self):\n        return se"]
+    compared = 0
+    for text in prompts:
+        ids = tok.encode(text)
+        r = generate(model, tok, ids, cfg).candidates[0]
+        assert "\n" not in r.text and r.finish_reason in (STOP, LENGTH)
+        assert r.text == tok.decode(r.token_ids).split("\n")[0]
+        greedy = generate(model, tok, ids, GenerationConfig(max_new_tokens=24, stop=("\n",)))
+        # The beam's line is at least as probable as greedy's (both end the same way and
+        # write something; an empty line only wins when no beam writes anything).
+        g = greedy.candidates[0]
+        if r.finish_reason == STOP == g.finish_reason and g.text.strip() and "\n" in \
+                tok.decode(g.token_ids) and "\n" in tok.decode(r.token_ids):
+            assert sequence_logprob(model, ids, r.token_ids) >= \
+                sequence_logprob(model, ids, greedy.candidates[0].token_ids) - 1e-4
+            compared += 1
+    assert compared
+    # Healing: the prompt lost "se"; the beam's first token re-grows it, the text omits it.
+    ids = tok.encode("    def area(self):\n        return ")
+    r = generate(model, tok, ids, cfg, heal=b"se").candidates[0]
+    assert tok.token_bytes(r.token_ids[0])[:2] in (b"se", b"s")
+    assert tok.decode(r.token_ids).startswith("se") and not r.text.startswith("se")
+    calls = []
+
+    def stop_after_three() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    r = generate(model, tok, tok.encode(prompts[0]), GenerationConfig(max_new_tokens=24,
+                 beams=4), should_stop=stop_after_three)
+    assert r.candidates[0].finish_reason == CANCELLED and len(r.candidates[0].token_ids) == 3
+
+
+def test_beam_search_writes_something(tiny):
+    from model.healing import allowed_tokens
+    tok = tiny.tokenizer
+    breaks = [i for i in range(tok.vocab_size)
+              if tok.token_bytes(i).lstrip(b" \t")[:1] == b"\n"]
+    model = Favouring(tiny.model, [tok.eot_id, *breaks, *allowed_tokens(tok, b"\n")])
+    kept = generate(model, tok, tok.encode("import os\n"), GenerationConfig(
+        max_new_tokens=4, stop=("\n",), write_line=True, beams=3)).candidates[0]
+    assert kept.text.strip()
+    # Unasked, greedy ends at once and shows nothing; beams find the likeliest text that
+    # writes something, since an empty answer is no answer to show.
+    prompt = tok.encode("x = compute(1, ")
+    plain = generate(model, tok, prompt, GenerationConfig(max_new_tokens=4, stop=("\n",)))
+    assert not plain.candidates[0].text.strip()
+    beam = generate(model, tok, prompt, GenerationConfig(max_new_tokens=4, stop=("\n",),
+                                                         beams=3)).candidates[0]
+    assert beam.text.strip(), beam
+
+
+def test_beam_search_is_greedy_and_single():
+    import pytest
+    for bad in ({"temperature": 0.5}, {"n": 2}, {"beams": 0}):
+        with pytest.raises(ValueError, match=r"beam|invalid"):
+            GenerationConfig(**{"beams": 2, **bad})
