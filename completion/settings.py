@@ -17,7 +17,8 @@ from typing import Any
 class EngineSettings:
     """Completion settings; see RULES for what each accepts."""
 
-    temperature: float = 0.2
+    temperature: float = 0.0       # 0: greedy, the rest of a line by beam search
+    #                                (completion/pipeline.LINE_BEAMS)
     top_p: float = 0.95
     max_tokens: int = 64
     candidates: int = 1

@@ -154,3 +154,28 @@ def test_multiline_modes():
     assert not wants_multiline(body, "", "never")
     assert wants_multiline(top, "", "always") and wants_multiline("x = f(", "", "always")
     assert not wants_multiline("x = f(", ")\n", "always")    # text right of the cursor
+
+
+def test_beams_for_the_rest_of_a_line_only_when_greedy(tokenizer, random_model):
+    """Beam search where it was measured to help (the rest of a line, one greedy answer),
+    plain decoding on a blank line, in a block body and when sampling."""
+    from completion import pipeline
+
+    greedy = engine(tokenizer, random_model, temperature=0.0, max_tokens=12)
+    sampled = engine(tokenizer, random_model, temperature=0.2, max_tokens=12)
+    several = engine(tokenizer, random_model, temperature=0.0, candidates=3, max_tokens=12)
+
+    def beams(eng, prefix, suffix):
+        return pipeline.prepare(eng.loaded, prefix, suffix, eng.settings).config.beams
+
+    assert beams(greedy, "x = compute(", ")\n") == pipeline.LINE_BEAMS > 1
+    assert beams(greedy, "import o", "\n") == pipeline.LINE_BEAMS
+    assert beams(greedy, "import os\n", "\nx = 1\n") == 1           # blank line
+    assert beams(greedy, "def f(x):\n    ", "\n") == 1               # block body
+    assert beams(sampled, "x = compute(", ")\n") == 1
+    assert beams(several, "x = compute(", ")\n") == 1
+    # What the engine shows there is the beam's line through the shared filters.
+    p = pipeline.prepare(greedy.loaded, "x = compute(", ")\n", greedy.settings)
+    assert [c.text for c in greedy.complete("x = compute(", ")\n")] == \
+        pipeline.complete(greedy.loaded, "x = compute(", ")\n", greedy.settings)
+    assert p.config.stop == ("\n",)

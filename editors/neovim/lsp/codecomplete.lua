@@ -8,7 +8,7 @@
 -- temperature, top_p, max_tokens, candidates, context_tokens, enable, comments, strings,
 -- workspace_context, workspace_context_tokens, rerank, seed, multiline, python.
 local settings = {
-  temperature = 0.2,
+  temperature = 0,
   top_p = 0.95,
   max_tokens = 64,
   enable = true,

@@ -27,7 +27,7 @@ export const DEFAULTS: Settings = {
   serverCommand: [],
   modelPath: '',
   enable: true,
-  temperature: 0.2,
+  temperature: 0,
   topP: 0.95,
   maxTokens: 64,
   comments: true,

@@ -13,7 +13,7 @@ test('settings become the server\'s initialization options, with its names', () 
   const s = readSettings(reader({ topP: 0.5, maxTokens: 12, comments: false,
     workspaceContext: true }));
   assert.deepEqual(serverSettings(s, '/project/.venv/bin/python'), {
-    enable: true, temperature: 0.2, top_p: 0.5, max_tokens: 12, candidates: 1,
+    enable: true, temperature: 0, top_p: 0.5, max_tokens: 12, candidates: 1,
     context_tokens: 768, comments: false, strings: true, workspace_context: true,
     workspace_context_tokens: 384, rerank: true, seed: 0,
     python: '/project/.venv/bin/python', multiline: 'auto',
