@@ -6,19 +6,18 @@ Reports, on the validation split (whole repositories training never saw):
 - bits per byte of the model (left-to-right, windows of the model's context) beside
   gzip -9 and xz -9 compressing each file on its own — the same files, the same bytes;
   and the model's apart on code and on prose (comment text, docstrings);
-- line completion: cut a line at a random point, complete the rest of the line as the
-  server would (the lines below are the suffix); exact match and edit similarity;
+- line completion: cut a line at a random point, complete the rest of the line greedily
+  as the server would (the lines below are the suffix); exact match and edit similarity;
 - FIM bits per byte: the model's loss on middles cut at random characters from random
   windows of held-out files, given prefix and suffix in its own FIM order — the FIM
   counterpart of the left-to-right number, and far less noisy than exact match;
 - FIM single-line exact match: remove one whole line, give prefix and suffix;
 - the share of sampled function bodies that parse with `ast`;
 Every completion goes through completion/pipeline.py: the prompt (budget, cuts at line
-boundaries, healing, FIM layout), the generation and the filters the server uses. Line
-and FIM completions go through the server's engine itself, with its default settings
-(greedy, the rest of a line by beam search, names re-ranked after a partly typed one),
-so those numbers are what a user gets; benchmarks/line_completion.py measures the
-re-ranking's share. Sampled bodies use the shared path at temperature 0.8.
+boundaries, healing, FIM layout), the generation and the filters the server uses, with
+the server's settings except greedy decoding and no re-ranking (a server-only extra that
+benchmarks/line_completion.py measures). So these numbers are what a user gets.
+- generation throughput on this machine.
 Cut points come from a seeded RNG, so two models are compared on the same cases.
 """
 
@@ -39,12 +38,11 @@ from pathlib import Path
 
 import torch
 
-from completion.pipeline import SHOWN, filter_texts, generated
+from completion.pipeline import SHOWN, complete, filter_texts, generated
 from completion.postprocess import repetition, whole_statements
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.tokenizer import fim_layout
-from server.engine import CompletionEngine
 from training.data import DataError, load_dataset
 from training.prose import prose_flags
 from training.train import NextTokenLoss
@@ -162,9 +160,9 @@ def compressor_bpb(texts: list[str]) -> dict[str, float]:
 
 
 def settings_for(cfg: EvalConfig, **changes) -> EngineSettings:
-    """The server's default settings (greedy, the rest of a line by beam search, names
-    re-ranked after a partly typed one) with the evaluation's prompt budget."""
-    return EngineSettings(**{"temperature": 0.0, "context_tokens": cfg.context, **changes})
+    """The server's default settings, greedy, with the evaluation's prompt budget."""
+    return EngineSettings(**{"temperature": 0.0, "context_tokens": cfg.context,
+                             "rerank": False, **changes})
 
 
 def line_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, str, str]]:
@@ -210,19 +208,21 @@ def fim_cases(texts: list[str], n: int, rng: random.Random) -> list[tuple[str, s
     return cases
 
 
-def run_line_completion(lm: LoadedModel, cases, cfg: EvalConfig,
-                        settings: EngineSettings | None = None) -> dict[str, float]:
+def first_line(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings) -> str:
+    """The first line of what the server would show at this cursor (the shared prompt,
+    generation and filters of completion/pipeline.py), "" when it would show nothing."""
+    out = complete(lm, prefix, suffix, settings)
+    return out[0].split("\n")[0] if out else ""
+
+
+def run_line_completion(lm: LoadedModel, cases, cfg: EvalConfig) -> dict[str, float]:
     """Exact match and edit similarity of the first suggested line against the rest of
-    the line (both stripped), "" when nothing would be shown. Each case goes to a fresh
-    server engine (server/engine.py: the shared prompt, generation and filters of
-    completion/pipeline.py plus the server's identifier re-ranking), so what is scored is
-    what an editor gets, and no case sees another's caches. Serves the line-completion
-    and the FIM single-line cases: each is (prefix, target, suffix)."""
+    the line (both stripped). Serves the line-completion and the FIM single-line cases:
+    each is (prefix, target, suffix)."""
     em = es = 0.0
-    settings = settings or settings_for(cfg)
+    settings = settings_for(cfg)
     for prefix, target, suffix in cases:
-        out = CompletionEngine(lm, settings).complete(prefix, suffix)
-        pred = out[0].text.split("\n")[0] if out else ""
+        pred = first_line(lm, prefix, suffix, settings)
         em += pred.strip() == target.strip()
         es += edit_similarity(pred.strip(), target.strip())
     n = max(1, len(cases))
