@@ -6,8 +6,9 @@ engine.
 The cases are `training.evaluate`'s (random cut points inside held-out lines; the lines
 below are the suffix; the target is the rest of the line) with the same seed, so the first
 row repeats its line-completion numbers: completion/pipeline.py's prompt, generation and
-filters, greedy. The second row puts the same cases through `server.engine.CompletionEngine`
-at temperature 0, which adds identifier re-ranking after a partly typed name. Both rows use
+filters, greedy (the rest of a line by beam search). The second row puts the same cases
+through `server.engine.CompletionEngine` at temperature 0, which adds identifier
+re-ranking after a partly typed name. Both rows use
 one loaded model (fp32 on CPU) and the same settings otherwise.
 """
 

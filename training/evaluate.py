@@ -15,8 +15,9 @@ Reports, on the validation split (whole repositories training never saw):
 - the share of sampled function bodies that parse with `ast`;
 Every completion goes through completion/pipeline.py: the prompt (budget, cuts at line
 boundaries, healing, FIM layout), the generation and the filters the server uses, with
-the server's settings except greedy decoding and no re-ranking (a server-only extra that
-benchmarks/line_completion.py measures). So these numbers are what a user gets.
+the server's default settings (greedy, the rest of a line by beam search) except the
+identifier re-ranking, a server-only extra (training does not import the server) that
+benchmarks/line_completion.py adds on the same cases: its second row is what a user gets.
 - generation throughput on this machine.
 Cut points come from a seeded RNG, so two models are compared on the same cases.
 """
@@ -160,7 +161,8 @@ def compressor_bpb(texts: list[str]) -> dict[str, float]:
 
 
 def settings_for(cfg: EvalConfig, **changes) -> EngineSettings:
-    """The server's default settings, greedy, with the evaluation's prompt budget."""
+    """The server's default settings (greedy) without re-ranking, with the evaluation's
+    prompt budget."""
     return EngineSettings(**{"temperature": 0.0, "context_tokens": cfg.context,
                              "rerank": False, **changes})
 
