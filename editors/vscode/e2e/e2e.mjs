@@ -269,10 +269,11 @@ try {
   // After the module docstring; the cursor in the empty body of an __init__ that takes
   // arguments: storing them is several lines, the body every model we trained completes
   // over several lines (an empty `def factorial(n):` got one `return` line from some, and
-  // `(self, x, y)` got `self.y = x` twice, which the repetition filter rightly cuts).
+  // `(self, x, y)` got `self.y = x` twice, which the repetition filter rightly cuts, and
+  // `(self, host, port)` one line when greedy).
   await page.keyboard.press('Control+Home');
   await page.keyboard.press('End');
-  const initLine = 'def __init__(self, host, port):';
+  const initLine = 'def __init__(self, name, value):';
   await page.keyboard.insertText(`\n\n\nclass Point:\n    ${initLine}\n        `);
   const before = await ghostLines(page, waitS);
   await shot('multi-line.png');
