@@ -31,10 +31,11 @@ from model.tokenizer import Tokenizer
 
 SHOWN: list[Filter] = PRE_CACHE + POST_CACHE     # every filter, as an answer is shown
 # Beams for the rest of a line being typed, when decoding is greedy: the most probable
-# rest beats greedy's one path (held-out line exact match 0.191 -> 0.203 over 1,000
-# cases, 3 beams 0.200, 8 no better). On a blank line it does worse (FIM single-line
-# 0.052 -> 0.048, edit similarity 0.299 -> 0.268: the likeliest line is a short one), and
-# a block body is many lines, so both stay greedy. docs/default-model.md has the numbers.
+# rest beats greedy's one path (held-out line exact match 0.191 -> 0.238 over 1,000
+# cases; in a first experiment 3 beams gained less than 4, and 8 no more). On a blank
+# line beams do worse (FIM single-line 0.052 -> 0.048, edit similarity 0.299 -> 0.268:
+# the likeliest line is a short one), and a block body is many lines, so both stay
+# greedy. docs/default-model.md has the numbers.
 LINE_BEAMS = 4
 
 

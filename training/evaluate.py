@@ -18,7 +18,6 @@ boundaries, healing, FIM layout), the generation and the filters the server uses
 the server's default settings (greedy, the rest of a line by beam search) except the
 identifier re-ranking, a server-only extra (training does not import the server) that
 benchmarks/line_completion.py adds on the same cases: its second row is what a user gets.
-- generation throughput on this machine.
 Cut points come from a seeded RNG, so two models are compared on the same cases.
 """
 
