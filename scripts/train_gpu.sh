@@ -13,13 +13,15 @@
 # Environment: PACK (data/local-16384.pack), BUDGET_MIN (9: the whole script, under a
 # 10-minute command limit), RESERVE_MIN (2: kept for export and evaluation), OUT (where the
 # model directory and results go; runs/gpu-small-export), RUNS (runs), NAME (gpu-small),
-# DATA (where the pack is unpacked), PY (python3), CHECK (1: CPU check), BUNDLE_MIB (15 on
+# DATA (where the pack is unpacked), PY (.venv/bin/python, else python3), CHECK (1: CPU check), BUNDLE_MIB (15 on
 # a lent GPU machine: the results as one tar cut into parts of this size). Other arguments go
 # to training.train (for example --max-steps 2000 --fim-spans mix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
-PY=${PY:-python3}
+if [ -z "${PY:-}" ]; then   # the project's environment where there is one (setup.sh), else python3
+    PY=python3; [ -x .venv/bin/python ] && PY=.venv/bin/python
+fi
 PACK=${PACK:-data/local-16384.pack}
 BUDGET_MIN=${BUDGET_MIN:-9}
 RESERVE_MIN=${RESERVE_MIN:-2}
@@ -55,16 +57,22 @@ echo "training for at most $(( left / 60 ))m$(( left % 60 ))s"
     --time-budget-min "$(awk "BEGIN { print $left / 60 }")" "${EXTRA[@]}" "$@"
 mkdir -p "$OUT"
 "$PY" -m training.export --run "$RUNS/$NAME" --out "$OUT/model" --checkpoint best
-echo "exported $OUT/model after $(( $(date +%s) - START ))s"
-"$PY" -m training.evaluate --model "$OUT/model" --data "$DATA" "${EVAL[@]}" \
-    --out "$OUT/eval.json" | tee "$OUT/eval.txt"
 cp "$RUNS/$NAME/metrics.jsonl" "$OUT/"
+echo "exported $OUT/model after $(( $(date +%s) - START ))s"
 if [ -n "${BUNDLE_MIB:-}" ]; then
-    # A lent GPU machine returns at most 8 files of at most 16 MiB: one tar of the results,
-    # cut into parts. Here: cat "$OUT"/bundle.tar.* | tar -xf - -C DIR
-    tar -C "$OUT" -cf - model eval.json eval.txt metrics.jsonl \
-        | split -b "${BUNDLE_MIB}m" -d - "$OUT/bundle.tar."
-    rm -r "$OUT/model" "$OUT/eval.json" "$OUT/eval.txt" "$OUT/metrics.jsonl"
+    # A lent GPU machine returns at most 8 files of at most 16 MiB: one tar of the model
+    # and its training metrics, cut into parts, made before the evaluation so that an
+    # evaluation cut short by the budget loses no weights. Here:
+    #   cat "$OUT"/bundle.tar.* | tar -xf - -C DIR
+    tar -C "$OUT" -cf - model metrics.jsonl | split -b "${BUNDLE_MIB}m" -d - "$OUT/bundle.tar."
+fi
+# The evaluation gets what is left of the budget (at least a minute) and no more.
+left=$(( BUDGET_MIN * 60 - ($(date +%s) - START) ))
+timeout "$(( left > 60 ? left : 60 ))" "$PY" -m training.evaluate --model "$OUT/model" \
+    --data "$DATA" "${EVAL[@]}" --out "$OUT/eval.json" | tee "$OUT/eval.txt" \
+    || echo "the evaluation did not finish inside BUDGET_MIN=${BUDGET_MIN} (the model is kept)"
+if [ -n "${BUNDLE_MIB:-}" ]; then
+    rm -r "$OUT/model" "$OUT/metrics.jsonl" "$OUT/eval.txt"
     ls -l "$OUT"
 fi
 echo "done in $(( $(date +%s) - START ))s"
