@@ -38,20 +38,8 @@ from pygls.lsp.client import LanguageClient
 from benchmarks.latency import drain_stderr, params, pct, position_at
 from benchmarks.machine import describe
 from completion.words import IDENTIFIER
-from training.data import load_dataset
+from training.data import held_out_repos
 from training.evaluate import edit_similarity
-
-
-def held_out_repos(data: str) -> dict[str, dict[str, str]]:
-    """{repository: {path: text}} of the validation split."""
-    tok, _, splits = load_dataset(data)
-    val = splits["val"]
-    if val.names is None:
-        raise SystemExit(f"{data} has no repository names: re-run training.prepare.")
-    repos: dict[str, dict[str, str]] = defaultdict(dict)
-    for (repo, path), (shard, a, b) in zip(val.names, val.docs, strict=True):
-        repos[repo][path] = tok.decode(val.tokens[shard][a:b].tolist())
-    return dict(repos)
 
 
 def cursor_points(line: str) -> list[int]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from completion.cache_lm import DocumentCounts, Lookup, Mixer, MixStats
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext, Filter, run_chain
 from completion.postprocess.block_scope import block_end
-from completion.prompt import build_prompt, prompt_budget, wants_multiline
+from completion.prompt import build_prompt, clean_text, prompt_budget, wants_multiline
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel
 from model.generate import (
@@ -37,6 +38,7 @@ SHOWN: list[Filter] = PRE_CACHE + POST_CACHE     # every filter, as an answer is
 # the likeliest line is a short one), and a block body is many lines, so both stay
 # greedy. docs/default-model.md has the numbers.
 LINE_BEAMS = 4
+LEFT_CHARS = 400   # the text before the cursor whose last tokens are the memory's context
 
 
 @dataclass
@@ -86,12 +88,14 @@ def line_beams(ctx: CompletionContext, settings: EngineSettings) -> int:
 
 
 def generate_candidates(lm: LoadedModel, p: Prepared, cache: KVCache | None = None,
-                        should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+                        should_stop: Callable[[], bool] | None = None,
+                        mixer: Mixer | None = None) -> GenerationResult:
     """Generate for a prepared request. A block body that is a docstring the filters
     would drop whole (cut off before its first line ended) is generated once more with
-    string-opening first tokens banned: a new function gets code rather than nothing."""
+    string-opening first tokens banned: a new function gets code rather than nothing.
+    `mixer` (project memory, `memory_mixer`) blends the user's code into every token."""
     result = generate(lm.model, lm.tokenizer, p.ids, p.config, cache=cache, heal=p.healed,
-                      should_stop=should_stop, stop_text=p.stop_text)
+                      should_stop=should_stop, stop_text=p.stop_text, mixer=mixer)
     first = result.candidates[0]
     if p.ctx.multiline and p.config.n == 1 and first.finish_reason != CANCELLED \
             and first.text.lstrip().startswith(('"""', "'''")) \
@@ -99,8 +103,26 @@ def generate_candidates(lm: LoadedModel, p: Prepared, cache: KVCache | None = No
         result = generate(lm.model, lm.tokenizer, p.ids,
                           replace(p.config, ban_first=quote_tokens(lm.tokenizer)),
                           cache=cache, heal=p.healed, should_stop=should_stop,
-                          stop_text=p.stop_text)
+                          stop_text=p.stop_text, mixer=mixer)
     return result
+
+
+def memory_mixer(lm: LoadedModel, p: Prepared, document: DocumentCounts | None,
+                 workspace: Lookup | None, settings: EngineSettings,
+                 stats: MixStats | None = None) -> Mixer | None:
+    """The project memory for one request (completion/cache_lm.py): the workspace's counts
+    and the document's own (both sides of the cursor), most local last; None when the
+    setting is off or nothing is counted."""
+    if not settings.memory:
+        return None
+    prefix, suffix = p.ctx.prefix, p.ctx.suffix
+    levels = [lv for lv in (workspace, document.counts(lm.tokenizer, prefix, suffix)
+                            if document is not None else None) if lv is not None]
+    head = prefix[-LEFT_CHARS:].encode("utf-8")
+    head = head[:len(head) - len(p.healed)] if p.healed else head
+    left = lm.tokenizer.encode(clean_text(head.decode("utf-8", errors="ignore")))
+    mixer = Mixer(levels, left, alpha=settings.memory_alpha, stats=stats)
+    return mixer if mixer else None
 
 
 def quote_tokens(tok: Tokenizer) -> tuple[int, ...]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from completion.cache_lm import ALPHA
+
 
 @dataclass
 class EngineSettings:
@@ -33,6 +35,11 @@ class EngineSettings:
     rerank: bool = True            # rank names after a partly typed identifier (see
     #                                server/identifiers.py)
     seed: int | None = 0
+    memory: bool = True            # project memory: the user's code (this document, open
+    #                                buffers, the workspace) as counts blended into every
+    #                                token (completion/cache_lm.py)
+    memory_alpha: float = ALPHA    # how much evidence it takes to move probability: lower
+    #                                trusts the counts sooner
     multiline: str = "auto"        # auto: several lines in an empty block body only;
     #                                never: always one line; always: also at a line's end
     python: str = ""               # the workspace's interpreter (or environment folder), for
@@ -118,6 +125,8 @@ RULES: dict[str, Rule] = {
     "workspace_context_tokens": Rule("int", 0),    # context_budget cuts it to the model
     "rerank": Rule("bool"),
     "seed": Rule("optional int", 0),
+    "memory": Rule("bool"),
+    "memory_alpha": Rule("float", 0.0, 1000.0, low_open=True),
     "multiline": Rule("choice", choices=("auto", "never", "always")),
     "python": Rule("str"),
 }

@@ -19,6 +19,10 @@ from model.sampling import sample_next
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
 
+# A blend of the model's distribution with others (completion/cache_lm.Mixer): logits
+# [B, V] and each row's generated ids (None: finished) -> log-probabilities [B, V].
+Mixer = Callable[[torch.Tensor, list[list[int] | None]], torch.Tensor]
+
 STOP = "stop"          # end-of-text / special token / stop string / stop_text callback
 LENGTH = "length"      # max_new_tokens or the context window reached
 CANCELLED = "cancelled"
@@ -104,7 +108,8 @@ class _Row:
 def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
              config: GenerationConfig | None = None, *, cache: KVCache | None = None,
              heal: bytes = b"", should_stop: Callable[[], bool] | None = None,
-             stop_text: Callable[[str], int | None] | None = None) -> GenerationResult:
+             stop_text: Callable[[str], int | None] | None = None,
+             mixer: Mixer | None = None) -> GenerationResult:
     """Continue `prompt_ids`.
 
     cache:       a batch-1 KVCache to reuse (longest shared prefix) and extend; with n == 1
@@ -113,6 +118,9 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
                  them, and they are stripped from the returned text.
     should_stop: polled between tokens; True ends all candidates as "cancelled".
     stop_text:   given a candidate's text, returns an index to cut it at (and stop), or None.
+    mixer:       turns each step's logits [B, V] and the rows' generated ids (None for a
+                 finished row) into the log-probabilities to decode from (the project
+                 memory, completion/cache_lm.py); the bans and healing apply after it.
     """
     cfg = config or GenerationConfig()
     if cache is None:
@@ -137,7 +145,7 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
     t1 = time.perf_counter()
     if cfg.beams > 1:
         rows, new_tokens = _beam_search(model, tok, cfg, cache, logits, heal, max_new,
-                                        should_stop, stop_text)
+                                        should_stop, stop_text, mixer)
         return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
 
     work = cache if cfg.n == 1 else cache.expand(cfg.n)
@@ -149,6 +157,8 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
             for r in rows:
                 r.reason = r.reason or CANCELLED
             break
+        if mixer is not None:
+            logits = mixer(logits, [r.ids if r.reason is None else None for r in rows])
         _constrain(logits, rows, tok, cfg, step)
         next_ids = sample_next(logits, cfg.temperature, cfg.top_k, cfg.top_p, generator)
         next_list = next_ids.tolist()
@@ -214,7 +224,8 @@ SPARE_OPTIONS = 64    # tokens looked at per beam beyond its width: when the lik
 def _beam_search(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cache: KVCache,
                  logits: torch.Tensor, heal: bytes, max_new: int,
                  should_stop: Callable[[], bool] | None,
-                 stop_text: Callable[[str], int | None] | None) -> tuple[list[_Row], int]:
+                 stop_text: Callable[[str], int | None] | None,
+                 mixer: Mixer | None = None) -> tuple[list[_Row], int]:
     """The most probable text (sum of token log-probabilities, ended by a special token,
     a stop or the length limit) among `cfg.beams` beams: greedy decoding keeps one path
     and misses a line whose first token is not the single most likely one. Returns the
@@ -236,6 +247,8 @@ def _beam_search(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cach
             best.reason = CANCELLED
             return [best], len(best.ids)
         rows = [r for _, r in beams]
+        if mixer is not None:
+            logits = mixer(logits[:len(rows)], [r.ids for r in rows])
         logp = torch.log_softmax(logits[:len(rows)], dim=-1)
         masked = logits[:len(rows)].clone()
         _constrain(masked, rows, tok, cfg, step)

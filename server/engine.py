@@ -17,7 +17,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from completion.pipeline import filter_texts, generate_candidates, prepare
+from completion.cache_lm import DocumentCounts, Lookup, MixStats
+from completion.pipeline import filter_texts, generate_candidates, memory_mixer, prepare
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
 from completion.settings import EngineSettings, context_budget
 from completion.syntax import COMMENT, STRING, cursor_region
@@ -88,6 +89,8 @@ class CompletionEngine:
         self.slow_tokens_s = float(os.environ.get(SLOW_TOKENS_ENV, "0") or 0)
         self.generating = 0               # generations in progress (for status displays)
         self._word_end = None             # tokens that can follow a name (lazy)
+        self._document = DocumentCounts()  # the project memory's count of the document
+        self.memory_stats = MixStats()
 
     def describe(self) -> dict[str, object]:
         with self._state:
@@ -112,6 +115,9 @@ class CompletionEngine:
             "generating": self.generating,
             "last_context_tokens": stats.context_tokens,
             "last_prompt_tokens": stats.last_prompt_tokens,
+            "memory": self.settings.memory,
+            "memory_used_rate": round(self.memory_stats.matched / self.memory_stats.tokens, 3)
+            if self.memory_stats.tokens else None,
         }
 
     def warmup(self) -> float:
@@ -137,10 +143,15 @@ class CompletionEngine:
         """Tokens of repository context a request may carry under the current settings."""
         return context_budget(self.settings, self.loaded.context)
 
-    def _key(self, prefix: str, suffix: str, context: list[int]) -> tuple:
+    def _key(self, prefix: str, suffix: str, context: list[int],
+             memory: Lookup | None = None) -> tuple:
+        """What identifies an answer: the text around the cursor, the context, every
+        setting that changes what is generated, and the memory's counts."""
         s = self.settings
+        counts = memory.version if memory is not None else None
         return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], tuple(context), s.temperature, s.top_p,
-                s.max_tokens, s.candidates, s.context_tokens, s.seed, s.multiline)
+                s.max_tokens, s.candidates, s.context_tokens, s.seed, s.multiline, s.rerank,
+                s.python, s.memory, s.memory_alpha, counts)
 
     def typed_ahead(self, prefix: str, suffix: str) -> list[Completion] | None:
         """When the user typed exactly the start of the last suggestion, the rest of it."""
@@ -159,7 +170,8 @@ class CompletionEngine:
                  invoked: bool = True,
                  context: list[int] | None = None,
                  module_roots: tuple[str, ...] = (),
-                 interpreter: Interpreter = SERVER) -> list[Completion]:
+                 interpreter: Interpreter = SERVER,
+                 memory: Lookup | None = None) -> list[Completion]:
         """Completions to insert at the cursor between `prefix` and `suffix`.
 
         `invoked` is False for completions the editor asks for by itself while the user
@@ -168,7 +180,9 @@ class CompletionEngine:
         `context` is repository context for the prompt (server/workspace.py);
         `module_roots` the folders where the user's own modules are (the document's and the
         workspace's), and `interpreter` the workspace's Python, for the names of imported
-        modules (server/modules.py)."""
+        modules (server/modules.py); `memory` the project memory's counts of the
+        workspace and other buffers (server/workspace.py), to which the engine adds the
+        document's own."""
         s = self.settings
         if not s.enable or (not invoked and inside_word(prefix, suffix)):
             return []
@@ -178,7 +192,7 @@ class CompletionEngine:
                 return []
         started = time.perf_counter()
         context = context or []
-        key = self._key(prefix, suffix, context)
+        key = self._key(prefix, suffix, context, memory)
         with self._state:
             self.stats.requests += 1
             self.stats.context_tokens = len(context)
@@ -195,7 +209,7 @@ class CompletionEngine:
         else:
             try:
                 raw = self._generate(prefix, suffix, context, should_stop,
-                                     (module_roots, interpreter))
+                                     (module_roots, interpreter), memory)
             finally:
                 with self._state:
                     self.generating -= 1
@@ -258,7 +272,8 @@ class CompletionEngine:
 
     def _generate(self, prefix: str, suffix: str, context: list[int],
                   should_stop: Callable[[], bool] | None,
-                  modules: ModuleSearch = ((), SERVER)) -> list[Completion] | None:
+                  modules: ModuleSearch = ((), SERVER),
+                  memory: Lookup | None = None) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled: the shared
         steps of completion/pipeline.py under the model lock, re-ranking a partly typed
         name on a single line, then the stats."""
@@ -269,7 +284,9 @@ class CompletionEngine:
             p = prepare(self.loaded, prefix, suffix, self.settings, context)
             if self._cache is None:
                 self._cache = self.loaded.model.new_cache(1, self.loaded.context)
-            result = generate_candidates(self.loaded, p, self._cache, should_stop)
+            mixer = memory_mixer(self.loaded, p, self._document, memory, self.settings,
+                                 self.memory_stats)
+            result = generate_candidates(self.loaded, p, self._cache, should_stop, mixer)
             if any(c.finish_reason == CANCELLED for c in result.candidates):
                 return None
             first = result.candidates[0]

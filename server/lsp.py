@@ -121,8 +121,15 @@ def is_python(uri: str, language_id: str | None) -> bool:
 
 
 def follow_workspace(ls: CodecompleteServer) -> None:
-    """Index the workspace folders when repository context is on (again if they changed)."""
-    if ls.engine is not None and ls.engine.settings.workspace_context:
+    """Index the workspace folders when repository context or the project memory is on
+    (again if they changed)."""
+    if ls.engine is None:
+        return
+    s = ls.engine.settings
+    ls.files.tokenizer = ls.engine.loaded.tokenizer if s.memory else None
+    if not s.memory:
+        ls.files.memory.clear()
+    if s.workspace_context or s.memory:
         ls.files.set_folders(workspace_folders(ls))
 
 
@@ -244,10 +251,12 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
             budget = engine.context_budget()
 
             def work():
-                context = files.context(engine.loaded.tokenizer, ctx[0], fs_path(uri), budget) \
+                path = fs_path(uri)
+                context = files.context(engine.loaded.tokenizer, ctx[0], path, budget) \
                     if budget else None
+                memory = files.memory_counts(path) if engine.settings.memory else None
                 return engine.complete(*ctx, stop.is_set, invoked, context,
-                                       module_roots(uri, folders), interpreter)
+                                       module_roots(uri, folders), interpreter, memory)
             return await asyncio.to_thread(work)
         except asyncio.CancelledError:
             stop.set()

@@ -20,7 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from completion.prompt import context_ids
+from completion.cache_lm import Lookup, Memory
+from completion.prompt import clean_text, context_ids
 from completion.retrieval import WindowIndex, query_words
 from model.tokenizer import Tokenizer
 
@@ -42,6 +43,8 @@ class Limits:
     total_bytes: int = 64_000_000
     seconds: float = 30.0
     entries: int = 200_000       # directory entries looked at, indexed or not
+    memory_tokens: int = 2_000_000   # tokens counted by the project memory (at most 16
+    #                                  bytes per token and context length: ~200 MB)
 
 
 def skipped_dir(entry: os.DirEntry) -> bool:
@@ -66,6 +69,10 @@ class Workspace:
         self._lock = threading.Lock()
         self._scan = 0                         # a newer scan stops an older one
         self._cached: tuple[tuple, list[int]] | None = None
+        # Project memory (completion/cache_lm.py): the same files as token counts, once
+        # the server has a tokenizer to count them in.
+        self.memory = Memory(limits.memory_tokens)
+        self.tokenizer: Tokenizer | None = None
         self.done.set()
 
     # -- the workspace folders ------------------------------------------------------------
@@ -151,14 +158,22 @@ class Workspace:
         except OSError:
             self.skipped["unreadable_files"] += 1
             return
-        self.index.set_file(path, text)
+        self._add(path, text)
         self._sizes[path] = len(data)
         self._bytes += len(data)
+
+    def _add(self, path: str, text: str) -> None:
+        """Index one file's text: its windows, and its tokens in the project memory."""
+        self.index.set_file(path, text)
+        tok = self.tokenizer
+        if tok is not None and not self.memory.set(path, tok.encode(clean_text(text))):
+            self.skipped["files_past_the_memory_limit"] += 1
 
     def _forget(self, path: str) -> None:
         """Drop a file from the index (and from the counts the limits apply to)."""
         self._bytes -= self._sizes.pop(path, 0)
         self.index.remove_file(path)
+        self.memory.remove(path)
 
     def _report(self, folders: tuple[str, ...], seconds: float) -> None:
         skipped = ", ".join(f"{n} {what.replace('_', ' ')}"
@@ -175,6 +190,9 @@ class Workspace:
             pending = [p for p in self._pending if not self.index.has(p)]
         return {"workspace_files": self.index.file_count() + len(pending),
                 "workspace_windows": len(self.index),
+                "memory_files": self.memory.names,
+                "memory_tokens": self.memory.tokens,
+                "memory_mb": round(self.memory.nbytes / 1e6, 1),
                 "workspace_indexing": not self.done.is_set(),
                 "workspace_skipped": dict(self.skipped)}
 
@@ -226,7 +244,7 @@ class Workspace:
                 del self._pending[p]
         for path, text in todo.items():
             if len(text) <= self.limits.file_bytes:
-                self.index.set_file(path, text)
+                self._add(path, text)
             else:
                 self._forget(path)
 
@@ -238,6 +256,13 @@ class Workspace:
         if base is not None:
             return path[len(base):]
         return os.path.basename(path) or path
+
+    def memory_counts(self, path: str) -> Lookup | None:
+        """The project memory's counts of the workspace and the other open buffers, without
+        the document at `path` (the request counts its buffer itself); None when empty."""
+        self._flush(keep=path)
+        counts = self.memory.counter(exclude=path)
+        return counts if counts.parts else None
 
     def context(self, tok: Tokenizer, prefix: str, path: str, budget: int) -> list[int]:
         """Prompt tokens of the windows of other files most similar to the lines above the

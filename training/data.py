@@ -72,6 +72,20 @@ def load_dataset(data_dir: str | Path) -> tuple[Tokenizer, dict, dict[str, Split
     return tok, manifest, splits
 
 
+def held_out_repos(data: str | Path) -> dict[str, dict[str, str]]:
+    """{repository: {path: text}} of the validation split (whole repositories the model
+    never trained on)."""
+    tok, _, splits = load_dataset(data)
+    val = splits.get("val")
+    if val is None or val.names is None:
+        raise DataError(f"{data} has no validation split with repository names: re-run "
+                        f"training.prepare.")
+    repos: dict[str, dict[str, str]] = {}
+    for (repo, path), (shard, a, b) in zip(val.names, val.docs, strict=True):
+        repos.setdefault(repo, {})[path] = tok.decode(val.tokens[shard][a:b].tolist())
+    return repos
+
+
 def _doc_names(path: Path, count: int, names: list[tuple[str, str]] | None
                ) -> list[tuple[str, str]] | None:
     """`names` extended by one shard's (repository, path) list; None once a shard has none

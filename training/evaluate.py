@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from completion.cache_lm import ALPHA, ORDERS, Counts, Lookup, Memory, Mixer
 from completion.pipeline import SHOWN, complete, filter_texts, generated
 from completion.postprocess import repetition, whole_statements
 from completion.settings import EngineSettings
@@ -150,6 +151,68 @@ def fim_bits_per_byte(lm: LoadedModel, texts: list[str], n: int, rng: random.Ran
         nbytes += len(piece[a:b].encode("utf-8"))
         cases += 1
     return {"model": nats / math.log(2) / max(1, nbytes), "cases": cases, "bytes": nbytes}
+
+
+MEMORY_CHUNK = 32   # the document's own counts are recounted every this many tokens
+
+
+def memory_files(repos: dict[str, dict[str, str]], n_files: int, rng: random.Random
+                 ) -> list[tuple[str, str]]:
+    """(repository, path) of up to `n_files` files of repositories with two files or more,
+    in repository order."""
+    files = [(repo, path) for repo in sorted(repos) if len(repos[repo]) >= 2
+             for path in sorted(repos[repo])]
+    return sorted(rng.sample(files, min(n_files, len(files))))
+
+
+def memory_positions(lm: LoadedModel, repos: dict[str, dict[str, str]],
+                     picked: list[tuple[str, str]]):
+    """Files (`memory_files`) read left to right as the project memory sees them: for
+    each token, (the model's probability of it, the tokens before it, it, the workspace's
+    counts (the rest of its repository), the document's counts (the file's own earlier
+    text, recounted every MEMORY_CHUNK tokens))."""
+    tok = lm.tokenizer
+    memory, memory_repo = None, None
+    for repo, path in picked:
+        if repo != memory_repo:
+            memory, memory_repo = Memory(cap_tokens=1 << 40), repo
+            for other, text in repos[repo].items():
+                memory.set(other, tok.encode(text))
+            memory.rebuild()
+        ids = tok.encode(repos[repo][path])
+        probs = torch.exp(-token_nats(lm, ids)).tolist()
+        workspace = memory.counter(exclude=path)
+        tail = max(ORDERS)
+        for c0 in range(0, len(ids), MEMORY_CHUNK):
+            document = Lookup([(Counts([ids[:c0]]), 1)])
+            for i in range(c0, min(c0 + MEMORY_CHUNK, len(ids))):
+                yield probs[i], ids[max(0, i - tail):i], ids[i], workspace, document
+
+
+def memory_bits_per_byte(lm: LoadedModel, repos: dict[str, dict[str, str]], n_files: int,
+                         rng: random.Random, alpha: float = ALPHA) -> dict[str, float]:
+    """Bits per byte of held-out files by the model alone, with the project memory of the
+    file's own earlier text (a lone file), and with the rest of its repository as well
+    (completion/cache_lm.py's blend, `Mixer.blend_one`)."""
+    tok = lm.tokenizer
+    bits = {"model": 0.0, "document": 0.0, "workspace": 0.0}
+    nbytes = matched = tokens = 0
+    picked = memory_files(repos, n_files, rng)
+    for p, history, target, workspace, document in memory_positions(lm, repos, picked):
+        lone = Mixer([document], [], alpha)
+        both = Mixer([workspace, document], [], alpha)
+        bits["model"] -= math.log2(max(p, 1e-30))
+        bits["document"] -= math.log2(max(lone.blend_one(p, history, target), 1e-30))
+        blended = both.blend_one(p, history, target)
+        bits["workspace"] -= math.log2(max(blended, 1e-30))
+        matched += blended != p
+        tokens += 1
+        nbytes += len(tok.token_bytes(target))
+    out = {k: v / max(1, nbytes) for k, v in bits.items()}
+    return {**out, "drop_document": 1 - out["document"] / out["model"],
+            "drop_workspace": 1 - out["workspace"] / out["model"],
+            "matched_share": matched / max(1, tokens), "tokens": tokens, "files": len(picked),
+            "alpha": alpha}
 
 
 def compressor_bpb(texts: list[str]) -> dict[str, float]:

@@ -1,0 +1,392 @@
+"""Project memory: the user's own code as a cache language model, mixed into every token.
+
+A small network does not learn to copy from far-away code, but code repeats itself: the
+names, calls and idioms of a project recur in the same file and across its files (Tu et
+al., "On the localness of software"; Hellendoorn & Devanbu, nested cache n-gram models).
+So next to the network we keep exact counts of what followed each recent run of tokens in
+the user's code, and blend them into the network's next-token distribution:
+
+    p(t) = model; then for each level (workspace, then document: the most local has the
+    final say) and each context length k it matched, shortest first:
+        p(t) = (c_k(t) + alpha * p(t)) / (n_k + alpha)
+
+c_k(t) counts how often the last k tokens were followed by t, n_k how often they occurred.
+This is a Dirichlet prior with the model as its mean: a context seen once moves little
+probability, one seen ten times with the same continuation moves most of it, and every
+step keeps a distribution over the whole vocabulary (it sums to 1).
+
+Counts are exact (no count is shared by two n-grams, so nothing is lost when normalising):
+each context length has a table of (context hash, next token, count) sorted by hash; a
+64-bit hash of the context alone picks the rows, and the next tokens are stored as they
+are. Tables are built with numpy from token-id arrays: 16 bytes per entry, at most one
+entry per indexed token per context length.
+
+- `Counts`: the tables for a set of token sequences (immutable).
+- `Memory`: a set of named sequences (the workspace's files, the open buffers) kept
+  current by `set`/`remove`: lookups read base + added - removed, so the result after
+  any update equals a rebuild (tests/test_cache_lm.py), and the base is rebuilt once the
+  changes grow. Bounded by a token cap; sequences past it are not counted.
+- `Mixer`: the per-token blend used by generation (model/generate.py's `mixer` hook).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from completion.prompt import clean_text
+from model.tokenizer import Tokenizer
+
+ORDERS = (2, 3, 4, 6, 8, 12)   # context lengths looked up (tokens before the next one)
+ALPHA = 2.0                    # the prior's weight: how much evidence moves probability
+HASH_MUL = 0x9E3779B97F4A7C15  # odd 64-bit multiplier (golden ratio) of the rolling hash
+MASK64 = (1 << 64) - 1
+SEP = -1                       # between sequences: no n-gram spans two of them
+ENTRY_BYTES = 16               # a table row: hash (8), next token (4), count (4)
+
+
+def _powers(n: int) -> list[int]:
+    out, p = [], 1
+    for _ in range(n):
+        out.append(p)
+        p = (p * HASH_MUL) & MASK64
+    return out
+
+
+POWERS = _powers(max(ORDERS) + 1)
+
+
+def context_hash(ids: Sequence[int], k: int) -> int:
+    """The hash of the last `k` of `ids` (the most recent token weighs 1, the one before
+    HASH_MUL, ...): the same value `Counts` computes for each position of a sequence."""
+    h = 0
+    for j in range(k):
+        h = (h + (ids[-1 - j] + 1) * POWERS[j]) & MASK64
+    return h
+
+
+@dataclass
+class Table:
+    """One context length's counts, sorted by context hash."""
+
+    keys: np.ndarray    # uint64
+    nxt: np.ndarray     # int32
+    cnt: np.ndarray     # int32
+
+    def find(self, h: int) -> tuple[np.ndarray, np.ndarray]:
+        key = np.uint64(h)
+        lo = int(np.searchsorted(self.keys, key, "left"))
+        hi = int(np.searchsorted(self.keys, key, "right"))
+        return self.nxt[lo:hi], self.cnt[lo:hi]
+
+
+EMPTY_TABLE = Table(np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+
+
+class Counts:
+    """Exact n-gram counts of a set of token sequences, one table per context length."""
+
+    def __init__(self, seqs: Iterable[Sequence[int] | np.ndarray],
+                 orders: tuple[int, ...] = ORDERS):
+        self.orders = orders
+        parts = [np.asarray(s, dtype=np.int64) for s in seqs]
+        parts = [p for p in parts if len(p)]
+        self.tokens = sum(len(p) for p in parts)
+        self.tables: dict[int, Table] = {}
+        if not parts:
+            self.tables = {k: EMPTY_TABLE for k in orders}
+            return
+        seq = np.concatenate([x for p in parts for x in (np.array([SEP]), p)])
+        n = len(seq)
+        seps = np.concatenate([[0], np.cumsum(seq == SEP)])   # seps[i]: SEPs before i
+        shifted = (seq + 1).astype(np.uint64)                # SEP hashes as 0
+        h = np.zeros(n, dtype=np.uint64)
+        nxt = np.empty(n, dtype=np.int64)
+        nxt[:-1], nxt[-1] = seq[1:], SEP
+        for k in range(1, max(orders) + 1):
+            # h[i]: the hash of seq[i-k+1 .. i], as context_hash computes it
+            if k <= n:
+                h[k - 1:] += shifted[:n - k + 1] * np.uint64(POWERS[k - 1])
+            if k not in orders:
+                continue
+            i = np.arange(k - 1, n - 1)
+            # no SEP among the k context tokens and the next one: positions i-k+1 .. i+1
+            ok = seps[i + 2] - seps[i - k + 1] == 0
+            self.tables[k] = aggregate(h[i[ok]], nxt[i[ok]])
+
+    def find(self, k: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.tables[k].find(h)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.keys.nbytes + t.nxt.nbytes + t.cnt.nbytes for t in self.tables.values())
+
+
+def aggregate(keys: np.ndarray, nxt: np.ndarray) -> Table:
+    """(hash, next) pairs -> a table of distinct pairs with their counts, sorted by hash."""
+    if not len(keys):
+        return EMPTY_TABLE
+    order = np.lexsort((nxt, keys))
+    keys, nxt = keys[order], nxt[order]
+    starts = np.flatnonzero(np.concatenate(
+        [[True], (keys[1:] != keys[:-1]) | (nxt[1:] != nxt[:-1])]))
+    counts = np.diff(np.append(starts, len(keys)))
+    return Table(keys[starts], nxt[starts].astype(np.int32), counts.astype(np.int32))
+
+
+class Memory:
+    """Named token sequences (files, buffers) and their counts, updated in place.
+
+    `set`, `remove` and `rebuild` may run on any thread; `find` reads one consistent
+    snapshot and never waits for an update's counting. At most `cap_tokens` tokens are
+    counted: a sequence that would pass the cap is left out (and counted in `skipped`)."""
+
+    REBUILD_SHARE = 0.25   # the base is rebuilt once changes reach this share of it
+    REBUILD_MIN = 20_000   # ... and at least this many tokens
+
+    def __init__(self, cap_tokens: int = 2_000_000, orders: tuple[int, ...] = ORDERS):
+        self.cap_tokens = cap_tokens
+        self.orders = orders
+        self._seqs: dict[str, np.ndarray] = {}
+        self._base_seqs: dict[str, np.ndarray] = {}   # what the base counted
+        self._lock = threading.Lock()                 # _seqs, _base_seqs and swaps
+        self.skipped = 0
+        self._tokens = 0
+        empty = Counts([], orders)
+        self._snapshot = Snapshot(empty, empty, empty, {}, 0)
+        self._excluded: tuple[np.ndarray, Counts] | None = None
+
+    # -- updates ---------------------------------------------------------------------------
+
+    def set(self, name: str, ids: Sequence[int] | np.ndarray) -> bool:
+        """Count `ids` as `name` (replacing what was counted for it); False when the cap
+        leaves it out."""
+        arr = np.asarray(ids, dtype=np.int32)
+        with self._lock:
+            old = self._seqs.get(name)
+            size = self._tokens - (len(old) if old is not None else 0) + len(arr)
+            if size > self.cap_tokens:
+                self.skipped += 1
+                if old is not None:
+                    del self._seqs[name]
+                    self._tokens -= len(old)
+                    self._refresh()
+                return False
+            self._seqs[name] = arr
+            self._tokens = size
+            self._refresh()
+            return True
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            old = self._seqs.pop(name, None)
+            if old is None:
+                return
+            self._tokens -= len(old)
+            self._refresh()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seqs.clear()
+            self._tokens = 0
+            self._refresh()
+
+    def rebuild(self) -> None:
+        """Count everything into a new base (what `_refresh` does once changes grow)."""
+        with self._lock:
+            self._base_seqs = dict(self._seqs)
+            base = Counts(self._base_seqs.values(), self.orders)
+            empty = Counts([], self.orders)
+            self._snapshot = Snapshot(base, empty, empty, dict(self._seqs), self._next_version())
+
+    def _refresh(self) -> None:
+        """Recount the changes since the base (held: _lock): the names whose sequence is
+        not the base's, counted as added (their new sequence) and removed (the base's)."""
+        changed = [n for n in self._seqs.keys() | self._base_seqs.keys()
+                   if self._seqs.get(n) is not self._base_seqs.get(n)]
+        changed_tokens = sum(len(self._seqs.get(n, ())) + len(self._base_seqs.get(n, ()))
+                             for n in changed)
+        base = self._snapshot.base
+        if changed_tokens > max(self.REBUILD_MIN, self.REBUILD_SHARE * base.tokens):
+            self._base_seqs = dict(self._seqs)
+            empty = Counts([], self.orders)
+            self._snapshot = Snapshot(Counts(self._base_seqs.values(), self.orders), empty,
+                                      empty, dict(self._seqs), self._next_version())
+            return
+        added = Counts([self._seqs[n] for n in changed if n in self._seqs], self.orders)
+        removed = Counts([self._base_seqs[n] for n in changed if n in self._base_seqs],
+                         self.orders)
+        self._snapshot = Snapshot(base, added, removed, dict(self._seqs),
+                                  self._next_version())
+
+    def _next_version(self) -> int:
+        return self._snapshot.version + 1
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    @property
+    def names(self) -> int:
+        return len(self._seqs)
+
+    @property
+    def nbytes(self) -> int:
+        snap = self._snapshot
+        return sum(c.nbytes for c in (snap.base, snap.added, snap.removed)) + 4 * self._tokens
+
+    def counter(self, exclude: str | None = None) -> Lookup:
+        """A lookup over one consistent snapshot of the counts, without the sequence named
+        `exclude` (the document being completed, which has its own level)."""
+        snap = self._snapshot
+        parts = [(snap.base, 1), (snap.added, 1), (snap.removed, -1)]
+        version = (snap.version, exclude)
+        seq = snap.seqs.get(exclude) if exclude is not None else None
+        if seq is not None:
+            kept = self._excluded
+            if kept is None or kept[0] is not seq:
+                kept = self._excluded = (seq, Counts([seq], self.orders))
+            parts.append((kept[1], -1))
+        return Lookup(parts, version)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one lookup reads: base + added - removed, and the sequences they count."""
+
+    base: Counts
+    added: Counts
+    removed: Counts
+    seqs: dict[str, np.ndarray]
+    version: int = 0
+
+
+class Lookup:
+    """Counts of the tokens that followed a context, summed over signed `Counts`.
+    `version` tells two lookups of different contents apart (for answer caches)."""
+
+    def __init__(self, parts: list[tuple[Counts, int]], version: object = None):
+        self.parts = [(c, sign) for c, sign in parts if c.tokens]
+        self.version = version
+
+    def find(self, k: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.parts) == 1 and self.parts[0][1] == 1:
+            return self.parts[0][0].find(k, h)
+        found = [(*c.find(k, h), sign) for c, sign in self.parts]
+        found = [f for f in found if len(f[0])]
+        if not found:
+            return EMPTY_TABLE.nxt, EMPTY_TABLE.cnt
+        if len(found) == 1 and found[0][2] == 1:
+            return found[0][0], found[0][1]
+        nxt = np.concatenate([f[0] for f in found])
+        cnt = np.concatenate([f[1] * f[2] for f in found])
+        ids, inverse = np.unique(nxt, return_inverse=True)
+        total = np.bincount(inverse, weights=cnt).astype(np.int64)
+        keep = total > 0
+        return ids[keep].astype(np.int32), total[keep].astype(np.int32)
+
+
+class DocumentCounts:
+    """The current document's own counts, both sides of the cursor (the suffix is the
+    user's text too), for one request at a time. The text above the cursor's line and
+    below it is tokenized and counted once and kept while the user types on one line; the
+    line itself is counted anew (its two sides). At most DOC_CHARS on each side."""
+
+    DOC_CHARS = 200_000
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._blocks: Counts | None = None
+
+    def counts(self, tok: Tokenizer, prefix: str, suffix: str) -> Lookup:
+        start = prefix.rfind("\n") + 1
+        end = suffix.find("\n")
+        end = len(suffix) if end == -1 else end
+        above, below = prefix[:start][-self.DOC_CHARS:], suffix[end:][:self.DOC_CHARS]
+        key = (id(tok), len(above), hash(above), len(below), hash(below))
+        if key != self._key or self._blocks is None:
+            self._blocks = Counts([tok.encode(clean_text(above)), tok.encode(clean_text(below))])
+            self._key = key
+        line = Counts([tok.encode(clean_text(prefix[start:])),
+                       tok.encode(clean_text(suffix[:end]))])
+        return Lookup([(self._blocks, 1), (line, 1)])
+
+
+@dataclass
+class MixStats:
+    """How often the cache took part, for the status request."""
+
+    tokens: int = 0          # tokens generated with the mixer on
+    matched: int = 0         # ... of which some level matched a context
+
+
+class Mixer:
+    """Blends cache counts into a model's next-token distributions (see the module doc).
+
+    `levels` go from the least to the most local (workspace, then document); `left` is
+    the text's token ids before the first generated token (the prompt's prefix, without
+    the healed bytes). Called by generation with each row's generated ids."""
+
+    def __init__(self, levels: Sequence[Lookup], left: Sequence[int], alpha: float = ALPHA,
+                 orders: tuple[int, ...] = ORDERS, stats: MixStats | None = None):
+        self.levels = [lv for lv in levels if lv.parts]
+        self.left = list(left[-max(orders):])
+        self.alpha = alpha
+        self.orders = orders
+        self.stats = stats if stats is not None else MixStats()
+
+    def __bool__(self) -> bool:
+        return bool(self.levels)
+
+    def evidence(self, history: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(next ids, counts) for each level and matched context length, in the order they
+        are applied: level by level, shortest context first."""
+        found = []
+        for level in self.levels:
+            for k in self.orders:
+                if k > len(history):
+                    break
+                nxt, cnt = level.find(k, context_hash(history, k))
+                if not len(nxt):
+                    break          # a longer context cannot match where a shorter did not
+                found.append((nxt, cnt))
+        return found
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Log-probabilities [B, V] of the blend, from the model's `logits` [B, V] and each
+        row's generated ids (rows that are None are left as the model's)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for b, ids in enumerate(rows):
+            if ids is None:
+                continue
+            self.stats.tokens += 1
+            found = self.evidence([*self.left, *ids])
+            if not found:
+                continue
+            self.stats.matched += 1
+            p = logp[b].exp()
+            for nxt, cnt in found:
+                n = float(cnt.sum())
+                p.mul_(self.alpha / (n + self.alpha))
+                idx = torch.from_numpy(nxt.astype(np.int64)).to(p.device)
+                p.index_add_(0, idx, torch.from_numpy(cnt.astype(np.float32)).to(p.device)
+                             / (n + self.alpha))
+            logp[b] = p.clamp_min(1e-30).log()
+        return logp
+
+    def blend_one(self, p_model: float, history: Sequence[int], target: int) -> float:
+        """The blended probability of `target` after `history`, from the model's own
+        probability of it: the same arithmetic as `__call__` for one token (evaluation)."""
+        p = p_model
+        for nxt, cnt in self.evidence(history):
+            n = float(cnt.sum())
+            hit = cnt[nxt == target]
+            p = (float(hit[0]) if len(hit) else 0.0) / (n + self.alpha) + \
+                p * self.alpha / (n + self.alpha)
+        return p
