@@ -4,13 +4,15 @@ read left to right with the rest of its repository and its own earlier text coun
 
     python -m benchmarks.memory_mixing [--model DIR] [--data data/local-16384] [--files 60]
 
-- dirichlet (shipped, completion/cache_lm.Mixer): for each matched context length k,
-  shortest first, workspace then document, p <- (c_k + alpha p) / (n_k + alpha);
+- nested confidence (shipped, completion/cache_lm.Mixer): for each level, workspace then
+  document, its longest match: p <- (1 - lam) p + lam c/n, lam = w (1 - 2^-(k/2)) n/(n+1):
+  longer and more frequent matches weigh more (SLP-Core's confidence, on BPE tokens);
+- confidence, most local only: the same with the most local level's longest match alone;
 - fixed: p <- (1 - lam) p + lam c/n of the longest match of the most local level;
-- confidence: as fixed, lam = w (1 - 2^-(k/2)) n / (n + 1): longer and more frequent
-  matches weigh more (SLP-Core's confidence, on our BPE tokens);
 - entropy: as fixed, lam scaled by the model's normalised entropy at that token: the
-  memory speaks where the model is unsure.
+  memory speaks where the model is unsure;
+- dirichlet: for every matched context length, shortest first, both levels,
+  p <- (c + alpha p) / (n + alpha); and the same on each level's longest match only.
 Prints each variant's bits per byte, its drop from the model's, and the machine.
 """
 
@@ -24,7 +26,7 @@ import sys
 import torch
 
 from benchmarks.machine import describe
-from completion.cache_lm import Mixer
+from completion.cache_lm import Mixer, confidence
 from model.checkpoint import load_model_dir
 from model.paths import default_model_dir
 from training.data import held_out_repos
@@ -36,15 +38,13 @@ def collect(lm, repos, picked):
     in the order the shipped blend applies them, and the model's entropy (nats)."""
     out = []
     tok = lm.tokenizer
+    mixer = Mixer([], [])
     for p, history, target, workspace, document in memory_positions(lm, repos, picked):
         found = []
         for level, lookup in enumerate((workspace, document)):
-            mixer = Mixer([lookup], [])
-            for k, (nxt, cnt) in zip(mixer.orders, mixer.evidence(history), strict=False):
-                n = int(cnt.sum())
-                c = int(cnt[nxt == target].sum())
-                top = int(cnt.max())
-                found.append((level, k, n, c, top))
+            for k, nxt, cnt in mixer.matches(lookup, history):
+                found.append((level, k, int(cnt.sum()), int(cnt[nxt == target].sum()),
+                              int(cnt.max())))
         out.append((p, len(tok.token_bytes(target)), found))
     return out
 
@@ -52,6 +52,30 @@ def collect(lm, repos, picked):
 def dirichlet(rec, alpha: float) -> float:
     p, _, found = rec
     for _, _, n, c, _ in found:
+        p = (c + alpha * p) / (n + alpha)
+    return p
+
+
+def per_level_longest(found):
+    """Each level's longest match, the least local level first."""
+    best: dict[int, tuple] = {}
+    for f in found:
+        if f[0] not in best or f[1] > best[f[0]][1]:
+            best[f[0]] = f
+    return [best[level] for level in sorted(best)]
+
+
+def nested(rec, w: float) -> float:
+    p, _, found = rec
+    for _, k, n, c, _ in per_level_longest(found):
+        lam = confidence(k, n, w)
+        p = (1 - lam) * p + lam * c / n
+    return p
+
+
+def dirichlet_longest(rec, alpha: float) -> float:
+    p, _, found = rec
+    for _, _, n, c, _ in per_level_longest(found):
         p = (c + alpha * p) / (n + alpha)
     return p
 
@@ -71,12 +95,12 @@ def fixed(rec, lam: float) -> float:
     return p if f is None else (1 - lam) * p + lam * f[3] / f[2]
 
 
-def confidence(rec, w: float) -> float:
+def most_local(rec, w: float) -> float:
     p, _, found = rec
     f = longest(found)
     if f is None:
         return p
-    lam = w * (1 - 2 ** (-f[1] / 2)) * f[2] / (f[2] + 1)
+    lam = confidence(f[1], f[2], w)
     return (1 - lam) * p + lam * f[3] / f[2]
 
 
@@ -101,12 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     assert len(entropy) == len(recs), (len(entropy), len(recs))
     base = bpb(recs, lambda r: r[0])
     rows = [("model alone", base)]
-    for a in (0.5, 1, 2, 4, 8):
-        rows.append((f"dirichlet alpha={a:g}", bpb(recs, lambda r, a=a: dirichlet(r, a))))
-    for lam in (0.1, 0.2, 0.3, 0.5):
+    for w in (0.6, 0.7, 0.8, 0.9, 1.0):
+        rows.append((f"nested confidence w={w:g}", bpb(recs, lambda r, w=w: nested(r, w))))
+    for w in (0.7, 0.9):
+        rows.append((f"most local only w={w:g}", bpb(recs, lambda r, w=w: most_local(r, w))))
+    for lam in (0.2, 0.3, 0.5):
         rows.append((f"fixed lambda={lam:g}", bpb(recs, lambda r, lam=lam: fixed(r, lam))))
-    for w in (0.3, 0.5, 0.7, 0.9):
-        rows.append((f"confidence w={w:g}", bpb(recs, lambda r, w=w: confidence(r, w))))
+    for a in (2, 8):
+        rows.append((f"dirichlet all alpha={a:g}", bpb(recs, lambda r, a=a: dirichlet(r, a))))
+    for a in (1, 2, 4):
+        rows.append((f"dirichlet longest alpha={a:g}",
+                     bpb(recs, lambda r, a=a: dirichlet_longest(r, a))))
     hmax = math.log(lm.tokenizer.vocab_size)
     gated = list(zip(recs, (min(1.0, 3 * h / hmax) for h in entropy), strict=True))
     for lam in (0.3, 0.5, 0.7):

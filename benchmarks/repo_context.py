@@ -1,7 +1,13 @@
-"""What repository context adds, measured as a user gets it: the real server over stdio,
-held-out repositories opened as the workspace, the rest of a line scored.
+"""What the rest of the repository adds, measured as a user gets it: the real server over
+stdio, held-out repositories opened as the workspace, the rest of a line scored.
 
     python -m benchmarks.repo_context [--model DIR] [--data data/local-16384] [--cases 400]
+        [--feature memory|workspace_context] [--arms off,on,lone]
+
+The feature compared is the project memory (`memory`, completion/cache_lm.py: the
+workspace's and the document's own tokens blended into every token) or repository context
+in the prompt (`workspace_context`); the other one is off in every arm. Arms: `off`, `on`,
+and `lone` (on, but no workspace folder: the document is its own memory).
 
 Cases: files drawn uniformly from the held-out repositories (the validation split of a
 prepared dataset: whole repositories the model never trained on) that have at least two
@@ -12,10 +18,11 @@ Each repository is written to a temporary folder and becomes the server's worksp
 (didChangeWorkspaceFolders). For a case, the edited file (the rest of the line removed)
 is written to disk, reported (didChangeWatchedFiles), opened with the same text, and one
 automatic inline completion is asked at the cursor; then the original is restored. So
-the line being completed exists nowhere the server can read. The same cases run with
-`workspace_context` on and off, each arm its own server. Prints exact match (the
-suggestion's first line equals the rest of the line, trailing blanks aside), edit
-similarity, the difference, latency per arm, and the machine; `--out` writes JSON.
+the line being completed exists nowhere the server can read. The same cases run in each
+arm, each arm its own server. Prints exact match (the suggestion's first line equals the
+rest of the line, trailing blanks aside), edit similarity, apart for cursors after the
+indentation (the whole line removed: single-line FIM) and inside a line, the difference,
+latency per arm, and the machine; `--out` writes JSON.
 """
 
 from __future__ import annotations
@@ -74,8 +81,10 @@ def sample_cases(repos: dict[str, dict[str, str]], n: int, seed: int
         start = sum(len(line) + 1 for line in lines[:row])
         offset = start + col
         end = start + len(lines[row])
+        indent = len(lines[row]) - len(lines[row].lstrip())
         cases.append({"repo": repo, "path": path, "offset": offset, "end": end,
-                      "target": text[offset:end].rstrip()})
+                      "target": text[offset:end].rstrip(),
+                      "kind": "line" if col == indent else "mid"})
     return cases
 
 
@@ -109,18 +118,21 @@ def file_event(path: Path, kind: types.FileChangeType) -> types.DidChangeWatched
 
 
 async def run_arm(args: argparse.Namespace, root: Path, repos: dict[str, dict[str, str]],
-                  cases: list[dict], context: bool) -> dict:
+                  cases: list[dict], arm: str) -> dict:
     client = LanguageClient("repo-context-bench", "0")
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: print(p.message, file=sys.stderr))
     cmd = [sys.executable, "-m", "server", "--dtype", args.dtype, "--log-level", "INFO"] + (
         ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
-    stderr_task = drain_stderr(client, Path(f"{args.server_log}.{'on' if context else 'off'}"))
+    stderr_task = drain_stderr(client, Path(f"{args.server_log}.{arm}"))
+    options = {"workspace_context": False, "memory": False, "rerank": not args.no_rerank,
+               args.feature: arm != "off"}
+    if args.memory_weight is not None:
+        options["memory_weight"] = args.memory_weight
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(workspace=types.WorkspaceClientCapabilities(
-            workspace_folders=True)), process_id=None,
-        initialization_options={"workspace_context": context, "rerank": not args.no_rerank}))
+            workspace_folders=True)), process_id=None, initialization_options=options))
     client.initialized(types.InitializedParams())
     by_repo: dict[str, list[int]] = defaultdict(list)
     for i, case in enumerate(cases):
@@ -128,12 +140,13 @@ async def run_arm(args: argparse.Namespace, root: Path, repos: dict[str, dict[st
     results: list[dict] = [{} for _ in cases]
     current: types.WorkspaceFolder | None = None
     for repo in sorted(by_repo):
-        folder = types.WorkspaceFolder(uri=repo_dir(root, repo).as_uri(), name=repo)
-        client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
-            event=types.WorkspaceFoldersChangeEvent(added=[folder],
-                                                    removed=[current] if current else [])))
-        current = folder
-        await wait_indexed(client)
+        if arm != "lone":
+            folder = types.WorkspaceFolder(uri=repo_dir(root, repo).as_uri(), name=repo)
+            client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+                event=types.WorkspaceFoldersChangeEvent(
+                    added=[folder], removed=[current] if current else [])))
+            current = folder
+            await wait_indexed(client)
         for n, i in enumerate(by_repo[repo]):
             case = cases[i]
             text = repos[repo][case["path"]]
@@ -167,15 +180,25 @@ async def run_arm(args: argparse.Namespace, root: Path, repos: dict[str, dict[st
     client.exit(None)
     await client.stop()
     stderr_task.cancel()
-    return {"results": results, "server": {k: getattr(final, k) for k in (
-        "model", "device", "dtype", "kv_reuse_rate", "latency_p50_ms", "latency_p95_ms")}}
+    return {"results": results, "server": {k: getattr(final, k, None) for k in (
+        "model", "device", "dtype", "kv_reuse_rate", "latency_p50_ms", "latency_p95_ms",
+        "memory_used_rate", "memory_tokens", "memory_files")}}
 
 
-def summary(arm: dict) -> dict:
+def summary(arm: dict, cases: list[dict]) -> dict:
     rs = arm["results"]
     ms = [r["ms"] for r in rs]
+    by_kind = {}
+    for kind in ("line", "mid"):
+        kept = [r for r, c in zip(rs, cases, strict=True) if c.get("kind") == kind]
+        if kept:
+            by_kind[kind] = {"cases": len(kept),
+                             "exact_match": sum(r["exact"] for r in kept) / len(kept),
+                             "edit_similarity": statistics.mean(r["edit_similarity"]
+                                                                for r in kept)}
     return {"exact_match": sum(r["exact"] for r in rs) / len(rs),
             "edit_similarity": statistics.mean(r["edit_similarity"] for r in rs),
+            "by_kind": by_kind,
             "empty": sum(not r["prediction"] for r in rs) / len(rs),
             "with_context": sum(r["context_tokens"] > 0 for r in rs) / len(rs),
             "context_tokens_mean": statistics.mean(r["context_tokens"] for r in rs),
@@ -190,8 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--memory-weight", type=float, default=None,
+                    help="the server's memory_weight (default: its own)")
     ap.add_argument("--no-rerank", action="store_true", help="turn identifier re-ranking off")
-    ap.add_argument("--arms", default="off,on", help="workspace_context arms to run")
+    ap.add_argument("--feature", default="memory", choices=("memory", "workspace_context"))
+    ap.add_argument("--arms", default="off,on,lone",
+                    help="off, on, lone (on without a workspace folder)")
     ap.add_argument("--server-log", default="logs/repo-context-server.log")
     ap.add_argument("--out", default=None, help="write all cases and results as JSON here")
     ap.add_argument("--verbose", action="store_true")
@@ -207,27 +234,31 @@ def main(argv: list[str] | None = None) -> int:
         write_repos(root, {r: repos[r] for r in used})
         for arm in args.arms.split(","):
             t0 = time.time()
-            arms[arm] = asyncio.run(run_arm(args, root, repos, cases, arm == "on"))
-            arms[arm]["summary"] = summary(arms[arm])
+            arms[arm] = asyncio.run(run_arm(args, root, repos, cases, arm))
+            arms[arm]["summary"] = summary(arms[arm], cases)
             print(f"arm {arm}: {json.dumps(arms[arm]['summary'])} in {time.time() - t0:.0f} s",
                   file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     machine = describe()
-    print(f"\nrepository context, {len(cases)} cases from {len(used)} held-out repositories, "
+    print(f"\n{args.feature}, {len(cases)} cases from {len(used)} held-out repositories, "
           f"{machine}")
-    print(f"{'arm':<5} {'exact':>7} {'edit sim':>9} {'empty':>7} {'w/ ctx':>7} "
-          f"{'ctx tok':>8} {'p50 ms':>7} {'p95 ms':>7}")
+    print(f"{'arm':<5} {'exact':>7} {'edit sim':>9} {'line EM':>8} {'mid EM':>7} {'empty':>7} "
+          f"{'w/ ctx':>7} {'p50 ms':>7} {'p95 ms':>7}")
     for name, arm in arms.items():
         s = arm["summary"]
-        print(f"{name:<5} {s['exact_match']:7.3f} {s['edit_similarity']:9.3f} {s['empty']:7.3f} "
-              f"{s['with_context']:7.3f} {s['context_tokens_mean']:8.0f} "
-              f"{s['latency_p50_ms']:7.0f} {s['latency_p95_ms']:7.0f}")
-    if "on" in arms and "off" in arms:
-        on, off = arms["on"]["summary"], arms["off"]["summary"]
-        print(f"context adds {100 * (on['exact_match'] - off['exact_match']):+.1f} points of "
-              f"exact match, {100 * (on['edit_similarity'] - off['edit_similarity']):+.1f} "
-              f"of edit similarity")
+        kinds = s["by_kind"]
+        print(f"{name:<5} {s['exact_match']:7.3f} {s['edit_similarity']:9.3f} "
+              f"{kinds.get('line', {}).get('exact_match', float('nan')):8.3f} "
+              f"{kinds.get('mid', {}).get('exact_match', float('nan')):7.3f} {s['empty']:7.3f} "
+              f"{s['with_context']:7.3f} {s['latency_p50_ms']:7.0f} {s['latency_p95_ms']:7.0f}")
+    off = arms.get("off", {}).get("summary")
+    for name in ("on", "lone"):
+        if off and name in arms:
+            s = arms[name]["summary"]
+            print(f"{name} adds {100 * (s['exact_match'] - off['exact_match']):+.1f} points of "
+                  f"exact match, {100 * (s['edit_similarity'] - off['edit_similarity']):+.1f} "
+                  f"of edit similarity")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"machine": machine, "cases": cases,

@@ -7,13 +7,15 @@ So next to the network we keep exact counts of what followed each recent run of 
 the user's code, and blend them into the network's next-token distribution:
 
     p(t) = model; then for each level (workspace, then document: the most local has the
-    final say) and each context length k it matched, shortest first:
-        p(t) = (c_k(t) + alpha * p(t)) / (n_k + alpha)
+    final say), at the longest context length k it matched:
+        lam = weight * (1 - 2^(-k/2)) * n / (n + 1)
+        p(t) = (1 - lam) * p(t) + lam * c(t) / n
 
-c_k(t) counts how often the last k tokens were followed by t, n_k how often they occurred.
-This is a Dirichlet prior with the model as its mean: a context seen once moves little
-probability, one seen ten times with the same continuation moves most of it, and every
-step keeps a distribution over the whole vocabulary (it sums to 1).
+c(t) counts how often the last k tokens were followed by t, n how often they occurred. The
+weight is the cache's confidence (SLP-Core's idea): a longer match and more occurrences
+trust the counts more, and every step keeps a distribution over the whole vocabulary (it
+sums to 1). benchmarks/memory_mixing.py compares it with a fixed weight, entropy gating
+and a Dirichlet prior over every matched length (docs/memory.md has the numbers).
 
 Counts are exact (no count is shared by two n-grams, so nothing is lost when normalising):
 each context length has a table of (context hash, next token, count) sorted by hash; a
@@ -42,10 +44,13 @@ from completion.prompt import clean_text
 from model.tokenizer import Tokenizer
 
 ORDERS = (2, 3, 4, 6, 8, 12)   # context lengths looked up (tokens before the next one)
-ALPHA = 2.0                    # the prior's weight: how much evidence moves probability
+WEIGHT = 0.7                   # the most weight the counts of one level can get (the
+#                                best bits/byte of benchmarks.memory_mixing: 0.6-0.7)
 HASH_MUL = 0x9E3779B97F4A7C15  # odd 64-bit multiplier (golden ratio) of the rolling hash
 MASK64 = (1 << 64) - 1
 SEP = -1                       # between sequences: no n-gram spans two of them
+SMALL_MERGE = 64               # continuations merged in a dict rather than with numpy
+DRAFT_MIN_ORDER = 4            # a draft follows contexts of at least this many tokens
 ENTRY_BYTES = 16               # a table row: hash (8), next token (4), count (4)
 
 
@@ -284,6 +289,14 @@ class Lookup:
             return EMPTY_TABLE.nxt, EMPTY_TABLE.cnt
         if len(found) == 1 and found[0][2] == 1:
             return found[0][0], found[0][1]
+        if sum(len(f[0]) for f in found) <= SMALL_MERGE:      # the usual case: a dict
+            merged: dict[int, int] = {}
+            for nxt, cnt, sign in found:
+                for t, c in zip(nxt.tolist(), cnt.tolist(), strict=True):
+                    merged[t] = merged.get(t, 0) + sign * c
+            kept = [(t, c) for t, c in merged.items() if c > 0]
+            return (np.array([t for t, _ in kept], dtype=np.int32),
+                    np.array([c for _, c in kept], dtype=np.int32))
         nxt = np.concatenate([f[0] for f in found])
         cnt = np.concatenate([f[1] * f[2] for f in found])
         ids, inverse = np.unique(nxt, return_inverse=True)
@@ -326,6 +339,12 @@ class MixStats:
     matched: int = 0         # ... of which some level matched a context
 
 
+def confidence(k: int, n: int, weight: float) -> float:
+    """The share of probability a level's counts get: more for a longer context and for
+    one seen more often, never more than `weight`."""
+    return weight * (1 - 2 ** (-k / 2)) * n / (n + 1)
+
+
 class Mixer:
     """Blends cache counts into a model's next-token distributions (see the module doc).
 
@@ -333,32 +352,44 @@ class Mixer:
     the text's token ids before the first generated token (the prompt's prefix, without
     the healed bytes). Called by generation with each row's generated ids."""
 
-    def __init__(self, levels: Sequence[Lookup], left: Sequence[int], alpha: float = ALPHA,
+    def __init__(self, levels: Sequence[Lookup], left: Sequence[int], weight: float = WEIGHT,
                  orders: tuple[int, ...] = ORDERS, stats: MixStats | None = None):
         self.levels = [lv for lv in levels if lv.parts]
         self.left = list(left[-max(orders):])
-        self.alpha = alpha
+        self.weight = weight
         self.orders = orders
         self.stats = stats if stats is not None else MixStats()
 
     def __bool__(self) -> bool:
         return bool(self.levels)
 
-    def evidence(self, history: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(next ids, counts) for each level and matched context length, in the order they
-        are applied: level by level, shortest context first."""
+    def matches(self, level: Lookup, history: Sequence[int]
+                ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(k, next ids, counts) for each context length `level` matched, shortest first."""
         found = []
-        for level in self.levels:
-            for k in self.orders:
-                if k > len(history):
-                    break
-                nxt, cnt = level.find(k, context_hash(history, k))
-                if not len(nxt):
-                    break          # a longer context cannot match where a shorter did not
-                found.append((nxt, cnt))
+        for k in self.orders:
+            if k > len(history):
+                break
+            nxt, cnt = level.find(k, context_hash(history, k))
+            if not len(nxt):
+                break          # a longer context cannot match where a shorter did not
+            found.append((k, nxt, cnt))
         return found
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    def evidence(self, history: Sequence[int]) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """(weight, next ids, counts) of each level's longest match, in the order they are
+        applied: the least local level first."""
+        out = []
+        for level in self.levels:
+            found = self.matches(level, history)
+            if found:
+                k, nxt, cnt = found[-1]
+                n = int(cnt.sum())
+                out.append((confidence(k, n, self.weight), nxt, cnt))
+        return out
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[Sequence[int] | None]
+                 ) -> torch.Tensor:
         """Log-probabilities [B, V] of the blend, from the model's `logits` [B, V] and each
         row's generated ids (rows that are None are left as the model's)."""
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -371,22 +402,43 @@ class Mixer:
                 continue
             self.stats.matched += 1
             p = logp[b].exp()
-            for nxt, cnt in found:
-                n = float(cnt.sum())
-                p.mul_(self.alpha / (n + self.alpha))
-                idx = torch.from_numpy(nxt.astype(np.int64)).to(p.device)
-                p.index_add_(0, idx, torch.from_numpy(cnt.astype(np.float32)).to(p.device)
-                             / (n + self.alpha))
+            for lam, nxt, cnt in found:
+                p.mul_(1 - lam)
+                share = torch.from_numpy(cnt.astype(np.float32) * (lam / float(cnt.sum())))
+                p.index_add_(0, torch.from_numpy(nxt.astype(np.int64)).to(p.device),
+                             share.to(p.device))
             logp[b] = p.clamp_min(1e-30).log()
         return logp
+
+    def draft(self, generated: Sequence[int], n: int) -> list[int]:
+        """Up to `n` tokens the memory expects next: each the most frequent continuation
+        of the longest context (of at least DRAFT_MIN_ORDER tokens) matched in the most
+        local level that matches. Generation verifies them (model/generate.py)."""
+        history = [*self.left, *generated]
+        out: list[int] = []
+        while len(out) < n:
+            t = self._likeliest(history)
+            if t is None:
+                break
+            out.append(t)
+            history.append(t)
+        return out
+
+    def _likeliest(self, history: list[int]) -> int | None:
+        for level in reversed(self.levels):
+            for k in reversed(self.orders):
+                if k < DRAFT_MIN_ORDER or k > len(history):
+                    continue
+                nxt, cnt = level.find(k, context_hash(history, k))
+                if len(nxt):
+                    return int(nxt[int(cnt.argmax())])
+        return None
 
     def blend_one(self, p_model: float, history: Sequence[int], target: int) -> float:
         """The blended probability of `target` after `history`, from the model's own
         probability of it: the same arithmetic as `__call__` for one token (evaluation)."""
         p = p_model
-        for nxt, cnt in self.evidence(history):
-            n = float(cnt.sum())
+        for lam, nxt, cnt in self.evidence(history):
             hit = cnt[nxt == target]
-            p = (float(hit[0]) if len(hit) else 0.0) / (n + self.alpha) + \
-                p * self.alpha / (n + self.alpha)
+            p = (1 - lam) * p + lam * (float(hit[0]) if len(hit) else 0.0) / float(cnt.sum())
         return p

@@ -121,7 +121,7 @@ def memory_mixer(lm: LoadedModel, p: Prepared, document: DocumentCounts | None,
     head = prefix[-LEFT_CHARS:].encode("utf-8")
     head = head[:len(head) - len(p.healed)] if p.healed else head
     left = lm.tokenizer.encode(clean_text(head.decode("utf-8", errors="ignore")))
-    mixer = Mixer(levels, left, alpha=settings.memory_alpha, stats=stats)
+    mixer = Mixer(levels, left, weight=settings.memory_weight, stats=stats)
     return mixer if mixer else None
 
 
@@ -142,9 +142,12 @@ def filter_texts(texts: list[str], ctx: CompletionContext, chain: list[Filter]) 
 
 def generated(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
               cache: KVCache | None = None) -> tuple[list[str], CompletionContext]:
-    """The model's texts for a cursor before any filter, and what the filters know."""
+    """The model's texts for a cursor before any filter, and what the filters know; the
+    document is its own project memory when the setting is on (no workspace here)."""
     p = prepare(lm, prefix, suffix, settings)
-    result = generate_candidates(lm, p, cache or lm.model.new_cache(1, lm.context))
+    mixer = memory_mixer(lm, p, DocumentCounts(), None, settings)
+    result = generate_candidates(lm, p, cache or lm.model.new_cache(1, lm.context),
+                                 mixer=mixer)
     return [c.text for c in result.candidates if c.finish_reason != CANCELLED], p.ctx
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from completion.cache_lm import ALPHA
+from completion.cache_lm import WEIGHT
 
 
 @dataclass
@@ -38,8 +38,7 @@ class EngineSettings:
     memory: bool = True            # project memory: the user's code (this document, open
     #                                buffers, the workspace) as counts blended into every
     #                                token (completion/cache_lm.py)
-    memory_alpha: float = ALPHA    # how much evidence it takes to move probability: lower
-    #                                trusts the counts sooner
+    memory_weight: float = WEIGHT  # the most weight one level of the memory gets (0-1]
     multiline: str = "auto"        # auto: several lines in an empty block body only;
     #                                never: always one line; always: also at a line's end
     python: str = ""               # the workspace's interpreter (or environment folder), for
@@ -126,7 +125,7 @@ RULES: dict[str, Rule] = {
     "rerank": Rule("bool"),
     "seed": Rule("optional int", 0),
     "memory": Rule("bool"),
-    "memory_alpha": Rule("float", 0.0, 1000.0, low_open=True),
+    "memory_weight": Rule("float", 0.0, 1.0, low_open=True),
     "multiline": Rule("choice", choices=("auto", "never", "always")),
     "python": Rule("str"),
 }

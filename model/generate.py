@@ -41,6 +41,8 @@ class GenerationConfig:
     ban_first: tuple[int, ...] = ()  # token ids the first generated token may not be
     write_line: bool = False       # write something before any line break or end of text
     beams: int = 1                 # >1: beam search for the most probable text (greedy, n 1)
+    drafts: bool = True            # greedy, one candidate, a mixer that drafts: verify its
+    #                                drafts several tokens per forward pass (same output)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.n < 1 or not 0 < self.top_p <= 1 \
@@ -148,6 +150,13 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
                                         should_stop, stop_text, mixer)
         return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
 
+    draft = getattr(mixer, "draft", None)
+    if draft is not None and cfg.drafts and cfg.n == 1 and cfg.temperature == 0:
+        row, new_tokens, passes = _drafted_greedy(model, tok, cfg, cache, logits, heal, max_new,
+                                                  should_stop, stop_text, mixer, draft)
+        result = _result([row], prompt_ids, reused, t0, t1, new_tokens)
+        result.timings["forward_passes"] = passes
+        return result
     work = cache if cfg.n == 1 else cache.expand(cfg.n)
     logits = logits.expand(cfg.n, -1).clone()
     rows = [_Row(heal) for _ in range(cfg.n)]
@@ -175,6 +184,65 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
             break
         logits = model(next_ids[:, None], work)[:, -1].float()
     return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
+
+
+MAX_DRAFT = 8    # tokens of a draft verified in one forward pass
+
+
+def _drafted_greedy(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cache: KVCache,
+                    logits: torch.Tensor, heal: bytes, max_new: int,
+                    should_stop: Callable[[], bool] | None,
+                    stop_text: Callable[[str], int | None] | None, mixer: Mixer,
+                    draft: Callable[[list[int], int], list[int]]) -> tuple[_Row, int, int]:
+    """Greedy decoding that checks a draft of the next tokens (the project memory's
+    likeliest continuation) in one forward pass: each drafted token is kept while it is
+    what greedy decoding would choose there (the same blend, bans and healing, token by
+    token), and the first other choice is taken from the same pass. So the text is greedy's
+    own, in fewer passes where the user's code repeats. Returns the row, its tokens and the
+    forward passes made."""
+    row = _Row(heal)
+    step = passes = 0
+    while step < max_new:
+        if should_stop is not None and should_stop():
+            row.reason = CANCELLED
+            break
+        t = _greedy_pick(logits, row, tok, cfg, step, mixer)
+        if t in tok.special_ids:
+            row.reason = STOP
+            break
+        row.add(t, tok.token_bytes(t))
+        _apply_stops(row, cfg.stop, stop_text)
+        step += 1
+        if row.reason is not None or step >= max_new:
+            break
+        room = min(MAX_DRAFT, max_new - step, cache.capacity - cache.length - 1)
+        guess = [d for d in draft(row.ids, room) if d not in tok.special_ids] if room else []
+        base = cache.length
+        out = model(torch.tensor([[t, *guess]], device=logits.device), cache)[0].float()
+        passes += 1
+        kept = 0
+        for j, d in enumerate(guess):
+            if _greedy_pick(out[j:j + 1], row, tok, cfg, step, mixer) != d:
+                break
+            row.add(d, tok.token_bytes(d))
+            _apply_stops(row, cfg.stop, stop_text)
+            step += 1
+            kept = j + 1
+            if row.reason is not None or step >= max_new:
+                break
+        if row.reason is not None or step >= max_new:
+            break
+        cache.truncate(base + 1 + kept)
+        logits = out[kept:kept + 1]
+    return row, len(row.ids), passes
+
+
+def _greedy_pick(logits: torch.Tensor, row: _Row, tok: Tokenizer, cfg: GenerationConfig,
+                 step: int, mixer: Mixer) -> int:
+    """Greedy decoding's choice for one row: the blend, then the bans and healing."""
+    mixed = mixer(logits, [row.ids])
+    _constrain(mixed, [row], tok, cfg, step)
+    return int(mixed[0].argmax())
 
 
 def _result(rows: list[_Row], prompt_ids: list[int], reused: int, t0: float, t1: float,

@@ -151,7 +151,7 @@ class CompletionEngine:
         counts = memory.version if memory is not None else None
         return (prefix[-KEY_CHARS:], suffix[:KEY_CHARS], tuple(context), s.temperature, s.top_p,
                 s.max_tokens, s.candidates, s.context_tokens, s.seed, s.multiline, s.rerank,
-                s.python, s.memory, s.memory_alpha, counts)
+                s.python, s.memory, s.memory_weight, counts)
 
     def typed_ahead(self, prefix: str, suffix: str) -> list[Completion] | None:
         """When the user typed exactly the start of the last suggestion, the rest of it."""

@@ -215,9 +215,12 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
     def on_files(ls: CodecompleteServer, params: types.DidChangeWatchedFilesParams) -> None:
+        if ls.engine is None or not (ls.engine.settings.workspace_context
+                                     or ls.engine.settings.memory):
+            return                      # nothing is indexed: nothing to update
         for change in params.changes:
             if change.uri.startswith("file:"):
-                ls.files.file_changed(fs_path(change.uri))
+                ls.files.queue_file_event(fs_path(change.uri))
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
     def on_folders(ls: CodecompleteServer,

@@ -73,6 +73,10 @@ class Workspace:
         # the server has a tokenizer to count them in.
         self.memory = Memory(limits.memory_tokens)
         self.tokenizer: Tokenizer | None = None
+        self._events: list[str] = []            # file events waiting for the worker
+        self._events_idle = threading.Event()
+        self._events_idle.set()
+        self._event_thread: threading.Thread | None = None
         self.done.set()
 
     # -- the workspace folders ------------------------------------------------------------
@@ -193,7 +197,8 @@ class Workspace:
                 "memory_files": self.memory.names,
                 "memory_tokens": self.memory.tokens,
                 "memory_mb": round(self.memory.nbytes / 1e6, 1),
-                "workspace_indexing": not self.done.is_set(),
+                "workspace_indexing": not (self.done.is_set()
+                                           and self._events_idle.is_set()),
                 "workspace_skipped": dict(self.skipped)}
 
     # -- documents and file events ---------------------------------------------------------
@@ -206,32 +211,67 @@ class Workspace:
             self._pending[path] = text
 
     def close_document(self, path: str) -> None:
-        """The buffer is gone: the disk text counts again (if it is in the workspace)."""
+        """The buffer is gone: the disk text counts again (if it is in the workspace),
+        read off the event loop (`queue_file_event`)."""
         with self._lock:
             self._open.discard(path)
             self._pending.pop(path, None)
-        self.file_changed(path)
+        self.queue_file_event(path)
+
+    def queue_file_event(self, path: str) -> None:
+        """`file_changed` on the workspace's own thread: reading and counting a file (or
+        the thousands a branch switch touches) never holds up a request or a cancel.
+        Until the queue is empty the status says the workspace is indexing."""
+        with self._lock:
+            self._events.append(path)
+            self._events_idle.clear()
+            if self._event_thread is None or not self._event_thread.is_alive():
+                self._event_thread = threading.Thread(target=self._drain_events, daemon=True,
+                                                      name="codecomplete-file-events")
+                self._event_thread.start()
+
+    def _drain_events(self) -> None:
+        while True:
+            with self._lock:
+                if not self._events:
+                    self._events_idle.set()
+                    self._event_thread = None
+                    return
+                path = self._events.pop(0)
+            try:
+                self.file_changed(path)
+            except Exception as e:     # one odd file never stops the others
+                log.warning("could not re-index %s: %s", path, e)
+
+    def wait_for_events(self, timeout: float | None = None) -> bool:
+        """Wait until the queued file events are handled (tests, benchmarks)."""
+        return self._events_idle.wait(timeout)
 
     def file_changed(self, path: str) -> None:
-        """A file was created, changed or deleted on disk (didSave, didChangeWatchedFiles)."""
+        """A file was created, changed or deleted on disk (didSave, didChangeWatchedFiles).
+        Only a regular file (not a symbolic link, which the walk skips too) inside a
+        workspace folder, compared by its normalised path, is indexed."""
+        path = os.path.normpath(path)
         if path in self._open:
             return
         self._forget(path)
         if not path.endswith(".py") or self._folder_of(path) is None:
             return
         try:
-            st = os.stat(path)
+            st = os.stat(path, follow_symlinks=False)
         except OSError:
             return
         if stat.S_ISREG(st.st_mode):
             self._index_disk_file(path, st.st_size)
 
     def _folder_of(self, path: str) -> str | None:
-        """The workspace folder `path` lies in (with its trailing separator), if any."""
+        """The workspace folder `path` lies in (with its trailing separator), if any,
+        compared by path components after `..` and `.` are resolved."""
+        path = os.path.normpath(path)
         for folder in self.folders:
-            base = folder.rstrip(os.sep) + os.sep
-            if path.startswith(base):
-                return base
+            base = os.path.normpath(folder)
+            if path != base and os.path.commonpath([path, base]) == base:
+                return base.rstrip(os.sep) + os.sep
         return None
 
     def _flush(self, keep: str) -> None:

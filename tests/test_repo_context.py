@@ -159,6 +159,7 @@ def test_buffers_replace_disk_text_and_the_target_line_never_leaks(tmp_path, tok
     assert ids[-len(header_ids(tokenizer, "me.py")):] == header_ids(tokenizer, "me.py")
     assert ws.context(tokenizer, buffer + "math.hy", str(me), 400) is ids   # cached
     ws.close_document(str(tmp_path / "other.py"))
+    assert ws.wait_for_events(10)                       # the disk text is read off the loop
     text = tokenizer.decode(ws.context(tokenizer, buffer, str(me), 400))
     assert "unsaved_helper_name" not in text and "OTHER_1" in text       # disk again
 

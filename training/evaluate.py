@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from completion.cache_lm import ALPHA, ORDERS, Counts, Lookup, Memory, Mixer
+from completion.cache_lm import ORDERS, WEIGHT, Counts, Lookup, Memory, Mixer
 from completion.pipeline import SHOWN, complete, filter_texts, generated
 from completion.postprocess import repetition, whole_statements
 from completion.settings import EngineSettings
@@ -190,7 +190,7 @@ def memory_positions(lm: LoadedModel, repos: dict[str, dict[str, str]],
 
 
 def memory_bits_per_byte(lm: LoadedModel, repos: dict[str, dict[str, str]], n_files: int,
-                         rng: random.Random, alpha: float = ALPHA) -> dict[str, float]:
+                         rng: random.Random, weight: float = WEIGHT) -> dict[str, float]:
     """Bits per byte of held-out files by the model alone, with the project memory of the
     file's own earlier text (a lone file), and with the rest of its repository as well
     (completion/cache_lm.py's blend, `Mixer.blend_one`)."""
@@ -199,8 +199,8 @@ def memory_bits_per_byte(lm: LoadedModel, repos: dict[str, dict[str, str]], n_fi
     nbytes = matched = tokens = 0
     picked = memory_files(repos, n_files, rng)
     for p, history, target, workspace, document in memory_positions(lm, repos, picked):
-        lone = Mixer([document], [], alpha)
-        both = Mixer([workspace, document], [], alpha)
+        lone = Mixer([document], [], weight)
+        both = Mixer([workspace, document], [], weight)
         bits["model"] -= math.log2(max(p, 1e-30))
         bits["document"] -= math.log2(max(lone.blend_one(p, history, target), 1e-30))
         blended = both.blend_one(p, history, target)
@@ -212,7 +212,7 @@ def memory_bits_per_byte(lm: LoadedModel, repos: dict[str, dict[str, str]], n_fi
     return {**out, "drop_document": 1 - out["document"] / out["model"],
             "drop_workspace": 1 - out["workspace"] / out["model"],
             "matched_share": matched / max(1, tokens), "tokens": tokens, "files": len(picked),
-            "alpha": alpha}
+            "weight": weight}
 
 
 def compressor_bpb(texts: list[str]) -> dict[str, float]:

@@ -6,7 +6,8 @@
 --   vim.lsp.config('codecomplete', { cmd = { '/path/to/codecomplete/.venv/bin/server' } })
 -- Settings use the server's names (all of them are listed in editors/neovim/README.md):
 -- temperature, top_p, max_tokens, candidates, context_tokens, enable, comments, strings,
--- workspace_context, workspace_context_tokens, rerank, seed, multiline, python.
+-- workspace_context, workspace_context_tokens, rerank, memory, memory_weight, seed,
+-- multiline, python.
 local settings = {
   temperature = 0,
   top_p = 0.95,
@@ -15,6 +16,7 @@ local settings = {
   comments = true,
   strings = true,
   workspace_context = false,
+  memory = true,
 }
 
 ---@type vim.lsp.Config

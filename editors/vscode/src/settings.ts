@@ -16,6 +16,8 @@ export interface Settings {
   candidates: number;
   contextTokens: number;
   rerank: boolean;
+  memory: boolean;
+  memoryWeight: number;
   seed: number | null;
   python: string;
   multiline: string;
@@ -37,6 +39,8 @@ export const DEFAULTS: Settings = {
   candidates: 1,
   contextTokens: 768,
   rerank: true,
+  memory: true,
+  memoryWeight: 0.7,
   seed: 0,
   python: '',
   multiline: 'auto',
@@ -74,6 +78,8 @@ export function serverSettings(s: Settings, activeInterpreter?: string): Record<
     workspace_context: s.workspaceContext,
     workspace_context_tokens: s.workspaceContextTokens,
     rerank: s.rerank,
+    memory: s.memory,
+    memory_weight: s.memoryWeight,
     seed: s.seed,
     python: s.python || activeInterpreter || '',
     multiline: s.multiline,

@@ -50,8 +50,8 @@ test('live settings are sent; model or interpreter changes restart', async () =>
   assert.deepEqual(h.clients[0].notes[0], ['workspace/didChangeConfiguration',
     { settings: { codecomplete: { enable: false, temperature: 0.7, top_p: 0.95,
       max_tokens: 64, candidates: 1, context_tokens: 768, comments: true, strings: true,
-      workspace_context: false, workspace_context_tokens: 384, rerank: true, seed: 0,
-      python: '/active/python',
+      workspace_context: false, workspace_context_tokens: 384, rerank: true, memory: true,
+      memory_weight: 0.7, seed: 0, python: '/active/python',
       multiline: 'auto' } } }]);
   assert.equal(h.states.at(-1), 'disabled');
   h.values.modelPath = '/models/mine';

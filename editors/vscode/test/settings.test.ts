@@ -15,7 +15,7 @@ test('settings become the server\'s initialization options, with its names', () 
   assert.deepEqual(serverSettings(s, '/project/.venv/bin/python'), {
     enable: true, temperature: 0, top_p: 0.5, max_tokens: 12, candidates: 1,
     context_tokens: 768, comments: false, strings: true, workspace_context: true,
-    workspace_context_tokens: 384, rerank: true, seed: 0,
+    workspace_context_tokens: 384, rerank: true, memory: true, memory_weight: 0.7, seed: 0,
     python: '/project/.venv/bin/python', multiline: 'auto',
   });
   const own = readSettings(reader({ python: '/mine/python', candidates: 3, contextTokens: 256,
