@@ -113,6 +113,7 @@ async def run(args: argparse.Namespace) -> dict:
         workspace_folders=[types.WorkspaceFolder(uri=root, name="w")] if root else None,
         initialization_options={"multiline": args.multiline,
                                 "workspace_context": args.context,
+                                "memory": not args.no_memory,
                                 **({"context_tokens": args.context_tokens}
                                    if args.context_tokens else {})}))
     client.initialized(types.InitializedParams())
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the server's multiline setting")
     ap.add_argument("--workspace", default=None,
                     help="a folder the server indexes as the workspace (repository context)")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="turn the server's project memory off (on by default)")
     ap.add_argument("--context", action="store_true",
                     help="turn the server's workspace_context on (off by default)")
     ap.add_argument("--context-tokens", type=int, default=None,

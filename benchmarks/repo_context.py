@@ -155,6 +155,8 @@ async def run_arm(args: argparse.Namespace, root: Path, repos: dict[str, dict[st
             path.write_text(edited, encoding="utf-8")
             client.workspace_did_change_watched_files(
                 file_event(path, types.FileChangeType.Changed))
+            if arm != "off":
+                await wait_indexed(client)   # a save is not a keystroke: settle, then ask
             uri = path.as_uri()
             client.text_document_did_open(types.DidOpenTextDocumentParams(
                 types.TextDocumentItem(uri=uri, language_id="python", version=1, text=edited)))

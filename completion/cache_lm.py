@@ -167,9 +167,10 @@ class Memory:
 
     # -- updates ---------------------------------------------------------------------------
 
-    def set(self, name: str, ids: Sequence[int] | np.ndarray) -> bool:
+    def set(self, name: str, ids: Sequence[int] | np.ndarray, refresh: bool = True) -> bool:
         """Count `ids` as `name` (replacing what was counted for it); False when the cap
-        leaves it out."""
+        leaves it out. With `refresh` False the counts follow at the next `rebuild` (or
+        update): a walk over thousands of files counts them once, not once per file."""
         arr = np.asarray(ids, dtype=np.int32)
         with self._lock:
             old = self._seqs.get(name)
@@ -179,20 +180,23 @@ class Memory:
                 if old is not None:
                     del self._seqs[name]
                     self._tokens -= len(old)
-                    self._refresh()
+                    if refresh:
+                        self._refresh()
                 return False
             self._seqs[name] = arr
             self._tokens = size
-            self._refresh()
+            if refresh:
+                self._refresh()
             return True
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, refresh: bool = True) -> None:
         with self._lock:
             old = self._seqs.pop(name, None)
             if old is None:
                 return
             self._tokens -= len(old)
-            self._refresh()
+            if refresh:
+                self._refresh()
 
     def clear(self) -> None:
         with self._lock:
@@ -236,6 +240,9 @@ class Memory:
     @property
     def tokens(self) -> int:
         return self._tokens
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._seqs
 
     @property
     def names(self) -> int:

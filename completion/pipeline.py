@@ -75,7 +75,10 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
                               stop=() if multiline else ("\n",),
                               write_line=ctx.on_blank_line,
                               beams=line_beams(ctx, settings))
-    return Prepared(ids, healed, ctx, config, block_end(ctx.indent) if multiline else None)
+    # The filter's own rule (block_scope): at column 0 the block ends at the next line
+    # that starts at column 0, so generation stops there too rather than at max_tokens.
+    return Prepared(ids, healed, ctx, config,
+                    block_end(max(1, ctx.indent)) if multiline else None)
 
 
 def line_beams(ctx: CompletionContext, settings: EngineSettings) -> int:

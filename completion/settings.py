@@ -9,6 +9,7 @@ setting, and the previous value stays: one odd setting must never break every re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -90,12 +91,13 @@ class Rule:
             if not isinstance(value, bool):
                 raise ValueError(f"setting {name}={value!r} must be true or false")
             return value
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        number = (isinstance(value, int) and not isinstance(value, bool)) or \
+            (isinstance(value, float) and math.isfinite(value))   # JSON's 1e999 is infinity
         if self.kind in ("int", "optional int"):
             if not number or value != int(value):
                 raise ValueError(f"setting {name}={value!r} must be a whole number")
             value = int(value)
-        elif not number or value != value:            # NaN compares unequal to itself
+        elif not number:                               # NaN and infinities included
             raise ValueError(f"setting {name}={value!r} must be a number")
         high = self.high
         if self.max_of_context is not None:
@@ -116,14 +118,14 @@ RULES: dict[str, Rule] = {
     "top_p": Rule("float", 0.0, 1.0, low_open=True),
     "max_tokens": Rule("int", 1, max_of_context=0.5),   # the prompt keeps half the window
     "candidates": Rule("int", 1, MAX_CANDIDATES),
-    "context_tokens": Rule("int", MIN_CONTEXT_TOKENS),
+    "context_tokens": Rule("int", MIN_CONTEXT_TOKENS, 1 << 20),
     "enable": Rule("bool"),
     "comments": Rule("bool"),
     "strings": Rule("bool"),
     "workspace_context": Rule("bool"),
-    "workspace_context_tokens": Rule("int", 0),    # context_budget cuts it to the model
+    "workspace_context_tokens": Rule("int", 0, 1 << 20),  # context_budget cuts it to the model
     "rerank": Rule("bool"),
-    "seed": Rule("optional int", 0),
+    "seed": Rule("optional int", 0, 2**32 - 1),    # what every random generator takes
     "memory": Rule("bool"),
     "memory_weight": Rule("float", 0.0, 1.0, low_open=True),
     "multiline": Rule("choice", choices=("auto", "never", "always")),

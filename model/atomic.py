@@ -33,6 +33,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def make_temp_dir(prefix: str, parent: Path) -> Path:
+    """A new folder in `parent` for building something that is renamed into place, with
+    the permissions a plain mkdir would give (mkdtemp makes 0700: an exported model or an
+    unpacked data folder would then be unreadable to other users and containers)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import save as st_save
 from tokenizers import Tokenizer as HFTokenizer
 
-from model.atomic import atomic_write_bytes, atomic_write_text
+from model.atomic import atomic_write_bytes, atomic_write_text, make_temp_dir
 from model.config import ModelConfig
 from model.device import dtype_name, select_device, select_dtype
 from model.families import (
@@ -125,7 +124,7 @@ def save_model_dir(path: str | Path, model: Transformer, tokenizer: Tokenizer,
     tensors = state_dict_to_hf(model, dtype)
     save_dtype = dtype or model.embed_tokens.weight.dtype
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    new = make_temp_dir(f".{path.name}.new-", path.parent)
     try:
         atomic_write_bytes(new / WEIGHTS_FILE, st_save(tensors, metadata={"format": "pt"}))
         atomic_write_text(new / TOKENIZER_FILE, tokenizer.to_str())
@@ -158,7 +157,7 @@ def swap_in(new: Path, path: Path) -> None:
             shutil.copytree(extra, new / extra.name, symlinks=True)
         else:
             shutil.copy2(extra, new / extra.name, follow_symlinks=False)
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    old = make_temp_dir(f".{path.name}.old-", path.parent)
     os.replace(path, old / path.name)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)

@@ -163,7 +163,8 @@ def _rope_family(d: dict[str, Any], family: str) -> dict[str, Any]:
     out.update(model_type=family, rope_theta=float(theta), rope_scaling=scaling,
                num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
                head_dim=d.get("head_dim") or 0, hidden_act=d.get("hidden_act", "silu"))
-    out.setdefault("tie_word_embeddings", False)
+    # transformers' own defaults when the config omits it: Starcoder2 ties, the others not
+    out.setdefault("tie_word_embeddings", family == "starcoder2")
     if family == "starcoder2":
         bias = bool(d.get("use_bias", True))
         out.update(rms_norm_eps=d.get("norm_epsilon", 1e-5), layer_norm=True,

@@ -211,7 +211,7 @@ class Transformer(nn.Module):
         checkpoint into (no time spent on random initialisation, no second copy)."""
         with torch.device("meta"):
             model = cls(config)
-        model = model.to_empty(device=device).to(dtype)
+        model = model.to(dtype).to_empty(device=device)     # no fp32 copy on the way
         if model.rotary is not None:
             model.rotary = Rotary(config).to(device=device, dtype=dtype)
         if config.tie_word_embeddings:

@@ -157,6 +157,7 @@ class ScrapeLock:
             import fcntl
         except ImportError:                  # not POSIX: no lock, as before
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)   # data/ in a fresh clone
         f = open(self.path, "a+")  # noqa: SIM115 - held open until release()
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -192,6 +193,7 @@ class CorpusStore:
         self.path = Path(path)
         self._etag_bytes: int | None = None    # compressed bytes in the ETag cache (lazy)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)   # data/ in a fresh clone
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")

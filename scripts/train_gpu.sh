@@ -36,7 +36,8 @@ if [ "${CHECK:-0}" = 1 ]; then
     # Same preset and steps of the same code, sized for a CPU: the model is the real one.
     EXTRA=(--device cpu --compile false --max-steps 3 --batch-size 2 --eval-batches 1
            --eval-every 2 --checkpoint-every 2 --warmup-steps 1)
-    EVAL=(--line-cases 4 --fim-cases 4 --fim-bpb-cases 4 --parse-cases 2 --max-files 20)
+    EVAL=(--line-cases 4 --fim-cases 4 --fim-bpb-cases 4 --parse-cases 2 --max-files 20
+          --memory-files 2)
 else
     EXTRA=()
     "$PY" -c 'import sys, torch

@@ -126,8 +126,11 @@ def follow_workspace(ls: CodecompleteServer) -> None:
     if ls.engine is None:
         return
     s = ls.engine.settings
-    ls.files.tokenizer = ls.engine.loaded.tokenizer if s.memory else None
-    if not s.memory:
+    if s.memory and ls.files.tokenizer is None:       # turned on: count what is indexed
+        ls.files.tokenizer = ls.engine.loaded.tokenizer
+        ls.files.folders = ()                          # so that the folders are walked again
+    elif not s.memory and ls.files.tokenizer is not None:
+        ls.files.tokenizer = None
         ls.files.memory.clear()
     if s.workspace_context or s.memory:
         ls.files.set_folders(workspace_folders(ls))

@@ -35,6 +35,7 @@ log = logging.getLogger("codecomplete")
 
 CONTENT_LENGTH = re.compile(rb"Content-Length:[ \t]*(\d+)\r?\n$", re.IGNORECASE)
 MAX_BODY = 256 * 1024 * 1024
+MAX_DIGITS = 12
 DISCARD_CHUNK = 1024 * 1024
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 
@@ -59,7 +60,14 @@ async def read_messages(stop: threading.Event, reader: Reader, server: LanguageS
             return
         header = CONTENT_LENGTH.search(line)
         if header:
-            length = int(header.group(1))
+            digits = header.group(1).lstrip(b"0") or b"0"
+            if len(digits) > MAX_DIGITS:    # past any real body (and Python's int limit)
+                log.warning("skipped a Content-Length of %d digits", len(digits))
+                reply_error(server, INVALID_REQUEST,
+                            f"Content-Length of {len(digits)} digits is too large")
+                length = None
+                continue
+            length = int(digits)
             continue
         if line.strip() or length is None:
             continue                # another header, or garbage before the next header
@@ -151,8 +159,10 @@ def serve_tcp(server: LanguageServer, host: str, port: int) -> None:
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.protocol.set_writer(writer)
-        await read_messages(stop, reader, server)
-        server.shutdown()
+        try:
+            await read_messages(stop, reader, server)
+        finally:                    # this client is gone; the next one may connect
+            writer.close()
 
     async def main() -> None:
         server._server = await asyncio.start_server(connection, host, port)

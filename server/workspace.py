@@ -26,6 +26,7 @@ from completion.retrieval import WindowIndex, query_words
 from model.tokenizer import Tokenizer
 
 log = logging.getLogger("codecomplete")
+MEMORY_BATCH = 256       # the walk recounts the project memory after this many files
 
 SKIP_DIRS = frozenset({
     ".git", ".hg", ".svn", ".venv", "venv", "env", ".env", "site-packages", "dist-packages",
@@ -92,7 +93,7 @@ class Workspace:
             scan = self._scan
         for path in self.index.paths():
             if path not in self._open:
-                self._forget(path)
+                self._forget(path, refresh=False)   # the walk recounts the memory
         self.done.clear()
         threading.Thread(target=self._walk, args=(scan, folders), daemon=True,
                          name="codecomplete-index").start()
@@ -120,6 +121,7 @@ class Workspace:
                         break
                     self._visit(entry, stack)
         finally:
+            self.memory.rebuild()
             if scan == self._scan:
                 self._report(folders, time.monotonic() - started)
                 self.done.set()
@@ -134,11 +136,14 @@ class Workspace:
                 else:
                     stack.append(entry.path)
             elif entry.name.endswith(".py") and entry.is_file(follow_symlinks=False):
-                self._index_disk_file(entry.path, entry.stat(follow_symlinks=False).st_size)
+                self._index_disk_file(entry.path, entry.stat(follow_symlinks=False).st_size,
+                                      refresh=False)
+                if len(self._sizes) % MEMORY_BATCH == 0:
+                    self.memory.rebuild()     # requests meanwhile see what is counted so far
         except OSError:
             self.skipped["unreadable_files"] += 1
 
-    def _index_disk_file(self, path: str, size: int) -> None:
+    def _index_disk_file(self, path: str, size: int, refresh: bool = True) -> None:
         if path in self._open:
             return
         if len(self._sizes) >= self.limits.files:
@@ -162,22 +167,27 @@ class Workspace:
         except OSError:
             self.skipped["unreadable_files"] += 1
             return
-        self._add(path, text)
+        self._add(path, text, refresh)
         self._sizes[path] = len(data)
         self._bytes += len(data)
 
-    def _add(self, path: str, text: str) -> None:
-        """Index one file's text: its windows, and its tokens in the project memory."""
+    def _add(self, path: str, text: str, refresh: bool = True) -> None:
+        """Index one file's text: its windows, and its tokens in the project memory (the
+        walk counts them in batches: `refresh` False)."""
         self.index.set_file(path, text)
         tok = self.tokenizer
-        if tok is not None and not self.memory.set(path, tok.encode(clean_text(text))):
+        if tok is None:
+            return
+        if self.memory.tokens >= self.memory.cap_tokens and path not in self.memory:
+            self.skipped["files_past_the_memory_limit"] += 1   # full: not even tokenized
+        elif not self.memory.set(path, tok.encode(clean_text(text)), refresh):
             self.skipped["files_past_the_memory_limit"] += 1
 
-    def _forget(self, path: str) -> None:
+    def _forget(self, path: str, refresh: bool = True) -> None:
         """Drop a file from the index (and from the counts the limits apply to)."""
         self._bytes -= self._sizes.pop(path, 0)
         self.index.remove_file(path)
-        self.memory.remove(path)
+        self.memory.remove(path, refresh)
 
     def _report(self, folders: tuple[str, ...], seconds: float) -> None:
         skipped = ", ".join(f"{n} {what.replace('_', ' ')}"

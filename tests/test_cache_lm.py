@@ -4,6 +4,7 @@ while every rule of decoding still holds."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -279,3 +280,60 @@ def test_the_workspace_memory_never_holds_the_line_being_completed(tmp_path, tok
                                              tokenizer.encode(b.read_text())])
     counts = ws.memory_counts(str(a))
     assert seen(counts, "    return other_call(4)") and not seen(counts, "common_call(2)\n")
+
+
+def test_memory_bits_per_byte_counts_the_file_and_its_repository(tiny):
+    """With a model that knows nothing (uniform logits), every bit saved is the memory's:
+    a file that repeats itself costs less with its own earlier text counted, and less
+    again when the rest of its repository holds the same code; a repository of nothing
+    alike saves nothing beyond the file's own repeats."""
+    import copy
+
+    from training.evaluate import memory_bits_per_byte
+
+    lm = copy.copy(tiny)
+    vocab = tiny.config.vocab_size
+
+    class Uniform(torch.nn.Module):
+        def forward(self, ids):
+            return torch.zeros(*ids.shape, vocab)
+
+    lm.model = Uniform()
+    lm.config = tiny.config
+    body = "".join(f"def handler_{i}(event):\n    {LINE}\n\n" for i in range(3))
+    repos = {"r": {"a.py": body, "b.py": body.replace("handler", "callback")},
+             "s": {"c.py": body, "d.py": "x = 1\n" * 3}}
+    r = memory_bits_per_byte(lm, {"r": repos["r"]}, 1, random.Random(0))
+    assert r["workspace"] < r["document"] < r["model"]
+    # the model's own bits: log2(vocab) for each token of the one file scored
+    assert any(r["model"] * len(text.encode()) == pytest.approx(r["tokens"] * math.log2(vocab))
+               for text in repos["r"].values())
+    s = memory_bits_per_byte(lm, {"s": repos["s"]}, 2, random.Random(0))
+    assert s["document"] < s["model"] and s["drop_workspace"] >= s["drop_document"]
+
+
+def test_odd_workspace_files_stay_within_the_memory_cap(tmp_path, tokenizer):
+    """A file of one line repeated 100,000 times, a minified one-line file, a binary and a
+    non-UTF-8 file: the memory counts what fits under its cap, says what it left out, and
+    answers lookups over what it holds."""
+    from server.workspace import Limits, Workspace
+
+    (tmp_path / "repeat.py").write_text("x = 1\n" * 100_000)
+    (tmp_path / "mini.py").write_text(";".join(f"v{i}={i}" for i in range(5000)))
+    (tmp_path / "small.py").write_text("def small():\n    return 1\n")
+    (tmp_path / "blob.py").write_bytes(b"\0\1\2" * 100)
+    (tmp_path / "latin.py").write_bytes("x = 'caf\xe9'\n".encode("latin-1"))
+    ws = Workspace(Limits(memory_tokens=20_000))
+    ws.tokenizer = tokenizer
+    ws.set_folders((str(tmp_path),))
+    assert ws.done.wait(30)
+    assert 0 < ws.memory.tokens <= 20_000
+    info = ws.describe()
+    assert info["workspace_skipped"]["files_past_the_memory_limit"] >= 1
+    assert info["workspace_skipped"]["binary_or_non_utf8_files"] == 2
+    assert info["memory_files"] == ws.memory.names >= 1 and info["memory_mb"] >= 0
+    counts = ws.memory_counts(str(tmp_path / "other.py"))
+    assert counts is not None
+    ids = tokenizer.encode("def small():\n    return")
+    assert len(counts.find(4, context_hash(ids, 4))[0]) or "small.py" not in str(
+        ws.memory._seqs)

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import pytest
@@ -160,9 +161,20 @@ def test_directory_without_codecomplete_json_uses_default_fim_names(model_dir):
     assert loaded.meta.fim_order == "psm"
 
 
-def test_save_is_atomic_no_temp_files_left(tmp_path, tiny):
-    out = save_model_dir(tmp_path / "a", tiny.model, tiny.tokenizer, tiny.meta)
+def test_save_is_atomic_no_temp_files_left_and_the_folder_is_readable(tmp_path, tiny):
+    """The new folder is built beside the target and renamed into place: nothing of it is
+    left in the parent, and the folder has the permissions mkdir would give (umask 022:
+    0755), not mkdtemp's 0700."""
+    old = os.umask(0o022)
+    try:
+        out = save_model_dir(tmp_path / "a", tiny.model, tiny.tokenizer, tiny.meta)
+        again = save_model_dir(tmp_path / "a", tiny.model, tiny.tokenizer, tiny.meta)
+    finally:
+        os.umask(old)
+    assert out == again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert out.stat().st_mode & 0o777 == 0o755
 
 
 def test_saving_never_replaces_a_folder_that_is_not_a_model_directory(tmp_path, tiny):

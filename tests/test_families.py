@@ -211,6 +211,14 @@ def test_sliding_window_caps_the_context_and_configs_read_as_their_family():
     big = ModelConfig.from_hf_dict(transformers.GPTBigCodeConfig(
         n_embd=64, n_layer=2, n_head=4).to_dict())
     assert big.num_key_value_heads == 1 and big.learned_positions and big.layer_norm
+    # A config that omits tie_word_embeddings gets transformers' default for its family.
+    for config, tied in ((transformers.Starcoder2Config(num_key_value_heads=2, **SMALL), True),
+                         (transformers.Qwen2Config(num_key_value_heads=2, **SMALL), False),
+                         (transformers.LlamaConfig(num_key_value_heads=2, **SMALL), False)):
+        d = config.to_dict()
+        assert d["tie_word_embeddings"] == tied            # what transformers itself does
+        del d["tie_word_embeddings"]
+        assert ModelConfig.from_hf_dict(d).tie_word_embeddings == tied, config.model_type
 
 
 def test_unsupported_architectures_and_tokenizers_are_one_sentence(tmp_path):

@@ -64,6 +64,11 @@ def test_block_end_stop_function():
     ("print(a)\nprint(b)", "print(a)\nprint(b)"),
     ("foo" + ")" * 20, "foo)"),
     ("abababababababab", None),
+    ("eeeeeeeeeeeeeeeeeeeeeeee", None),
+    # colours, masks and hashes are words of hex digits, not loops
+    ('"#ffffff")', '"#ffffff")'),
+    ('bg="#FFFFFF")', 'bg="#FFFFFF")'),
+    ("mask = 0xffffffff", "mask = 0xffffffff"),
     # indentation, digit runs and decoration are not loops
     ("if self.x:\n            return 1", "if self.x:\n            return 1"),
     ("x = 1000000", "x = 1000000"),
@@ -98,6 +103,8 @@ def test_repetition_reads_the_first_line_from_the_cursors_line():
     ("len(x)", ctx("print(", ")"), "len(x)"),                   # its own bracket: kept
     ("len(x) + 1", ctx("print(", ") + 1"), "len(x) + 1"),
     ("x) + 1", ctx("print(", ") + 1"), "x"),
+    ("f.read()", ctx("data = ", "f."), None),                  # would read f.read()f.
+    ("f.read()", ctx("data = ", "f.\nx = 1"), None),
 ])
 def test_duplicate_suffix(text, c, want):
     assert duplicate_suffix.apply(text, c) == want
@@ -199,3 +206,16 @@ def test_chain_order_and_phases():
     assert run_chain("a, b)\n    return result", c, PRE_CACHE + POST_CACHE) == "a, b"
     assert run_chain("))))))))))))", c, PRE_CACHE + POST_CACHE) is None
     assert PRE_CACHE and POST_CACHE and not set(PRE_CACHE) & set(POST_CACHE)
+
+
+def test_generation_stops_where_the_block_filter_cuts_even_at_column_0(tiny):
+    """At column 0 the filter ends a block at the next line that starts at column 0;
+    generation's stop rule is the same one, so it never runs on to max_tokens there."""
+    from completion.pipeline import prepare
+    from completion.settings import EngineSettings
+
+    p = prepare(tiny, "x = 1\n", "", EngineSettings(multiline="always"))
+    assert p.ctx.multiline and p.ctx.indent == 0
+    text = "y = 2\nz = 3\n"
+    cut = p.stop_text(text)
+    assert cut is not None and text[:cut] == block_scope.apply(text, p.ctx) == "y = 2"

@@ -75,7 +75,7 @@ def test_local_repo_names_and_missing_dir(tmp_path):
 
 def test_cli_local_stats_export_and_dedup(tmp_path):
     tree = make_tree(tmp_path / "tree")
-    db = tmp_path / "c.sqlite"
+    db = tmp_path / "data" / "c.sqlite"      # data/ does not exist yet, as in a fresh clone
     r = run_cli("local", str(tree), "--each-subdir", "--db", str(db))
     assert r.returncode == 0, r.stderr
     r = run_cli("stats", "--db", str(db))

@@ -371,6 +371,25 @@ async def test_odd_traffic_leaves_the_server_answering_every_request(tiny_model_
         await answers()
         await write(b"\r\n\r\ngarbage without a newline")
         await answers()
+        # A Content-Length of 5,000 digits (past Python's int-string limit): refused.
+        await write(b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n")
+        assert (await asyncio.wait_for(raw.receive(None), 30))["error"]["code"] == -32600
+        await answers()
+        # Numbers no setting can take: 1e999 parses as infinity, a seed past 64 bits.
+        await write(frame(b'{"jsonrpc": "2.0", "method": "workspace/didChangeConfiguration", '
+                          b'"params": {"settings": {"max_tokens": 1e999, "temperature": 1e999,'
+                          b' "seed": 1e20, "context_tokens": -1e999}}}'))
+        await answers()
+        await raw.send({"jsonrpc": "2.0", "id": "inf", "method": "textDocument/inlineCompletion",
+                        "params": {"textDocument": {"uri": uri},
+                                   "position": {"line": 5, "character": 25},
+                                   "context": {"triggerKind": 1}}})
+        assert (await asyncio.wait_for(raw.receive("inf"), 60))["result"]["items"]
+        # File events for paths that leave every folder through `..`, or are not files.
+        await raw.send({"jsonrpc": "2.0", "method": "workspace/didChangeWatchedFiles",
+                        "params": {"changes": [{"uri": "file:///ws/../elsewhere/x.py", "type": 2},
+                                               {"uri": "file:///dev/null", "type": 1}]}})
+        await answers()
         # Requests with a string id: unknown method, bad params, odd positions.
         await raw.send({"jsonrpc": "2.0", "id": "s1", "method": "no/such", "params": {}})
         assert (await asyncio.wait_for(raw.receive("s1"), 30))["error"]["code"] == -32601

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -534,7 +535,7 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     r = subprocess.run([sys.executable, "-m", "training.evaluate", "--model",
                         str(run_dir / "best"), "--data", str(small_dataset), "--max-files", "5",
                         "--line-cases", "10", "--fim-cases", "10", "--fim-bpb-cases", "6",
-                        "--parse-cases", "3", "--out", str(out)], cwd=ROOT,
+                        "--parse-cases", "3", "--memory-files", "3", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
@@ -554,6 +555,9 @@ def test_evaluate_cli_on_a_trained_run(tmp_path, small_dataset):
     assert len(looping) == round(res["parse"]["loops"] * res["parse"]["cases"])
     assert res["fim_bits_per_byte"]["cases"] == 6 and res["fim_bits_per_byte"]["model"] > 0
     assert "FIM middle bits/byte (model)" in r.stdout
+    mem = res["memory_bits_per_byte"]
+    assert mem["files"] == 3 and mem["tokens"] > 0 and 0 < mem["workspace"] < 10
+    assert "with project memory" in r.stdout
     # Only the middle and the <|endoftext|> closing it are scored: with uniform logits each
     # scored token costs log2(vocab) bits, so the total tells how many tokens were counted.
     from model.checkpoint import load_model_dir
@@ -696,6 +700,12 @@ def test_train_help_lists_every_setting_with_its_default_and_meaning():
     assert "cpu-default" in r.stdout
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_pack_and_unpack_restore_the_data_exactly_and_refuse_bad_input(small_dataset,
                                                                          tmp_path):
     from training.pack import PackError, pack, unpack
@@ -711,6 +721,16 @@ def test_pack_and_unpack_restore_the_data_exactly_and_refuse_bad_input(small_dat
     _, _, splits = load_dataset(restored)
     assert sum(len(s.docs) for s in splits.values()) > 0
     assert unpack(packed, restored, log=lambda s: None) == restored     # again: left as is
+    assert restored.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # as mkdir makes it
+    # a pack whose index names a path outside the target folder is refused, nothing written
+    evil = tmp_path / "evil.pack"
+    shutil.copytree(packed, evil)
+    index = json.loads((evil / "PACK.json").read_text())
+    entry = next(iter(index.values()))
+    (evil / "PACK.json").write_text(json.dumps({"../escaped.bin": entry}))
+    with pytest.raises(PackError, match=r"'\.\./escaped\.bin'.*not a plain file name"):
+        unpack(evil, tmp_path / "evil-out", log=lambda s: None)
+    assert not (tmp_path / "escaped.bin").exists() and not (tmp_path / "evil-out").exists()
     with pytest.raises(PackError, match="already exists"):
         pack(small_dataset, packed, log=lambda s: None)
     with pytest.raises(PackError, match=r"more than 0\.001 MiB"):

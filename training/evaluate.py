@@ -11,6 +11,9 @@ Reports, on the validation split (whole repositories training never saw):
 - FIM bits per byte: the model's loss on middles cut at random characters from random
   windows of held-out files, given prefix and suffix in its own FIM order — the FIM
   counterpart of the left-to-right number, and far less noisy than exact match;
+- bits per byte with the project memory (completion/cache_lm.py): held-out files read
+  left to right with their own earlier text, then also the rest of their repository,
+  counted and blended in as the server does;
 - FIM single-line exact match: remove one whole line, give prefix and suffix;
 - the share of sampled function bodies that parse with `ast`;
 Every completion goes through completion/pipeline.py: the prompt (budget, cuts at line
@@ -44,7 +47,7 @@ from completion.postprocess import repetition, whole_statements
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
 from model.tokenizer import fim_layout
-from training.data import DataError, load_dataset
+from training.data import DataError, held_out_repos, load_dataset
 from training.prose import prose_flags
 from training.train import NextTokenLoss
 
@@ -58,6 +61,7 @@ class EvalConfig:
     # Bodies are sampled at temperature 0.8: 40 of them put the shipped model at 0.65 with
     # one seed and 160 at 0.37 with another (docs/default-model.md), so 160 by default.
     parse_cases: int = 160
+    memory_files: int = 40        # held-out files scored with the project memory (0: off)
     context: int = EngineSettings.context_tokens   # prompt budget (the server's setting)
     seed: int = 1234
 
@@ -371,6 +375,14 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
     log(f"bits/byte done in {time.time() - t0:.0f}s")
     result["fim_bits_per_byte"] = fim_bits_per_byte(lm, bpb_files, cfg.fim_bpb_cases,
                                                     random.Random(cfg.seed + 4))
+    if cfg.memory_files:
+        try:
+            repos = held_out_repos(data)
+        except DataError as e:          # data prepared before repository names were kept
+            log(f"no project-memory bits/byte: {e}")
+        else:
+            result["memory_bits_per_byte"] = memory_bits_per_byte(
+                lm, repos, cfg.memory_files, random.Random(cfg.seed + 5))
     result["line_completion"] = run_line_completion(
         lm, line_cases(texts, cfg.line_cases, random.Random(cfg.seed + 1)), cfg)
     result["fim_single_line"] = run_line_completion(
@@ -379,6 +391,14 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
     result["parse"] = run_parse(lm, texts, cfg.parse_cases, random.Random(cfg.seed + 3), cfg)
     result["seconds"] = time.time() - t0
     return result
+
+
+def memory_row(r: dict) -> str:
+    m = r.get("memory_bits_per_byte")
+    if not m:
+        return "-"
+    return (f"{m['model']:.3f} / {m['document']:.3f} / {m['workspace']:.3f}  "
+            f"(-{m['drop_document']:.0%} / -{m['drop_workspace']:.0%}, {m['files']} files)")
 
 
 def format_table(r: dict) -> str:
@@ -392,6 +412,7 @@ def format_table(r: dict) -> str:
         ("  model on code / on prose", f"{b['code']:.3f} / {b['prose']:.3f}  "
          f"(prose {b['prose_share']:.0%} of the bytes)" if "code" in b else "-"),
         ("FIM middle bits/byte (model)", fim_bpb),
+        ("with project memory: model / own file / + repository", memory_row(r)),
         ("line completion exact match", f"{lc['exact_match']:.3f}  ({lc['cases']} cases)"),
         ("line completion edit similarity", f"{lc['edit_similarity']:.3f}"),
         ("FIM single-line exact match", f"{fim['exact_match']:.3f}  ({fim['cases']} cases)"),
@@ -412,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     ap.add_argument("--device", default="auto")
     fields = ("max_files", "line_cases", "fim_cases", "fim_bpb_cases", "parse_cases",
-              "context", "seed")
+              "memory_files", "context", "seed")
     for name in fields:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int,
                         default=getattr(EvalConfig, name))

@@ -22,9 +22,10 @@ import lzma
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from model.atomic import make_temp_dir
 
 INDEX = "PACK.json"
 CHUNK = 1 << 22
@@ -48,7 +49,7 @@ def _new_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside `out` that becomes `out` when the block ends well and is
     removed when it does not: a killed or failed run never leaves half a folder at `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(f".{out.name}.", out.parent)
     try:
         yield tmp
         os.replace(tmp, out)
@@ -93,6 +94,11 @@ def unpack(source: Path, out: Path, log=print) -> Path:
     if not index_file.is_file():
         raise PackError(f"{source} is not a pack (no {INDEX}).")
     index = json.loads(index_file.read_text())
+    for name, entry in index.items():
+        for part in (name, entry.get("stored", "") if isinstance(entry, dict) else ""):
+            if not part or Path(part).name != part or part in (".", "..") or "\\" in part:
+                raise PackError(f"{index_file} names {part!r}, which is not a plain file "
+                                "name: refusing to write outside the target folder.")
     if out.exists():
         same = all((out / name).is_file() and (out / name).stat().st_size == entry["bytes"]
                    for name, entry in index.items())

@@ -416,7 +416,8 @@ class Trainer:
         if cfg.time_budget_min <= 0:
             return False
         if self.dd.world > 1:
-            wall = torch.tensor([rs.wall], dtype=torch.float64)
+            # on the process's own device: NCCL reduces CUDA tensors only (gloo: CPU)
+            wall = torch.tensor([rs.wall], dtype=torch.float64, device=self.device)
             dist.all_reduce(wall, op=dist.ReduceOp.MAX)
             rs.wall = float(wall)
         return rs.wall >= cfg.time_budget_min * 60

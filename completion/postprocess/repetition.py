@@ -33,6 +33,7 @@ MAX_UNIT = 16                      # longest repeating unit looked for, in token
 MIN_REPEATS = {1: 8, 2: 6}         # a unit of this many tokens loops at this many repeats
 MIN_REPEATS_LONGER = 5             # ... and longer units at this many
 REPEATED_WORD = re.compile(r"([^\W\d_]{1,4}?)\1{5,}")   # `abababababab` inside one word
+HEX_WORD = re.compile(r"[0-9a-fA-F]{3,8}")   # a colour (`#fff`, `#ffffff`) is no loop
 
 
 def apply(text: str, ctx: CompletionContext) -> str | None:
@@ -78,7 +79,7 @@ def loop_start(text: str) -> tuple[int, int] | None:
     words = [t[2] for t in tokens]
     for i in range(len(words)):
         m = REPEATED_WORD.fullmatch(words[i])
-        if m:
+        if m and not HEX_WORD.fullmatch(words[i]):
             return tokens[i][0], tokens[i][0] + len(m.group(1))
         for k in range(1, min(MAX_UNIT, (len(words) - i) // 2) + 1):
             unit = words[i:i + k]
