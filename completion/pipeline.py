@@ -121,9 +121,9 @@ def memory_mixer(lm: LoadedModel, p: Prepared, document: DocumentCounts | None,
     prefix, suffix = p.ctx.prefix, p.ctx.suffix
     levels = [lv for lv in (workspace, document.counts(lm.tokenizer, prefix, suffix)
                             if document is not None else None) if lv is not None]
-    head = prefix[-LEFT_CHARS:].encode("utf-8")
+    head = clean_text(prefix[-LEFT_CHARS:]).encode("utf-8")
     head = head[:len(head) - len(p.healed)] if p.healed else head
-    left = lm.tokenizer.encode(clean_text(head.decode("utf-8", errors="ignore")))
+    left = lm.tokenizer.encode(head.decode("utf-8", errors="ignore"))
     mixer = Mixer(levels, left, weight=settings.memory_weight, stats=stats)
     return mixer if mixer else None
 

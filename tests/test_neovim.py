@@ -147,9 +147,16 @@ def requests_served(vim) -> int:
 BODY_LINE = NODE.rsplit("\n", 1)[0] + "\n        "
 
 
-def start_suggestion(vim, tmp) -> str:
+# A file whose method bodies repeat one line: the project memory makes the suggestion after
+# `r` that line, several words long, whatever the tiny model learned on this machine.
+REPEATS = "class Node:\n" + "".join(
+    f"    def m{i}(self):\n        result_total = compute_total(self.items, limit=3)\n\n"
+    for i in range(4)) + "    def m9(self):\n        "
+
+
+def start_suggestion(vim, tmp, text: str = BODY_LINE, name: str = "node.py") -> str:
     """Type `r` on an empty method-body line and wait for the suggestion; returns it."""
-    open_python(vim, tmp / "node.py", BODY_LINE)
+    open_python(vim, tmp / name, text)
     vim.command("normal! G")
     vim.input("A")
     vim.input("r")
@@ -163,7 +170,8 @@ def current_line_is(text: str) -> str:
 
 def test_accept_a_word_then_a_line_keeps_the_rest_without_a_new_request(nvim):
     vim, tmp = nvim
-    suggestion = start_suggestion(vim, tmp)
+    suggestion = start_suggestion(vim, tmp, REPEATS, "repeats.py")
+    row = REPEATS.count("\n")                               # the cursor's line, from 0
     word = re.match(r"\s*\w+|\s*[^\w\s]+|\s+", suggestion).group()
     assert word != suggestion, f"need a suggestion longer than one word: {suggestion!r}"
     served = requests_served(vim)
@@ -177,8 +185,8 @@ def test_accept_a_word_then_a_line_keeps_the_rest_without_a_new_request(nvim):
     first, _, after = rest.partition("\n")
     vim.input("<M-C-Right>")
     if after:
-        wait_for(vim, "vim.fn.line('.') == 7")
-        assert vim.current.buffer[5] == "        r" + word + first
+        wait_for(vim, f"vim.fn.line('.') == {row + 2}")
+        assert vim.current.buffer[row] == "        r" + word + first
         assert vim.exec_lua("return require('codecomplete')._suggestion().text") == after
     else:
         wait_for(vim, current_line_is("        r" + word + first))
