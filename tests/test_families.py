@@ -314,3 +314,34 @@ def test_codellama_prompt_ids_are_its_reference_implementations(sentencepiece):
     assert fim_layout(tok, pre, suf, SPM) == [
         ids["<s>"], ids["▁<PRE>"], ids["▁<SUF>"], *suf, ids["▁<MID>"], *with_dummy]
     assert tok.eot_id == ids["▁<EOT>"] and tok.eot_id in tok.special_ids
+
+
+def test_the_project_memory_blends_into_every_family(family_dir):
+    """Every family goes through the same mixer: over its own vocabulary (padding rows
+    included) the blend is a distribution, a line the document repeats is what greedy
+    decoding then writes, and drafts verified in one pass give greedy's own tokens."""
+    from completion.cache_lm import Counts, DocumentCounts, Lookup, Mixer
+
+    name, d, _, _ = family_dir
+    lm = load_model_dir(d, device="cpu", dtype="float32")
+    tok = lm.tokenizer
+    line = "total = compute_total(items, limit)"
+    doc = "".join(f"def f{i}(items, limit):\n    {line}\n\n" for i in range(4))
+    prefix = doc + "def f9(items, limit):\n    "
+    ids = tok.encode(prefix)[-(lm.context - 24):]            # within the smallest context
+    memory = DocumentCounts().counts(tok, prefix, "\n")
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids]))[:, -1].float()
+    blended = Mixer([memory], ids)(logits, [[]])
+    assert blended.shape == logits.shape and blended.exp().sum().item() == pytest.approx(1, 1e-5)
+    outs = []
+    for drafts in (False, True):
+        cfg = GenerationConfig(max_new_tokens=16, stop=("\n",), drafts=drafts)
+        outs.append(generate(lm.model, tok, ids, cfg, mixer=Mixer([memory], ids)))
+    assert outs[0].candidates[0].token_ids == outs[1].candidates[0].token_ids, name
+    assert outs[1].timings["forward_passes"] < len(outs[1].candidates[0].token_ids), name
+    # (SentencePiece writes the space before `total` itself: the prompt was not healed)
+    text = outs[0].candidates[0].text.strip()
+    assert text and line.startswith(text[:8]), (name, text)
+    plain = Lookup([(Counts([[1, 2, 3]]), 1)])                 # a memory that never matches
+    assert torch.equal(Mixer([plain], ids)(logits, [[]]), torch.log_softmax(logits, -1))
