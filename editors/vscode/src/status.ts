@@ -33,7 +33,9 @@ export class StatusItem implements vscode.Disposable {
       }
       try {
         const s = await status();
-        if (!s) {
+        // The user may have paused (or the server stopped) while the answer was on its
+        // way: a poll must never turn "paused" back into "ready".
+        if (!s || (this.state !== 'ready' && this.state !== 'generating')) {
           return;
         }
         const view = statusView(s);
