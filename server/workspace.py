@@ -68,6 +68,7 @@ class Workspace:
         self._open: set[str] = set()           # paths whose buffer replaces the disk text
         self._pending: dict[str, str] = {}     # open documents' newest text, indexed lazily
         self._lock = threading.Lock()
+        self._sizes_lock = threading.Lock()     # _sizes and _bytes (walk and file events)
         self._scan = 0                         # a newer scan stops an older one
         self._cached: tuple[tuple, list[int]] | None = None
         # Project memory (completion/cache_lm.py): the same files as token counts, once
@@ -119,14 +120,14 @@ class Workspace:
                         self.skipped["entries_past_the_limits"] += 1
                         stack.clear()
                         break
-                    self._visit(entry, stack)
+                    self._visit(entry, stack, scan)
         finally:
             self.memory.rebuild()
             if scan == self._scan:
                 self._report(folders, time.monotonic() - started)
                 self.done.set()
 
-    def _visit(self, entry: os.DirEntry, stack: list[str]) -> None:
+    def _visit(self, entry: os.DirEntry, stack: list[str], scan: int | None = None) -> None:
         try:
             if entry.is_symlink():
                 self.skipped["symbolic_links"] += 1
@@ -137,39 +138,54 @@ class Workspace:
                     stack.append(entry.path)
             elif entry.name.endswith(".py") and entry.is_file(follow_symlinks=False):
                 self._index_disk_file(entry.path, entry.stat(follow_symlinks=False).st_size,
-                                      refresh=False)
+                                      refresh=False, scan=scan)
                 if len(self._sizes) % MEMORY_BATCH == 0:
                     self.memory.rebuild()     # requests meanwhile see what is counted so far
         except OSError:
             self.skipped["unreadable_files"] += 1
 
-    def _index_disk_file(self, path: str, size: int, refresh: bool = True) -> None:
+    def _index_disk_file(self, path: str, size: int, refresh: bool = True,
+                         scan: int | None = None) -> None:
+        """Read and index one file from disk. The walk and the file events run on two
+        threads: the sizes the limits count are changed under a lock, a path indexed again
+        counts once, and a walk whose folders changed meanwhile (`scan` is old) adds
+        nothing more."""
         if path in self._open:
             return
-        if len(self._sizes) >= self.limits.files:
-            self.skipped["files_past_the_file_limit"] += 1
-            return
-        if size > self.limits.file_bytes:
-            self.skipped["files_over_the_size_limit"] += 1
-            return
-        if self._bytes + size > self.limits.total_bytes:
-            self.skipped["files_past_the_byte_limit"] += 1
-            return
+        with self._sizes_lock:
+            if scan is not None and scan != self._scan:
+                return
+            self._bytes -= self._sizes.pop(path, 0)      # indexed again: counted once
+            if len(self._sizes) >= self.limits.files:
+                self.skipped["files_past_the_file_limit"] += 1
+                return
+            if size > self.limits.file_bytes:
+                self.skipped["files_over_the_size_limit"] += 1
+                return
+            if self._bytes + size > self.limits.total_bytes:
+                self.skipped["files_past_the_byte_limit"] += 1
+                return
+            self._sizes[path] = size                     # reserved until read
+            self._bytes += size
         try:
             with open(path, "rb") as f:
                 data = f.read(self.limits.file_bytes + 1)
             if b"\0" in data:
                 raise UnicodeDecodeError("utf-8", data, 0, 1, "binary")
             text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.skipped["binary_or_non_utf8_files"] += 1
-            return
-        except OSError:
-            self.skipped["unreadable_files"] += 1
+        except (UnicodeDecodeError, OSError) as e:
+            self.skipped["binary_or_non_utf8_files" if isinstance(e, UnicodeDecodeError)
+                         else "unreadable_files"] += 1
+            with self._sizes_lock:
+                self._bytes -= self._sizes.pop(path, 0)
             return
         self._add(path, text, refresh)
-        self._sizes[path] = len(data)
-        self._bytes += len(data)
+        with self._sizes_lock:
+            if path in self._sizes:                      # the read size, not the listed one
+                self._bytes += len(data) - self._sizes[path]
+                self._sizes[path] = len(data)
+        if scan is not None and scan != self._scan:      # the folders changed meanwhile
+            self._forget(path, refresh)
 
     def _add(self, path: str, text: str, refresh: bool = True) -> None:
         """Index one file's text: its windows, and its tokens in the project memory (the
@@ -185,7 +201,8 @@ class Workspace:
 
     def _forget(self, path: str, refresh: bool = True) -> None:
         """Drop a file from the index (and from the counts the limits apply to)."""
-        self._bytes -= self._sizes.pop(path, 0)
+        with self._sizes_lock:
+            self._bytes -= self._sizes.pop(path, 0)
         self.index.remove_file(path)
         self.memory.remove(path, refresh)
 

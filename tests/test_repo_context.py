@@ -180,6 +180,30 @@ def test_file_events_update_the_index_and_a_vanished_folder_is_no_error(tmp_path
     assert indexed(ws) == set()
 
 
+def test_a_file_indexed_again_counts_once_and_an_old_walk_adds_nothing(tmp_path):
+    """The walk and the file events may index the same path from two threads: its bytes
+    count once toward the limits, and a walk whose folders changed meanwhile adds no
+    file of the old folders."""
+    write(tmp_path / "a.py", GEOMETRY)
+    write(tmp_path / "b.py", NOISE)
+    ws = Workspace()
+    ws.set_folders((str(tmp_path),))
+    assert indexed(ws) == {"a.py", "b.py"}
+    size = (tmp_path / "a.py").stat().st_size
+    total = ws._bytes
+    for _ in range(3):
+        ws._index_disk_file(str(tmp_path / "a.py"), size)
+        ws.file_changed(str(tmp_path / "a.py"))
+    assert ws._bytes == total and len(ws._sizes) == 2
+    ws.file_changed(str(tmp_path / "sub" / ".." / "a.py"))      # the same file, spelled so
+    assert ws._bytes == total and len(ws._sizes) == 2
+    old = ws._scan
+    ws.set_folders((str(tmp_path / "other"),))
+    assert ws.done.wait(10) and indexed(ws) == set()
+    ws._index_disk_file(str(tmp_path / "b.py"), size, scan=old)   # the old walk, late
+    assert indexed(ws) == set() and ws._bytes == 0
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_training_examples_are_server_prompts_with_the_middle(tokenizer, seed):
     index = WindowIndex()
