@@ -69,7 +69,9 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
     budget = prompt_budget(lm.context - len(context), settings.context_tokens,
                            settings.max_tokens)
     ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, context)
-    config = GenerationConfig(max_new_tokens=settings.max_tokens,
+    # The healed token re-types what is already there (the cursor's partial token): it is
+    # not one of the suggestion's tokens (max_tokens 1 after `f.` gave `."""`'s rest).
+    config = GenerationConfig(max_new_tokens=settings.max_tokens + (1 if healed else 0),
                               temperature=settings.temperature, top_p=settings.top_p,
                               n=settings.candidates, seed=settings.seed,
                               stop=() if multiline else ("\n",),

@@ -219,3 +219,16 @@ def test_generation_stops_where_the_block_filter_cuts_even_at_column_0(tiny):
     text = "y = 2\nz = 3\n"
     cut = p.stop_text(text)
     assert cut is not None and text[:cut] == block_scope.apply(text, p.ctx) == "y = 2"
+
+
+def test_max_tokens_counts_the_suggestion_not_the_healed_token(tiny):
+    """The healed token re-types the cursor's partial token: with max_tokens 1 the
+    suggestion still gets one token of its own (it got only the rest of the healed one,
+    such as the two quotes left of a docstring opener after `f.`)."""
+    from completion.pipeline import generate_candidates, prepare
+    from completion.settings import EngineSettings
+
+    p = prepare(tiny, "        return self.va", "\n", EngineSettings(max_tokens=1))
+    assert p.healed and p.config.max_new_tokens == 2
+    r = generate_candidates(tiny, p).candidates[0]
+    assert len(r.token_ids) <= 2 and tiny.tokenizer.decode(r.token_ids).startswith("va")
