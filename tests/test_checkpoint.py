@@ -156,9 +156,19 @@ def test_bad_model_dirs_give_one_clear_sentence(model_dir, breaker, message):
 
 
 def test_directory_without_codecomplete_json_uses_default_fim_names(model_dir):
+    with_meta = load_model_dir(model_dir, device="cpu")
     (model_dir / "codecomplete.json").unlink()
     loaded = load_model_dir(model_dir, device="cpu")
     assert loaded.meta.fim_order == "psm"
+    # the FIM tokens are found by their default names, with the ids the model was given
+    tok, hf = loaded.tokenizer, loaded.tokenizer.hf
+    assert (tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id, tok.eot_id) == (
+        hf.token_to_id("<fim_prefix>"), hf.token_to_id("<fim_middle>"),
+        hf.token_to_id("<fim_suffix>"), hf.token_to_id("<|endoftext|>"))
+    assert None not in (tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id)
+    wt = with_meta.tokenizer
+    assert (tok.fim_prefix_id, tok.fim_middle_id, tok.fim_suffix_id) == (
+        wt.fim_prefix_id, wt.fim_middle_id, wt.fim_suffix_id)
 
 
 def test_save_is_atomic_no_temp_files_left_and_the_folder_is_readable(tmp_path, tiny):
