@@ -283,3 +283,13 @@ def test_ghost_text_is_on_neovims_screen(tmp_path, tiny_model_dir):
         r = round((float(t.get("y")) + 4 - shot.CELL_H) / shot.CELL_H)
         drawn[r][col:col + len(t.text)] = list(t.text)
     assert ["".join(d).rstrip() for d in drawn] == grid.text()
+
+
+def test_a_wiped_buffer_leaves_no_state_or_timer_behind(nvim):
+    vim, tmp = nvim
+    start_suggestion(vim, tmp)
+    buf = vim.exec_lua("return vim.api.nvim_get_current_buf()")
+    assert vim.exec_lua("return require('codecomplete')._tracked()") >= 1
+    vim.input("<Esc>")
+    vim.command(f"bwipeout! {buf}")
+    wait_for(vim, "require('codecomplete')._tracked() == 0")

@@ -55,6 +55,27 @@ local function cancel(buf)
   end
 end
 
+--- Forget a buffer: cancel its request, close its timer, drop its state.
+function M.forget(buf)
+  local s = state[buf]
+  if not s then
+    return
+  end
+  cancel(buf)
+  if s.timer then
+    s.timer:stop()
+    if not s.timer:is_closing() then
+      s.timer:close()
+    end
+  end
+  state[buf] = nil
+end
+
+--- How many buffers have state kept (tests: wiped buffers leave none).
+function M._tracked()
+  return vim.tbl_count(state)
+end
+
 local function show(buf, row, col, text, items, index)
   M.clear(buf)
   local lines = vim.split(text, '\n', { plain = true })
@@ -302,6 +323,14 @@ local function setup_fallback()
     callback = function(ev)
       cancel(ev.buf)
       M.clear(ev.buf)
+    end,
+  })
+  -- A wiped or deleted buffer: its request cancelled, its timer closed, its state gone
+  -- (a long session opens thousands of buffers).
+  vim.api.nvim_create_autocmd({ 'BufWipeout', 'BufDelete' }, {
+    group = group,
+    callback = function(ev)
+      M.forget(ev.buf)
     end,
   })
   local function map(key, action, desc)
