@@ -25,12 +25,11 @@ import torch
 from benchmarks.machine import describe
 from completion.cache_lm import DocumentCounts, Memory
 from completion.pipeline import generate_candidates, memory_mixer, prepare
-from completion.prompt import clean_text
 from completion.settings import EngineSettings
 from model.checkpoint import load_model_dir
 from model.paths import default_model_dir
 from training.data import held_out_repos
-from training.evaluate import body_sites
+from training.evaluate import body_sites, repo_memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for repo, path, prefix, suffix in cases:
         if repo not in memories:
             memories.clear()
-            memory = memories[repo] = Memory(cap_tokens=1 << 40)
-            for other, text in repos[repo].items():
-                memory.set(other, tok.encode(clean_text(text)))
-            memory.rebuild()
+            memories[repo] = repo_memory(tok, repos[repo])
         workspace = memories[repo].counter(exclude=path)
         p = prepare(lm, prefix, suffix, settings)
         texts = []

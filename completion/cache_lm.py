@@ -51,7 +51,6 @@ MASK64 = (1 << 64) - 1
 SEP = -1                       # between sequences: no n-gram spans two of them
 SMALL_MERGE = 64               # continuations merged in a dict rather than with numpy
 DRAFT_MIN_ORDER = 4            # a draft follows contexts of at least this many tokens
-ENTRY_BYTES = 16               # a table row: hash (8), next token (4), count (4)
 
 
 def _powers(n: int) -> list[int]:
@@ -164,6 +163,7 @@ class Memory:
         empty = Counts([], orders)
         self._snapshot = Snapshot(empty, empty, empty, {}, 0)
         self._excluded: tuple[np.ndarray, Counts] | None = None
+        self._dirty = False                           # changes not yet counted (`settle`)
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -180,13 +180,11 @@ class Memory:
                 if old is not None:
                     del self._seqs[name]
                     self._tokens -= len(old)
-                    if refresh:
-                        self._refresh()
+                    self._changed(refresh)
                 return False
             self._seqs[name] = arr
             self._tokens = size
-            if refresh:
-                self._refresh()
+            self._changed(refresh)
             return True
 
     def remove(self, name: str, refresh: bool = True) -> None:
@@ -195,8 +193,7 @@ class Memory:
             if old is None:
                 return
             self._tokens -= len(old)
-            if refresh:
-                self._refresh()
+            self._changed(refresh)
 
     def clear(self) -> None:
         with self._lock:
@@ -207,10 +204,28 @@ class Memory:
     def rebuild(self) -> None:
         """Count everything into a new base (what `_refresh` does once changes grow)."""
         with self._lock:
-            self._base_seqs = dict(self._seqs)
-            base = Counts(self._base_seqs.values(), self.orders)
-            empty = Counts([], self.orders)
-            self._snapshot = Snapshot(base, empty, empty, dict(self._seqs), self._next_version())
+            self._rebase()
+
+    def settle(self) -> None:
+        """Count the changes made with `refresh` False, if any (a no-op otherwise)."""
+        with self._lock:
+            if self._dirty:
+                self._refresh()
+
+    def _changed(self, refresh: bool) -> None:
+        """After an update (held: _lock): count it now, or mark it for `settle`."""
+        if refresh:
+            self._refresh()
+        else:
+            self._dirty = True
+
+    def _rebase(self) -> None:
+        """Every sequence counted into a new base, no changes on top (held: _lock)."""
+        self._base_seqs = dict(self._seqs)
+        empty = Counts([], self.orders)
+        self._snapshot = Snapshot(Counts(self._base_seqs.values(), self.orders), empty, empty,
+                                  dict(self._seqs), self._next_version())
+        self._dirty = False
 
     def _refresh(self) -> None:
         """Recount the changes since the base (held: _lock): the names whose sequence is
@@ -221,16 +236,14 @@ class Memory:
                              for n in changed)
         base = self._snapshot.base
         if changed_tokens > max(self.REBUILD_MIN, self.REBUILD_SHARE * base.tokens):
-            self._base_seqs = dict(self._seqs)
-            empty = Counts([], self.orders)
-            self._snapshot = Snapshot(Counts(self._base_seqs.values(), self.orders), empty,
-                                      empty, dict(self._seqs), self._next_version())
+            self._rebase()
             return
         added = Counts([self._seqs[n] for n in changed if n in self._seqs], self.orders)
         removed = Counts([self._base_seqs[n] for n in changed if n in self._base_seqs],
                          self.orders)
         self._snapshot = Snapshot(base, added, removed, dict(self._seqs),
                                   self._next_version())
+        self._dirty = False
 
     def _next_version(self) -> int:
         return self._snapshot.version + 1

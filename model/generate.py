@@ -202,11 +202,12 @@ def _drafted_greedy(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, c
     forward passes made."""
     row = _Row(heal)
     step = passes = 0
+    chosen = None                   # greedy's choice where the last draft went wrong
     while step < max_new:
         if should_stop is not None and should_stop():
             row.reason = CANCELLED
             break
-        t = _greedy_pick(logits, row, tok, cfg, step, mixer)
+        t = chosen if chosen is not None else _greedy_pick(logits, row, tok, cfg, step, mixer)
         if t in tok.special_ids:
             row.reason = STOP
             break
@@ -220,9 +221,11 @@ def _drafted_greedy(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, c
         base = cache.length
         out = model(torch.tensor([[t, *guess]], device=logits.device), cache)[0].float()
         passes += 1
-        kept = 0
+        kept, chosen = 0, None
         for j, d in enumerate(guess):
-            if _greedy_pick(out[j:j + 1], row, tok, cfg, step, mixer) != d:
+            pick = _greedy_pick(out[j:j + 1], row, tok, cfg, step, mixer)
+            if pick != d:
+                chosen = pick       # the same row and step: not blended a second time
                 break
             row.add(d, tok.token_bytes(d))
             _apply_stops(row, cfg.stop, stop_text)

@@ -122,7 +122,7 @@ class Workspace:
                         break
                     self._visit(entry, stack, scan)
         finally:
-            self.memory.rebuild()
+            self.memory.settle()
             if scan == self._scan:
                 self._report(folders, time.monotonic() - started)
                 self.done.set()
@@ -140,7 +140,7 @@ class Workspace:
                 self._index_disk_file(entry.path, entry.stat(follow_symlinks=False).st_size,
                                       refresh=False, scan=scan)
                 if len(self._sizes) % MEMORY_BATCH == 0:
-                    self.memory.rebuild()     # requests meanwhile see what is counted so far
+                    self.memory.settle()      # requests meanwhile see what is counted so far
         except OSError:
             self.skipped["unreadable_files"] += 1
 

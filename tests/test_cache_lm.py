@@ -337,3 +337,19 @@ def test_odd_workspace_files_stay_within_the_memory_cap(tmp_path, tokenizer):
     ids = tokenizer.encode("def small():\n    return")
     assert len(counts.find(4, context_hash(ids, 4))[0]) or "small.py" not in str(
         ws.memory._seqs)
+
+
+def test_updates_without_refresh_are_counted_at_settle_and_only_then():
+    """The walk counts files in batches: a `set` with refresh False changes nothing a
+    lookup sees until `settle`, which then equals a rebuild; a second settle recounts
+    nothing (the snapshot stays the same object)."""
+    memory = Memory()
+    memory.set("a", [1, 2, 3, 4])
+    memory.set("b", [1, 2, 3, 5], refresh=False)
+    memory.remove("a", refresh=False)
+    assert_same_counts(memory.counter(), [[1, 2, 3, 4]])
+    memory.settle()
+    assert_same_counts(memory.counter(), [[1, 2, 3, 5]])
+    snapshot = memory._snapshot
+    memory.settle()
+    assert memory._snapshot is snapshot

@@ -44,9 +44,10 @@ import torch
 from completion.cache_lm import ORDERS, WEIGHT, Counts, Lookup, Memory, Mixer
 from completion.pipeline import SHOWN, complete, filter_texts, generated
 from completion.postprocess import repetition, whole_statements
+from completion.prompt import clean_text
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
-from model.tokenizer import fim_layout
+from model.tokenizer import Tokenizer, fim_layout
 from training.data import DataError, held_out_repos, load_dataset
 from training.prose import prose_flags
 from training.train import NextTokenLoss
@@ -169,6 +170,16 @@ def memory_files(repos: dict[str, dict[str, str]], n_files: int, rng: random.Ran
     return sorted(rng.sample(files, min(n_files, len(files))))
 
 
+def repo_memory(tok: Tokenizer, files: dict[str, str]) -> Memory:
+    """A repository's files counted as the server's workspace level counts them, in one
+    base (no cap: the evaluation and benchmarks count whole held-out packages)."""
+    memory = Memory(cap_tokens=1 << 40)
+    for path, text in files.items():
+        memory.set(path, tok.encode(clean_text(text)), refresh=False)
+    memory.rebuild()
+    return memory
+
+
 def memory_positions(lm: LoadedModel, repos: dict[str, dict[str, str]],
                      picked: list[tuple[str, str]]):
     """Files (`memory_files`) read left to right as the project memory sees them: for
@@ -179,10 +190,7 @@ def memory_positions(lm: LoadedModel, repos: dict[str, dict[str, str]],
     memory, memory_repo = None, None
     for repo, path in picked:
         if repo != memory_repo:
-            memory, memory_repo = Memory(cap_tokens=1 << 40), repo
-            for other, text in repos[repo].items():
-                memory.set(other, tok.encode(text))
-            memory.rebuild()
+            memory, memory_repo = repo_memory(tok, repos[repo]), repo
         ids = tok.encode(repos[repo][path])
         probs = torch.exp(-token_nats(lm, ids)).tolist()
         workspace = memory.counter(exclude=path)
@@ -202,9 +210,12 @@ def memory_bits_per_byte(lm: LoadedModel, repos: dict[str, dict[str, str]], n_fi
     bits = {"model": 0.0, "document": 0.0, "workspace": 0.0}
     nbytes = matched = tokens = 0
     picked = memory_files(repos, n_files, rng)
+    levels = None
     for p, history, target, workspace, document in memory_positions(lm, repos, picked):
-        lone = Mixer([document], [], weight)
-        both = Mixer([workspace, document], [], weight)
+        if levels != (workspace, document):        # new per file and per chunk only
+            levels = (workspace, document)
+            lone = Mixer([document], [], weight)
+            both = Mixer([workspace, document], [], weight)
         bits["model"] -= math.log2(max(p, 1e-30))
         bits["document"] -= math.log2(max(lone.blend_one(p, history, target), 1e-30))
         blended = both.blend_one(p, history, target)
