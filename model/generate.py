@@ -157,7 +157,7 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         result = _result([row], prompt_ids, reused, t0, t1, new_tokens)
         result.timings["forward_passes"] = passes
         return result
-    work = cache if cfg.n == 1 else cache.expand(cfg.n)
+    work = cache if cfg.n == 1 else cache.branch(cfg.n, max_new)
     logits = logits.expand(cfg.n, -1).clone()
     rows = [_Row(heal) for _ in range(cfg.n)]
     new_tokens = 0
@@ -305,11 +305,11 @@ def _beam_search(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cach
     A text that writes nothing (blanks at most) wins only when no beam wrote anything:
     the request asked for the rest of a line, and an empty answer shows nothing. A
     finished text is final once no live beam scores higher (scores only fall as tokens
-    are added). The beams decode as one batch over a copy of `cache` (which keeps just
-    the prompt); beams that die are replaced by copies of the best so the batch keeps
-    its shape, and never chosen."""
+    are added). The beams decode as one batch branching from `cache` (which keeps just
+    the prompt, stored once for all beams: kv_cache.BranchCache); beams that die are
+    replaced by copies of the best so the batch keeps its shape, and never chosen."""
     width = cfg.beams
-    work = cache.expand(width, capacity=cache.length + max_new + 1)
+    work = cache.branch(width, max_new + 1)
     beams = [(0.0, _Row(heal))]                  # (score, row), best first
     finished: list[tuple[float, _Row]] = []
     for step in range(max_new):
@@ -352,10 +352,7 @@ def _beam_search(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cach
             break
         parents = [g[2] for g in grown] + [grown[0][2]] * (width - len(grown))
         ids = [g[3] for g in grown] + [grown[0][3]] * (width - len(grown))
-        n = work.length
-        order = torch.tensor(parents, device=logits.device)
-        for t in work.k + work.v:
-            t[:, :, :n] = t[order, :, :n]
+        work.reorder(parents)
         beams = [(score, row) for score, row, _, _ in grown]
         logits = model(torch.tensor(ids, device=logits.device)[:, None], work)[:, -1].float()
     best = max(finished, key=lambda f: (bool(f[1].text.strip()), f[0]))[1] if finished \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from model.attention import attend, attend_shared
 from model.config import ModelConfig
 
 
@@ -50,6 +51,17 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               start: int) -> torch.Tensor:
+        """Store the new keys/values at `start` and attend the queries over all so far."""
+        k_all, v_all = self.update(layer, k, v, start)
+        return attend(q, k_all, v_all)
+
+    def branch(self, batch: int, room: int) -> BranchCache:
+        """`batch` rows continuing what this cache holds, for up to `room` positions each
+        (beams, sampled candidates, scored continuations); see BranchCache."""
+        return BranchCache(self, batch, room)
+
     def advance(self, ids: list[int]) -> None:
         """Record that `ids` (row 0) were appended; called once per forward, after all layers."""
         self.length += len(ids)
@@ -70,18 +82,57 @@ class KVCache:
         self.truncate(n)
         return n
 
-    def expand(self, batch: int, capacity: int | None = None) -> KVCache:
-        """A new cache holding `batch` copies of row 0's prefix: for sampling n candidates
-        or scoring several continuations. `capacity` (at least the current length) keeps
-        the copy small when only a few positions will be appended."""
-        new = KVCache.__new__(KVCache)
-        new.capacity = self.capacity if capacity is None else \
-            min(self.capacity, max(capacity, self.length))
-        n = self.length
-        new.k = [t.new_zeros(batch, t.shape[1], new.capacity, t.shape[3]) for t in self.k]
-        new.v = [t.new_zeros(batch, t.shape[1], new.capacity, t.shape[3]) for t in self.v]
-        for dst, src in zip(new.k + new.v, self.k + self.v, strict=True):
-            dst[:, :, :n] = src[:1, :, :n]
-        new.length = self.length
-        new.tokens = list(self.tokens)
-        return new
+
+
+class BranchCache:
+    """Rows that each continue, in their own way, what a batch-1 KVCache holds.
+
+    The base cache's keys and values are shared, not copied: each row stores only the
+    positions after them, so memory and time per step stay flat in the prompt's length
+    (model/attention.attend_shared). The base must not change while a branch is in use.
+    """
+
+    def __init__(self, base: KVCache, batch: int, room: int):
+        if base.batch != 1:
+            raise ValueError("a branch continues a batch-1 cache")
+        self.base = base
+        self.prefix = base.length
+        self.capacity = min(base.capacity, base.length + room)
+        _, kv_heads, _, head_dim = base.k[0].shape
+        shape = (batch, kv_heads, self.capacity - self.prefix, head_dim)
+        self.k = [t.new_zeros(shape) for t in base.k]
+        self.v = [t.new_zeros(shape) for t in base.v]
+        self.length = base.length
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               start: int) -> torch.Tensor:
+        """Store the rows' new keys/values at `start` (past the prefix) and attend over
+        the prefix and each row's own positions."""
+        i, end = start - self.prefix, start - self.prefix + k.shape[2]
+        if i < 0 or start + k.shape[2] > self.capacity:
+            raise ValueError(f"branch cache overflow: positions {start}..{start + k.shape[2]} "
+                             f"outside {self.prefix}..{self.capacity}")
+        self.k[layer][:, :, i:end] = k
+        self.v[layer][:, :, i:end] = v
+        base = self.base
+        return attend_shared(q, base.k[layer][:, :, :self.prefix],
+                             base.v[layer][:, :, :self.prefix],
+                             self.k[layer][:, :, :end], self.v[layer][:, :, :end])
+
+    def advance(self, ids: list[int]) -> None:
+        self.length += len(ids)
+
+    def reorder(self, rows: list[int]) -> None:
+        """Row r takes what row rows[r] holds (beam search keeps its best branches)."""
+        n = self.length - self.prefix
+        order = torch.tensor(rows, device=self.k[0].device)
+        for t in self.k + self.v:
+            t[:, :, :n] = t[order, :, :n]
+
+    def stored_bytes(self) -> int:
+        """Bytes of the rows' own keys and values (the shared prefix not counted)."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)

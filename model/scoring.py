@@ -34,7 +34,7 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
     `end_mask`) the log-probability that the next token is one of the masked ones.
 
     `cache` (batch 1) is reused for the prompt's shared prefix and ends holding the prompt;
-    the continuations run as one batch on a small copy of it."""
+    the continuations run as one batch branching from it (kv_cache.BranchCache)."""
     if not continuations:
         raise ValueError("no continuations to score")
     device = model.embed_tokens.weight.device
@@ -45,7 +45,7 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
     batch = torch.zeros(len(continuations), width, dtype=torch.long, device=device)
     for r, c in enumerate(continuations):
         batch[r, :len(c)] = torch.tensor(c, device=device)
-    work = cache.expand(len(continuations), capacity=cache.length + width)
+    work = cache.branch(len(continuations), width)
     logp = torch.log_softmax(model(batch, work).float(), -1)     # [K, width, vocab]
     scores = []
     for r, c in enumerate(continuations):

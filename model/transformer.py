@@ -14,21 +14,15 @@ their checkpoints' tensor names onto these modules.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.attention import attend
 from model.config import ModelConfig
-from model.kv_cache import KVCache
+from model.kv_cache import BranchCache, KVCache
 from model.rope import inv_freq_and_scale
-
-# scaled_dot_product_attention shares K/V heads itself from torch 2.5 (enable_gqa); before,
-# they are repeated to the query heads' count first (a copy per layer and step). Compared as
-# numbers: "2.13.0+cpu" >= "2.5" is False as plain strings (torch's TorchVersion happens to
-# compare properly, a plain str would not).
-_SDPA_GQA = tuple(int(p) for p in re.findall(r"\d+", str(torch.__version__))[:2]) >= (2, 5)
 
 
 class RMSNorm(nn.Module):
@@ -40,10 +34,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if x.dtype == torch.float32:      # one call instead of seven (a decode step: 13 norms)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 def norm(config: ModelConfig) -> nn.Module:
@@ -55,7 +48,12 @@ def norm(config: ModelConfig) -> nn.Module:
 
 class Rotary(nn.Module):
     """Rotary position embedding tables (the non-interleaved "rotate half" layout of HF),
-    with the checkpoint's RoPE scaling and its attention factor folded into cos and sin."""
+    with the checkpoint's RoPE scaling and its attention factor folded into cos and sin.
+
+    HF rotates x into x * cos + cat(-x2, x1) * sin (x1, x2 its halves); the same numbers
+    come from roll(x, half) * sin with the first half of sin negated, in two calls fewer,
+    and the rows of a forward pass's positions are cut once for all layers, not per layer
+    (a decode step is a few hundred such small calls)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -65,17 +63,26 @@ class Rotary(nn.Module):
         t = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
+        sin = emb.sin() * scale
         self.register_buffer("cos", emb.cos() * scale, persistent=False)
-        self.register_buffer("sin", emb.sin() * scale, persistent=False)
+        self.register_buffer("sin", torch.cat((-sin[:, :sin.shape[1] // 2],
+                                               sin[:, sin.shape[1] // 2:]), dim=-1),
+                             persistent=False)      # signed: see the class docstring
+        self._rows: tuple = ()                      # (key, cos rows, sin rows)
+
+    def rows(self, start: int, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions start..start+T-1, cut once per forward pass."""
+        # (inference-mode tensors cannot be saved for backward: never reused in training)
+        key = (start, T, dtype, self.cos.data_ptr(), torch.is_inference_mode_enabled())
+        if not self._rows or self._rows[0] != key:
+            self._rows = (key, self.cos[start:start + T].to(dtype),
+                          self.sin[start:start + T].to(dtype))
+        return self._rows[1], self._rows[2]
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate x of shape [B, H, T, D] for positions start..start+T-1."""
-        T = x.shape[2]
-        cos = self.cos[start:start + T].to(x.dtype)
-        sin = self.sin[start:start + T].to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        rotated = torch.cat((-x2, x1), dim=-1)
-        return x * cos + rotated * sin
+        cos, sin = self.rows(start, x.shape[2], x.dtype)
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class Attention(nn.Module):
@@ -91,38 +98,33 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv * self.hd, bias=bias)
         self.v_proj = nn.Linear(h, self.n_kv * self.hd, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=config.attention_out_bias)
+        self.qkv_proj: nn.Linear | None = None     # q, k and v in one product (fuse())
+
+    def fuse(self) -> None:
+        """Replace q_proj, k_proj and v_proj by one linear layer of their stacked weights,
+        for inference: one matrix product instead of three per layer and token (decoding
+        a token is a few dozen products this small, each paying a fixed overhead). The
+        model's state dict changes with it: a fused model is not saved or trained."""
+        parts = [self.q_proj, self.k_proj, self.v_proj]
+        if self.qkv_proj is not None or not all(type(p) is nn.Linear for p in parts):
+            return                      # fused already, or quantized (model/quantize.py)
+        self.qkv_proj = stacked(parts)
+        self.q_proj = self.k_proj = self.v_proj = None
 
     def forward(self, x: torch.Tensor, rotary: Rotary | None, layer: int,
-                cache: KVCache | None, start: int) -> torch.Tensor:
+                cache: KVCache | BranchCache | None, start: int) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(
+                [self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if rotary is not None:
             q, k = rotary(q, start), rotary(k, start)
-        if cache is not None:
-            k, v = cache.update(layer, k, v, start)
-        gqa = {}
-        if self.n_kv != self.n_heads:
-            if _SDPA_GQA:
-                gqa = {"enable_gqa": True}
-            else:
-                k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-                v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        L = k.shape[2]
-        if T == 1 and x.device.type == "cpu" and q.dtype != torch.float32:
-            # One query on CPU: PyTorch's bf16/fp16 attention kernel is ~3x slower than
-            # fp32 for it (99 against 29 us over 448 cached tokens, casts included), and
-            # decoding runs it once per layer per token; fp32 is also the more exact.
-            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                               **gqa).to(q.dtype)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, **gqa)
-        elif L == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
-        else:  # a chunk appended after cached positions: query i sees keys 0..start+i
-            mask = torch.ones(T, L, dtype=torch.bool, device=x.device).tril(diagonal=L - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
+        y = cache.attend(layer, q, k, v, start) if cache is not None else attend(q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -135,9 +137,37 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=bias)
         self.up_proj = nn.Linear(h, i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
+        self.gate_up_proj: nn.Linear | None = None    # gate and up in one product (fuse())
+
+    def fuse(self) -> None:
+        """Replace gate_proj and up_proj by one linear layer of their stacked weights, for
+        inference (as Attention.fuse)."""
+        parts = [self.gate_proj, self.up_proj]
+        if self.gate_up_proj is not None or not all(type(p) is nn.Linear for p in parts):
+            return
+        self.gate_up_proj = stacked(parts)
+        self.gate_proj = self.up_proj = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def stacked(layers: list[nn.Linear]) -> nn.Linear:
+    """One linear layer computing `layers` side by side (outputs concatenated in order)."""
+    first = layers[0]
+    bias = first.bias is not None
+    out = nn.Linear(first.in_features, sum(layer.out_features for layer in layers), bias=bias,
+                    device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([layer.weight for layer in layers]))
+        if bias:
+            out.bias.copy_(torch.cat([layer.bias for layer in layers]))
+    out.requires_grad_(False)
+    return out
 
 
 class PlainMLP(nn.Module):
@@ -224,7 +254,7 @@ class Transformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | BranchCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """input_ids [B, T] → logits [B, T, vocab] (or [B, 1, vocab] with last_only).
 
@@ -233,7 +263,7 @@ class Transformer(nn.Module):
         """
         return self.lm_head(self.features(input_ids, cache, last_only))
 
-    def features(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+    def features(self, input_ids: torch.Tensor, cache: KVCache | BranchCache | None = None,
                  last_only: bool = False) -> torch.Tensor:
         """The final normed hidden states [B, T, hidden] that `forward` turns into logits:
         what a training-only head (training/horizon.py) reads as well."""

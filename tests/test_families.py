@@ -10,6 +10,7 @@ compared as an exact string.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -22,6 +23,7 @@ from completion.settings import EngineSettings
 from model.checkpoint import ModelDirError, load_model_dir
 from model.config import ModelConfig
 from model.generate import GenerationConfig, generate
+from model.inference import prepare_for_inference
 from model.tokenizer import PRETOKENIZE_PATTERN
 
 transformers = pytest.importorskip("transformers")
@@ -162,13 +164,17 @@ def test_logits_and_greedy_tokens_equal_transformers(family_dir):
         assert not (d / "model.safetensors").exists()
     lm = load_model_dir(d, device="cpu", dtype="float32")
     ids = lm.tokenizer.encode(PREFIX * 2)[:100]
+    served = copy.deepcopy(lm.model)
+    prepare_for_inference(served)       # as the server runs it: fused, its head measured
     with torch.no_grad():
-        ours = lm.model(torch.tensor([ids]))
         theirs = hf_model(torch.tensor([ids])).logits
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        for model in (lm.model, served):
+            torch.testing.assert_close(model(torch.tensor([ids])), theirs, atol=1e-4,
+                                       rtol=1e-4)
     # Greedy continuations, ours with the KV cache against theirs recomputed each step.
-    got = generate(lm.model, lm.tokenizer, ids, GenerationConfig(max_new_tokens=12,
-                                                                 ignore_eos=True))
+    got = [generate(model, lm.tokenizer, ids, GenerationConfig(max_new_tokens=12,
+                                                               ignore_eos=True))
+           for model in (lm.model, served)]
     want = list(ids)
     # As ours: never a padding row of the embedding nor a special token (ignore_eos).
     banned = [*lm.tokenizer.special_ids, *range(lm.tokenizer.vocab_size,
@@ -178,7 +184,8 @@ def test_logits_and_greedy_tokens_equal_transformers(family_dir):
             logits = hf_model(torch.tensor([want])).logits[0, -1]
             logits[banned] = float("-inf")
             want.append(int(logits.argmax()))
-    assert got.candidates[0].token_ids == want[len(ids):], name
+    for g in got:
+        assert g.candidates[0].token_ids == want[len(ids):], name
 
 
 def spelled(tok, ids: list[int]) -> str:

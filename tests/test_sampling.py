@@ -165,7 +165,7 @@ def test_beam_search_as_wide_as_the_vocabulary_finds_the_most_probable_pair(tiny
             cache = model.new_cache(1)
             first = torch.log_softmax(model(torch.tensor([prompt]), cache)[0, -1].float(), -1)
             second = torch.log_softmax(
-                model(torch.arange(vocab)[:, None], cache.expand(vocab))[:, -1].float(), -1)
+                model(torch.arange(vocab)[:, None], cache.branch(vocab, 1))[:, -1].float(), -1)
         pairs = ((first + ordinary)[:vocab, None] + second + ordinary).flatten()
         order = torch.argsort(pairs, descending=True).tolist()
         best = next((i for i in order if torch.isfinite(pairs[i])

@@ -68,8 +68,8 @@ def test_context_overflow_is_a_clear_error(random_model, tokenizer):
 def test_sdpa_gqa_path_is_chosen_by_version_number():
     from torch.torch_version import TorchVersion
 
-    from model import transformer
-    assert (TorchVersion(str(torch.__version__)) >= (2, 5)) == transformer._SDPA_GQA
+    from model import attention
+    assert (TorchVersion(str(torch.__version__)) >= (2, 5)) == attention._SDPA_GQA
     assert "2.13.0+cpu" < "2.5"                # why plain string comparison was wrong
 
 
@@ -111,10 +111,14 @@ def test_int8_weight_only_layers_compute_with_their_rounded_weights(random_model
 
     import torch.nn.functional as F
 
+    from model.inference import prepare_for_inference
     from model.quantize import Int8Linear, dequantized, quantize_int8
 
     bf16 = copy.deepcopy(random_model).to(torch.bfloat16)
     q = copy.deepcopy(bf16)
+    fused = copy.deepcopy(bf16)
+    prepare_for_inference(fused)                   # as the server does: fuse, then quantize
+    assert quantize_int8(fused) == 4 * len(fused.layers)
     n = quantize_int8(q)
     layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
     assert n == len(layers) == 7 * len(q.layers)
@@ -128,5 +132,113 @@ def test_int8_weight_only_layers_compute_with_their_rounded_weights(random_model
     ids = torch.randint(0, 1024, (1, 32), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         a, b = bf16(ids).float(), q(ids).float()
-    assert (a - b).abs().max() < 0.25 * a.abs().max()
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
+        c = fused(ids).float()
+    for out in (b, c):
+        assert (a - out).abs().max() < 0.25 * a.abs().max()
+        assert (a.argmax(-1) == out.argmax(-1)).float().mean() > 0.8
+
+
+def test_the_served_model_computes_what_the_trained_one_does(random_model, tiny):
+    """model/inference.py: fused q/k/v and gate/up and the measured output head give the
+    trained model's logits, at prefill and token by token, and its greedy tokens."""
+    import copy
+
+    from model.inference import prepare_for_inference
+
+    served = copy.deepcopy(random_model)
+    report = prepare_for_inference(served)
+    attn, mlp = served.layers[0].self_attn, served.layers[0].mlp
+    assert attn.q_proj is None and attn.qkv_proj is not None
+    assert mlp.up_proj is None and mlp.gate_up_proj is not None and "head" in report
+    ids = torch.randint(0, 1024, (2, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(served(ids), random_model(ids), atol=1e-5, rtol=1e-4)
+        cache = served.new_cache(batch=2)
+        steps = torch.cat([served(ids[:, i:i + 1], cache) for i in range(40)], dim=1)
+    torch.testing.assert_close(steps, random_model(ids), atol=1e-5, rtol=1e-4)
+    model = copy.deepcopy(tiny.model)
+    prepare_for_inference(model)
+    text = "def area(width, height):\n    return width * height\n\n\ndef "
+    for cut in range(20, len(text), 3):
+        ids = tiny.tokenizer.encode(text[:cut])
+        for beams in (1, 4):
+            cfg = GenerationConfig(max_new_tokens=10, beams=beams)
+            want = generate(tiny.model, tiny.tokenizer, ids, cfg).candidates[0].token_ids
+            got = generate(model, tiny.tokenizer, ids, cfg).candidates[0].token_ids
+            assert got == want, (text[:cut], beams)
+
+
+def test_every_form_of_the_output_head_is_the_same_product():
+    import torch.nn.functional as F
+
+    from model.inference import FORMS, measured_head
+
+    w = torch.randn(300, 48, generator=torch.Generator().manual_seed(6))
+    for rows in (1, 4, 7):
+        x = torch.randn(rows, 48)
+        for name, form in FORMS.items():
+            torch.testing.assert_close(form(x, w, w.T.contiguous()), F.linear(x, w),
+                                       atol=1e-5, rtol=1e-5, msg=name)
+    head = measured_head(w)
+    assert head.one in FORMS and head.few in FORMS
+    assert (head.transposed is None) == ("transposed" not in (head.one, head.few))
+    for rows in (1, 3):
+        x = torch.randn(2, rows, 48)
+        torch.testing.assert_close(head(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_branches_attend_as_if_each_row_held_the_whole_sequence(random_model):
+    """kv_cache.BranchCache: rows continuing one cached prompt (a chunk of several
+    tokens, then one at a time, then reordered as beam search does) get the logits of
+    their whole sequence computed from scratch; the prompt's cache is left as it was."""
+    g = torch.Generator().manual_seed(7)
+    prompt = torch.randint(0, 1024, (1, 40), generator=g)
+    chunk, step, more = (torch.randint(0, 1024, (3, n), generator=g) for n in (3, 1, 1))
+    with torch.no_grad():
+        base = random_model.new_cache()
+        random_model(prompt, base)
+        keys = base.k[0][:, :, :40].clone()
+        branch = base.branch(3, 6)
+        a, b = random_model(chunk, branch), random_model(step, branch)
+        branch.reorder([2, 2, 0])
+        c = random_model(more, branch)
+        for r, parent in enumerate([2, 2, 0]):
+            rows = [(r, a, chunk), (r, b, step)]
+            for row, got, ids in rows:
+                whole = random_model(torch.cat([prompt[0], chunk[row], step[row]])[None])
+                at = 40 if ids is chunk else 43
+                torch.testing.assert_close(got[row], whole[0, at:at + ids.shape[1]],
+                                           atol=1e-5, rtol=1e-4)
+            whole = random_model(torch.cat([prompt[0], chunk[parent], step[parent],
+                                            more[r]])[None])
+            torch.testing.assert_close(c[r], whole[0, 44:45], atol=1e-5, rtol=1e-4)
+    assert base.length == 40 and torch.equal(base.k[0][:, :, :40], keys)
+    import pytest
+    with pytest.raises(ValueError, match="branch cache overflow"):
+        random_model(torch.zeros(3, 2, dtype=torch.long), branch)
+
+
+def test_beams_memory_is_flat_in_the_prompt_length(tiny, monkeypatch):
+    """Beam search stores only the generated positions per beam: the same bytes after a
+    20-token prompt as after a 600-token one (copying the prompt per beam, as before,
+    grew with it)."""
+    from model.kv_cache import KVCache
+
+    made = []
+    real = KVCache.branch
+
+    def spy(self, batch, room):
+        made.append(real(self, batch, room))
+        return made[-1]
+
+    monkeypatch.setattr(KVCache, "branch", spy)
+    tok = tiny.tokenizer
+    ids = tok.encode("def area(width, height):\n    return width * height\n\n" * 60)
+    for n in (20, 600):
+        generate(tiny.model, tok, ids[:n], GenerationConfig(max_new_tokens=8, beams=4,
+                                                            stop=("\n",)))
+    assert len(made) == 2 and made[0].prefix == 20 and made[1].prefix == 600
+    assert made[0].stored_bytes() == made[1].stored_bytes()
+    one_prompt_row = sum(t[:1, :, :600].numel() * t.element_size()
+                         for t in made[1].base.k + made[1].base.v)
+    assert made[1].stored_bytes() < one_prompt_row / 10
