@@ -27,6 +27,7 @@ from completion.cache_lm import DocumentCounts, Memory
 from completion.pipeline import generate_candidates, memory_mixer, prepare
 from completion.settings import EngineSettings
 from model.checkpoint import load_model_dir
+from model.inference import prepare_for_inference
 from model.paths import default_model_dir
 from training.data import held_out_repos
 from training.evaluate import body_sites, repo_memory
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     lm = load_model_dir(args.model, device="cpu")
+    prepare_for_inference(lm.model)
     tok = lm.tokenizer
     repos = held_out_repos(args.data)
     rng = random.Random(args.seed)

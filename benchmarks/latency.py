@@ -6,7 +6,9 @@
     asking for an inline completion after every keystroke and cancelling the previous
     request if it is still pending, as VS Code does; latency is measured for requests
     that were answered (not cancelled).
-(b) cold: random positions in freshly opened files, one request each.
+(b) cold: random positions in freshly opened files, one request each, of three kinds in
+    turn: the end of a line, mid-line (code after the cursor), and a blank line whose
+    code was removed (a "block body" when the line above opens a block: multi-line).
 (c) responsiveness: how long a status request takes while a generation is running.
 Also the server's CPU seconds per 100 replayed keystrokes (Linux); `--multiline` sets the
 server's multiline setting (auto, never, always), `--debounce` models an editor that waits
@@ -62,6 +64,31 @@ def position_at(text: str, offset: int) -> types.Position:
     line = text.count("\n", 0, offset)
     start = text.rfind("\n", 0, offset) + 1
     return types.Position(line=line, character=len(text[start:offset].encode("utf-16-le")) // 2)
+
+
+COLD_KINDS = ("line end", "mid-line", "blank line")
+
+
+def cold_case(text: str, kind: str, rng: random.Random) -> tuple[str, int, str]:
+    """A document, a cursor offset in it and the request's kind ("block body" for a blank
+    line under a line ending with a colon), at a random line past the first quarter."""
+    starts = [i + 1 for i, c in enumerate(text) if c == "\n" and i >= len(text) // 4]
+    for _ in range(100):
+        start = rng.choice(starts)
+        end = text.find("\n", start)
+        end = len(text) if end == -1 else end
+        line = text[start:end]
+        content = line.lstrip(" \t")
+        if len(content) >= 2:
+            break
+    indent = start + len(line) - len(content)
+    if kind == "line end":
+        return text, end, kind
+    if kind == "mid-line":
+        return text, indent + rng.randrange(1, len(content)), kind
+    doc = text[:indent] + text[end:]
+    above = text[:start].rstrip().rsplit("\n", 1)[-1]
+    return doc, indent, "block body" if above.rstrip().endswith(":") else kind
 
 
 def params(uri: str, pos: types.Position) -> types.InlineCompletionParams:
@@ -122,20 +149,21 @@ async def run(args: argparse.Namespace) -> dict:
         await asyncio.sleep(0.1)
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
-    typing, cold, status_ms, context_tokens, prompt_tokens = [], [], [], [], []
+    typing, status_ms, context_tokens, prompt_tokens = [], [], [], []
+    cold: dict[str, list[float]] = {}
     typing_cpu = 0.0            # the server's CPU seconds while keystrokes are replayed
     sent_requests = 0
     for i, text in enumerate(files):
-        # (b) cold: open the file, ask at a random line end; each a freshly opened file
+        # (b) cold: open the file, ask once; each a freshly opened file
         for j in range(args.cold):
             uri = f"file:///bench/cold{i}-{j}.py"
+            doc, offset, kind = cold_case(text, COLD_KINDS[j % len(COLD_KINDS)], rng)
             client.text_document_did_open(types.DidOpenTextDocumentParams(
-                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
-            offset = text.find("\n", rng.randrange(len(text) // 4, len(text)))
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
             t0 = time.perf_counter()
             await client.text_document_inline_completion_async(
-                params(uri, position_at(text, offset)))
-            cold.append((time.perf_counter() - t0) * 1000)
+                params(uri, position_at(doc, offset)))
+            cold.setdefault(kind, []).append((time.perf_counter() - t0) * 1000)
             st = await client.protocol.send_request_async("codecomplete/status", {})
             context_tokens.append(st.last_context_tokens)
             prompt_tokens.append(st.last_prompt_tokens)
@@ -240,11 +268,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['cold_context_tokens']:.0f} context tokens per cold prompt); "
           f"{r['cold_prompt_tokens']:.0f} prompt tokens per cold prompt in all")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
-    for name, values, bars in (("typing (answered requests)", r["typing"], "50 / 150"),
-                               ("cold (fresh file)", r["cold"], "200 / 400"),
-                               ("status during generation", r["status_ms"], "20 (max)")):
+    kinds = [(f"  {kind}", values, "") for kind, values in sorted(r["cold"].items())]
+    for name, values, bars in [("typing (answered requests)", r["typing"], "50 / 150"),
+                               ("cold (fresh file), all kinds",
+                                [v for vs in r["cold"].values() for v in vs], "200 / 400"),
+                               *kinds,
+                               ("status during generation", r["status_ms"], "20 (max)")]:
         print(f"{name:<28}{len(values):>6}{pct(values, .5):>9.1f}{pct(values, .95):>9.1f}"
-              f"{pct(values, .99):>9.1f}   targets p50/p95: {bars}")
+              f"{pct(values, .99):>9.1f}   {'targets p50/p95: ' + bars if bars else ''}")
     print(f"keys {args.files * args.keys}, requests sent {r['sent']} (debounce "
           f"{args.debounce * 1000:.0f} ms, {'human' if args.human_gaps else 'fixed'} gaps); "
           f"typing requests cancelled or superseded: {r['cancelled']}; "

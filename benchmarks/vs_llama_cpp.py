@@ -7,8 +7,9 @@ through llama-cpp-python (`pip install llama-cpp-python`: it builds llama.cpp, ~
 on 2 cores). Both get the same held-out prompts as token ids of our tokenizer (so
 tokenization does not differ; docs/models.md says what llama.cpp's own costs), decode
 greedily, one prompt at a time: a request is the prefill of the prompt plus `--new` tokens.
-Ours runs bf16, then bf16 with `--quantize int8`'s layers. Prints medians, how many
-prompts give our fp32 model's greedy tokens, and the machine.
+Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
+machine, in bf16, and in bf16 with `--quantize int8`'s layers. Prints medians, how many
+prompts give our fp32 model's greedy tokens, the ratios to llama.cpp, and the machine.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch
 
 from benchmarks.machine import describe
 from model.checkpoint import load_model_dir
+from model.device import dtype_name
+from model.inference import prepare_for_inference
 from model.paths import default_model_dir
 from model.quantize import quantize_int8
 
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args.model or default_model_dir())
     lm = load_model_dir(path, device="cpu", dtype="bf16")
+    prepare_for_inference(lm.model)                  # as the server runs every model
+    default = load_model_dir(path, device="cpu", dtype="auto")
+    prepare_for_inference(default.model)
     texts = [t for t in validation_texts(args.data) if len(t) > 8 * args.prompt]
     random.Random(0).shuffle(texts)
     prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         gguf = export_gguf(path, Path(tmp) / "model.gguf")
         llm = Llama(model_path=str(gguf), n_ctx=lm.context, n_batch=lm.context,
                     logits_all=True, n_threads=threads, verbose=False)
-        engines = {"ours bf16": lambda p: ours(lm.model, p, args.new),
+        engines = {f"ours {dtype_name(default.dtype)} (server default here)":
+                   lambda p: ours(default.model, p, args.new),
+                   "ours bf16": lambda p: ours(lm.model, p, args.new),
                    "ours bf16 + int8 decode": lambda p: ours(int8, p, args.new),
                    "llama.cpp bf16": lambda p: theirs(llm, p, args.new)}
         rows = []
@@ -115,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for name, pre, dec, req, same in rows:
         print(f"| {name} | {pre:.3f} | {dec:.2f} | {req:.1f} | {same}/{len(prompts)} |")
+    theirs_row = rows[-1]
+    print()
+    for name, _, dec, req, _ in rows[:-1]:
+        print(f"{name}: request {req / theirs_row[3]:.2f}x llama.cpp's, "
+              f"decode {dec / theirs_row[2]:.2f}x")
     return 0
 
 

@@ -8,6 +8,7 @@ import sys
 
 from completion.settings import EngineSettings, update_settings
 from model.checkpoint import ModelDirError, load_model_dir
+from model.inference import prepare_for_inference
 from model.paths import default_model_dir
 from model.quantize import quantize_int8
 from server.engine import CompletionEngine
@@ -44,6 +45,8 @@ def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str 
                       "with scripts/demo.sh (python -m training.standin --out DIR).")
     try:
         loaded = load_model_dir(path, device=args.device, dtype=args.dtype)
+        chosen = prepare_for_inference(loaded.model)
+        logging.getLogger("codecomplete").info("inference: %s", chosen)
         if args.quantize == "int8":
             n = quantize_int8(loaded.model)
             logging.getLogger("codecomplete").info("int8 weight-only decoding: %d layers", n)

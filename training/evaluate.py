@@ -47,6 +47,7 @@ from completion.postprocess import repetition, whole_statements
 from completion.prompt import clean_text
 from completion.settings import EngineSettings
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
+from model.inference import prepare_for_inference
 from model.tokenizer import Tokenizer, fim_layout
 from training.data import DataError, held_out_repos, load_dataset
 from training.prose import prose_flags
@@ -374,6 +375,7 @@ def evaluate(model_dir: Path, data: str, cfg: EvalConfig | None = None, device="
              log=print) -> dict:
     cfg = cfg or EvalConfig()
     lm = load_model_dir(model_dir, device=device, dtype="fp32" if device == "cpu" else "auto")
+    prepare_for_inference(lm.model)                  # scored as the server runs it
     texts = validation_texts(data)
     rng = random.Random(cfg.seed)
     bpb_files = rng.sample(texts, min(cfg.max_files, len(texts)))
