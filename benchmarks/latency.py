@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['cold_context_tokens']:.0f} context tokens per cold prompt); "
           f"{r['cold_prompt_tokens']:.0f} prompt tokens per cold prompt in all")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
-    kinds = [(f"  {kind}", values, "") for kind, values in sorted(r["cold"].items())]
+    kinds = [(f"cold: {kind}", values, "") for kind, values in sorted(r["cold"].items())]
     for name, values, bars in [("typing (answered requests)", r["typing"], "50 / 150"),
-                               ("cold (fresh file), all kinds",
+                               ("cold (fresh file)",
                                 [v for vs in r["cold"].values() for v in vs], "200 / 400"),
                                *kinds,
                                ("status during generation", r["status_ms"], "20 (max)")]:

@@ -129,7 +129,8 @@ def test_quantize_flag_puts_int8_layers_in_the_served_model(tiny_model_dir):
 
 def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):
     """benchmarks.latency drives the real server as an editor does; its table must count
-    the requests it really made (2 files: 2 x 2 cold requests, 2 status probes)."""
+    the requests it really made (2 files: 2 x 2 cold requests, one at a line's end and
+    one mid-line in each, 2 status probes)."""
     r = subprocess.run([sys.executable, "-m", "benchmarks.latency", "--model",
                         str(tiny_model_dir), "--files", "2", "--keys", "12", "--cold", "2",
                         "--interval", "0.03", "--server-log", str(tmp_path / "server.log")],
@@ -141,6 +142,7 @@ def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):
     assert int(rows["typing (answered requests)"][0]) >= 1
     assert float(rows["typing (answered requests)"][1]) > 0       # p50 in ms
     assert int(rows["cold (fresh file)"][0]) == 4
+    assert int(rows["cold: line end"][0]) == int(rows["cold: mid-line"][0]) == 2
     assert int(rows["status during generation"][0]) == 2
     prompt_tokens = r.stdout.split(" prompt tokens per cold prompt")[0].rsplit(" ", 1)[1]
     assert int(prompt_tokens) > 0
