@@ -262,8 +262,16 @@ async def test_the_server_answers_inline_and_regular_completions(family_dir):
             text_document=types.TextDocumentIdentifier(uri),
             position=types.Position(line=len(lines) - 1, character=len(lines[-1]))))
         assert isinstance(regular.items, (list, tuple))
+        # Random weights write noise, but the project memory is the same for every
+        # family: a line the document repeats is what the server suggests.
+        line = "total = compute_total(items, limit)"
+        repeated = "".join(f"def f{i}(items, limit):\n    {line}\n\n" for i in range(4))
+        body = repeated + "def f9(items, limit):\n    "
+        open_doc(client, "file:///t/repeated.py", body)
+        items = (await inline(client, "file:///t/repeated.py", body)).items
+        assert items and line.startswith(items[0].insert_text.strip()[:8]), items
         status = await client.protocol.send_request_async("codecomplete/status", {})
-        assert status.requests == 2 and str(d) in status.model
+        assert status.requests == 3 and str(d) in status.model
         assert not [m for m in client.messages if m.type == types.MessageType.Error]
     finally:
         await stop(client)

@@ -305,10 +305,13 @@ async def test_odd_settings_are_refused_once_and_requests_keep_working(tiny_mode
         warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
         assert len(warnings) == 1 and "max_tokens=None" in warnings[0] \
             and "candidates=0" in warnings[0]
+        before = [i.insert_text for i in (await inline(client, uri, NODE + " ")).items]
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"codecomplete": {"enable": None, "top_p": 2, "temperature": -1,
                                        "max_tokens": 100_000}}))
-        assert (await inline(client, uri, NODE + " ")).items is not None
+        # every value refused, so the settings, and the answer, are what they were
+        after = (await inline(client, uri, NODE + " ")).items
+        assert [i.insert_text for i in after] == before
         assert (await inline(client, uri, NODE)).items       # still enabled, still working
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"codecomplete": {"max_tokens": 2, "enable": True}}))
@@ -586,11 +589,18 @@ async def test_a_hostile_workspace_is_indexed_within_bounds_and_requests_keep_an
         assert skipped.files_past_the_file_limit > 90_000
         assert skipped.files_over_the_size_limit == 1
         assert skipped.symbolic_links == 1
+        files = status.workspace_files
         shutil.rmtree(tmp_path)                                 # the folder disappears
         client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
             changes=[types.FileEvent(uri=f"{root}/a_geometry.py",
                                      type=types.FileChangeType.Deleted)]))
-        assert (await inline(client, uri, QUERY + "g")) is not None
+        assert isinstance((await inline(client, uri, QUERY + "g")).items, list)
+        for _ in range(100):                    # the event is handled off the request path
+            status = await client.protocol.send_request_async("codecomplete/status", {})
+            if status.workspace_files == files - 1:
+                break
+            await asyncio.sleep(0.05)
+        assert status.workspace_files == files - 1              # a_geometry.py forgotten
     finally:
         await stop(client)
         if tmp_path.exists():
