@@ -577,12 +577,14 @@ async def test_a_hostile_workspace_is_indexed_within_bounds_and_requests_keep_an
         uri = "file:///elsewhere/me.py"
         open_doc(client, uri, QUERY)
         answered = 0
-        for _ in range(200):
+        deadline = time.monotonic() + 180     # walking 100,000 files takes 3-60 s here
+        while time.monotonic() < deadline:
             await inline(client, uri, QUERY)           # each within inline()'s 60 s
             answered += 1
             status = await client.protocol.send_request_async("codecomplete/status", {})
             if not status.workspace_indexing:
                 break
+            await asyncio.sleep(0.05)
         assert answered and not status.workspace_indexing
         assert status.workspace_files <= 5001                 # the file limit (+ me.py)
         skipped = status.workspace_skipped
@@ -594,7 +596,7 @@ async def test_a_hostile_workspace_is_indexed_within_bounds_and_requests_keep_an
         client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
             changes=[types.FileEvent(uri=f"{root}/a_geometry.py",
                                      type=types.FileChangeType.Deleted)]))
-        assert isinstance((await inline(client, uri, QUERY + "g")).items, list)
+        assert isinstance((await inline(client, uri, QUERY + "g")).items, (list, tuple))
         for _ in range(100):                    # the event is handled off the request path
             status = await client.protocol.send_request_async("codecomplete/status", {})
             if status.workspace_files == files - 1:
