@@ -15,7 +15,6 @@ prompts give our fp32 model's greedy tokens, the ratios to llama.cpp, and the ma
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import statistics
 import sys
@@ -27,11 +26,10 @@ import numpy as np
 import torch
 
 from benchmarks.machine import describe
-from model.checkpoint import load_model_dir
+from model.checkpoint import LoadedModel, load_model_dir
 from model.device import dtype_name
 from model.inference import prepare_for_inference
 from model.paths import default_model_dir
-from model.quantize import quantize_int8
 
 
 @torch.inference_mode()
@@ -83,27 +81,30 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no model directory given and no default model.", file=sys.stderr)
         return 2
     path = Path(args.model or default_model_dir())
-    lm = load_model_dir(path, device="cpu", dtype="bf16")
-    prepare_for_inference(lm.model)                  # as the server runs every model
-    default = load_model_dir(path, device="cpu", dtype="auto")
-    prepare_for_inference(default.model)
+    def served(dtype: str, int8: bool) -> LoadedModel:
+        loaded = load_model_dir(path, device="cpu", dtype=dtype)
+        prepare_for_inference(loaded.model, int8=int8)     # as the server runs it
+        return loaded
+
+    lm = served("bf16", False)
+    here = dtype_name(load_model_dir(path, device="cpu", dtype="auto").dtype)
     texts = [t for t in validation_texts(args.data) if len(t) > 8 * args.prompt]
     random.Random(0).shuffle(texts)
     prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
     exact = load_model_dir(path, device="cpu", dtype="fp32").model
     reference = [ours(exact, p, args.new)[0] for p in prompts]
-    int8 = copy.deepcopy(lm.model)
-    quantize_int8(int8)
+    models = {f"ours {here} (server default here)": served(here, False).model,
+              f"ours {here} + int8 decode": served(here, True).model}
+    if here != "bfloat16":
+        models |= {"ours bf16": lm.model, "ours bf16 + int8 decode": served("bf16", True).model}
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         gguf = export_gguf(path, Path(tmp) / "model.gguf")
         llm = Llama(model_path=str(gguf), n_ctx=lm.context, n_batch=lm.context,
                     logits_all=True, n_threads=threads, verbose=False)
-        engines = {f"ours {dtype_name(default.dtype)} (server default here)":
-                   lambda p: ours(default.model, p, args.new),
-                   "ours bf16": lambda p: ours(lm.model, p, args.new),
-                   "ours bf16 + int8 decode": lambda p: ours(int8, p, args.new),
-                   "llama.cpp bf16": lambda p: theirs(llm, p, args.new)}
+        engines = {name: (lambda p, m=model: ours(m, p, args.new))
+                   for name, model in models.items()}
+        engines["llama.cpp bf16"] = lambda p: theirs(llm, p, args.new)
         rows = []
         for name, run in engines.items():
             run(prompts[0])                              # warm-up

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.quantize import quantize_int8
 from model.transformer import Transformer
 
 TRANSPOSED_MAX_BYTES = 256 * 2**20
@@ -99,16 +100,18 @@ def measured_head(weight: torch.Tensor) -> MeasuredHead:
     return MeasuredHead(weight, choice[1], choice[FEW_ROWS], keep)
 
 
-def prepare_for_inference(model: Transformer) -> dict[str, str]:
-    """Fuse the projections and, on a CPU, pick the output head's product form (see the
-    module's docstring); returns what was chosen, for the log. Call it before
-    model/quantize.quantize_int8, which then quantizes the fused layers."""
+def prepare_for_inference(model: Transformer, int8: bool = False) -> dict[str, str]:
+    """Fuse the projections, quantize them when `int8` (`--quantize int8`,
+    model/quantize.py) and, on a CPU, pick the output head's product form (see the
+    module's docstring); returns what was chosen, for the log."""
     model.eval()
     for block in model.layers:
         block.self_attn.fuse()
         if hasattr(block.mlp, "fuse"):
             block.mlp.fuse()
     report = {"fused": "q/k/v, gate/up"}
+    if int8:
+        report["int8 layers"] = str(quantize_int8(model))
     head = model.lm_head
     if isinstance(head, nn.Linear) and head.bias is None \
             and head.weight.device.type == "cpu":

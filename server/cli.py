@@ -10,7 +10,6 @@ from completion.settings import EngineSettings, update_settings
 from model.checkpoint import ModelDirError, load_model_dir
 from model.inference import prepare_for_inference
 from model.paths import default_model_dir
-from model.quantize import quantize_int8
 from server.engine import CompletionEngine
 from server.lsp import build_server
 from server.transport import serve_stdio, serve_tcp
@@ -45,11 +44,8 @@ def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str 
                       "with scripts/demo.sh (python -m training.standin --out DIR).")
     try:
         loaded = load_model_dir(path, device=args.device, dtype=args.dtype)
-        chosen = prepare_for_inference(loaded.model)
+        chosen = prepare_for_inference(loaded.model, int8=args.quantize == "int8")
         logging.getLogger("codecomplete").info("inference: %s", chosen)
-        if args.quantize == "int8":
-            n = quantize_int8(loaded.model)
-            logging.getLogger("codecomplete").info("int8 weight-only decoding: %d layers", n)
     except (ModelDirError, ValueError) as e:
         return None, f"codecomplete could not load its model: {e}"
     settings = EngineSettings()
