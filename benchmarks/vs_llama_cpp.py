@@ -8,7 +8,7 @@ on 2 cores). Both get the same held-out prompts as token ids of our tokenizer (s
 tokenization does not differ; docs/models.md says what llama.cpp's own costs), decode
 greedily, one prompt at a time: a request is the prefill of the prompt plus `--new` tokens.
 Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
-machine, in bf16, and in bf16 with `--quantize int8`'s layers. Prints medians, how many
+machine and in bf16, each also with `--quantize int8`'s layers. Prints medians, how many
 prompts give our fp32 model's greedy tokens, the ratios to llama.cpp, and the machine.
 """
 
@@ -81,22 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no model directory given and no default model.", file=sys.stderr)
         return 2
     path = Path(args.model or default_model_dir())
+
     def served(dtype: str, int8: bool) -> LoadedModel:
         loaded = load_model_dir(path, device="cpu", dtype=dtype)
         prepare_for_inference(loaded.model, int8=int8)     # as the server runs it
         return loaded
 
-    lm = served("bf16", False)
-    here = dtype_name(load_model_dir(path, device="cpu", dtype="auto").dtype)
+    lm = served("auto", False)                       # the dtype the server picks here
+    here = dtype_name(lm.dtype)
     texts = [t for t in validation_texts(args.data) if len(t) > 8 * args.prompt]
     random.Random(0).shuffle(texts)
     prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
     exact = load_model_dir(path, device="cpu", dtype="fp32").model
     reference = [ours(exact, p, args.new)[0] for p in prompts]
-    models = {f"ours {here} (server default here)": served(here, False).model,
+    models = {f"ours {here} (server default here)": lm.model,
               f"ours {here} + int8 decode": served(here, True).model}
     if here != "bfloat16":
-        models |= {"ours bf16": lm.model, "ours bf16 + int8 decode": served("bf16", True).model}
+        models |= {"ours bf16": served("bf16", False).model,
+                   "ours bf16 + int8 decode": served("bf16", True).model}
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         gguf = export_gguf(path, Path(tmp) / "model.gguf")

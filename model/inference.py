@@ -3,7 +3,8 @@
 Decoding one token of a small model is a few dozen small matrix products and one large
 one, the output head (hidden state -> a logit per vocabulary entry: 16 MB of fp32 weights
 for the shipped model, read once per token). Two changes, neither altering what is
-computed (the same sums, in another order at most):
+computed (the same sums, in another order at most), with `--quantize int8`
+(model/quantize.py) applied between them to the fused layers when asked for:
 
 - q/k/v and gate/up become one product each (Transformer.fuse): 25 products per token
   instead of 43, each paying PyTorch's fixed per-call overhead.
