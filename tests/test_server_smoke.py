@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 from lsprotocol import types
@@ -147,3 +148,60 @@ def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):
     prompt_tokens = r.stdout.split(" prompt tokens per cold prompt")[0].rsplit(" ", 1)[1]
     assert int(prompt_tokens) > 0
     assert "keys 24, requests sent" in r.stdout
+
+
+def test_tcp_server_serves_the_next_client_after_one_disconnects(tiny_model_dir):
+    """`--tcp` serves one client at a time until the process is stopped: a client that
+    leaves without shutdown (an editor window closed) must not take the server down."""
+    import json
+    import socket
+
+    def frame(msg: dict) -> bytes:
+        body = json.dumps(msg).encode()
+        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    def answer(sock: socket.socket, msg_id: int) -> dict:
+        """Read framed messages until the response to `msg_id`."""
+        stream = sock.makefile("rb")
+        while True:
+            length = 0
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert length, "the server closed the connection without answering"
+            msg = json.loads(stream.read(length))
+            if msg.get("id") == msg_id and "method" not in msg:
+                return msg
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+                             "--tcp", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"capabilities": {}, "processId": None}}
+    try:
+        for _ in range(600):                      # the server binds once its model is loaded
+            try:
+                first = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the TCP server never listened")
+        with first:
+            first.sendall(frame(init))
+            assert "capabilities" in answer(first, 1)["result"]
+        # the first client is gone (no shutdown, no exit); the next one is served
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as second:
+            second.sendall(frame(init))
+            assert "capabilities" in answer(second, 1)["result"]
+            second.sendall(frame({"jsonrpc": "2.0", "id": 2, "method": "codecomplete/status",
+                                  "params": {}}))
+            assert answer(second, 2)["result"]["model"]
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

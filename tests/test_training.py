@@ -904,3 +904,35 @@ def test_recipe_ab_merges_arms_run_separately(tmp_path, small_dataset):
         main([*common, "--arms", "vocab8k"])        # no --data-8k
     with pytest.raises(SystemExit):
         main([*common, "--arms", "nonesuch"])
+
+
+def test_time_budget_is_agreed_on_the_processs_own_device(monkeypatch):
+    """Under torchrun every process must agree when the budget is spent; with NCCL the
+    all-reduce takes only tensors on the process's GPU (a CPU tensor fails at the first
+    check). No second process or GPU can exist here, so the all-reduce is replaced by one
+    that records what it was given, and the trainer's device is the meta device: any
+    tensor made on the CPU instead is caught."""
+    from types import SimpleNamespace
+
+    from training.train import Trainer
+
+    class Reduced(Exception):
+        pass
+
+    given = []
+
+    def all_reduce(tensor, op=None):
+        given.append(tensor.device)
+        raise Reduced
+
+    monkeypatch.setattr("training.train.dist.all_reduce", all_reduce)
+    trainer = SimpleNamespace(cfg=SimpleNamespace(time_budget_min=1.0),
+                              rs=SimpleNamespace(wall=30.0),
+                              dd=SimpleNamespace(world=2), device=torch.device("meta"))
+    with pytest.raises(Reduced):
+        Trainer.out_of_time(trainer)
+    assert given == [torch.device("meta")]
+    trainer.dd.world = 1                      # one process: nothing to agree on
+    assert Trainer.out_of_time(trainer) is False
+    trainer.rs.wall = 61.0
+    assert Trainer.out_of_time(trainer) is True

@@ -244,3 +244,37 @@ def test_beams_memory_is_flat_in_the_prompt_length(tiny, monkeypatch):
     one_prompt_row = sum(t[:1, :, :600].numel() * t.element_size()
                          for t in made[1].base.k + made[1].base.v)
     assert made[1].stored_bytes() < one_prompt_row / 10
+
+
+def test_an_empty_model_is_made_in_its_dtype_without_an_fp32_copy():
+    """Loading a bf16 checkpoint onto a GPU must not peak at twice its size: the empty
+    model is cast on the meta device before any memory is allocated. Every fp32 tensor
+    made on a real device is counted: making the model may cost no more of them than
+    making its rotary tables alone (computed in fp32, then cast)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from model.transformer import Rotary, Transformer
+
+    class Allocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.fp32_bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if (isinstance(out, torch.Tensor) and out.device.type != "meta"
+                    and out.dtype == torch.float32):
+                self.fp32_bytes += out.numel() * out.element_size()
+            return out
+
+    config = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=704,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    with Allocations() as seen:
+        model = Transformer.empty(config, device="cpu", dtype=torch.bfloat16)
+    with Allocations() as rotary:
+        Rotary(config).to(dtype=torch.bfloat16)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert 0 < rotary.fp32_bytes < 0.3 * weights
+    assert seen.fp32_bytes <= rotary.fp32_bytes, (seen.fp32_bytes, rotary.fp32_bytes)
