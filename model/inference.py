@@ -106,11 +106,9 @@ def prepare_for_inference(model: Transformer, int8: bool = False) -> dict[str, s
     model/quantize.py) and, on a CPU, pick the output head's product form (see the
     module's docstring); returns what was chosen, for the log."""
     model.eval()
-    for block in model.layers:
-        block.self_attn.fuse()
-        if hasattr(block.mlp, "fuse"):
-            block.mlp.fuse()
-    report = {"fused": "q/k/v, gate/up"}
+    qkv = sum(block.self_attn.fuse() for block in model.layers)
+    gate_up = sum(block.mlp.fuse() for block in model.layers)
+    report = {"fused layers": f"q/k/v {qkv}, gate/up {gate_up}"}
     if int8:
         report["int8 layers"] = str(quantize_int8(model))
     head = model.lm_head

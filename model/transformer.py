@@ -100,16 +100,18 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.hd, h, bias=config.attention_out_bias)
         self.qkv_proj: nn.Linear | None = None     # q, k and v in one product (fuse())
 
-    def fuse(self) -> None:
+    def fuse(self) -> bool:
         """Replace q_proj, k_proj and v_proj by one linear layer of their stacked weights,
         for inference: one matrix product instead of three per layer and token (decoding
         a token is a few dozen products this small, each paying a fixed overhead). The
-        model's state dict changes with it: a fused model is not saved or trained."""
+        model's state dict changes with it: a fused model is not saved or trained.
+        Returns whether it fused (not when fused already, or quantized first)."""
         parts = [self.q_proj, self.k_proj, self.v_proj]
         if self.qkv_proj is not None or not all(type(p) is nn.Linear for p in parts):
-            return                      # fused already, or quantized (model/quantize.py)
+            return False                # fused already, or quantized (model/quantize.py)
         self.qkv_proj = stacked(parts)
         self.q_proj = self.k_proj = self.v_proj = None
+        return True
 
     def forward(self, x: torch.Tensor, rotary: Rotary | None, layer: int,
                 cache: KVCache | BranchCache | None, start: int) -> torch.Tensor:
@@ -139,14 +141,15 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=bias)
         self.gate_up_proj: nn.Linear | None = None    # gate and up in one product (fuse())
 
-    def fuse(self) -> None:
+    def fuse(self) -> bool:
         """Replace gate_proj and up_proj by one linear layer of their stacked weights, for
-        inference (as Attention.fuse)."""
+        inference (as Attention.fuse; returns whether it fused)."""
         parts = [self.gate_proj, self.up_proj]
         if self.gate_up_proj is not None or not all(type(p) is nn.Linear for p in parts):
-            return
+            return False
         self.gate_up_proj = stacked(parts)
         self.gate_proj = self.up_proj = None
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
@@ -179,6 +182,10 @@ class PlainMLP(nn.Module):
         self.c_fc = nn.Linear(h, i, bias=bias)
         self.c_proj = nn.Linear(i, h, bias=bias)
         self.act = config.hidden_act
+
+    def fuse(self) -> bool:
+        """Nothing to fuse: c_fc is already one product (the interface of MLP.fuse)."""
+        return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(activation(self.act, self.c_fc(x)))

@@ -152,6 +152,9 @@ def test_the_served_model_computes_what_the_trained_one_does(random_model, tiny)
     assert attn.q_proj is None and attn.qkv_proj is not None
     assert mlp.up_proj is None and mlp.gate_up_proj is not None
     assert "head" in report
+    n = len(served.layers)
+    assert report["fused layers"] == f"q/k/v {n}, gate/up {n}"
+    assert prepare_for_inference(served)["fused layers"] == "q/k/v 0, gate/up 0"   # once only
     ids = torch.randint(0, 1024, (2, 40), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(served(ids), random_model(ids), atol=1e-5, rtol=1e-4)
