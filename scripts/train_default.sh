@@ -4,6 +4,8 @@
 #
 #   scripts/train_default.sh            # corpus -> data -> train (resumable) -> export -> evaluate
 #   RESUME=1 scripts/train_default.sh   # continue an interrupted run
+#   DATA_ONLY=1 scripts/train_default.sh   # only the corpus and data/local-16384 (minutes),
+#                                          # e.g. for the benchmarks' held-out packages
 #
 # The corpus is the Python standard library (without its test suite) plus the
 # site-packages of .venv (the project and its dependencies, PyTorch included), each
@@ -22,6 +24,10 @@ $PY -m scraper local "$SITE" --each-subdir --db data/corpus.sqlite
 $PY -m scraper dedup --db data/corpus.sqlite
 $PY -m scraper stats --db data/corpus.sqlite
 $PY -m training.prepare --db data/corpus.sqlite --out "data/local-$VOCAB" --vocab-size "$VOCAB"
+if [ -n "${DATA_ONLY:-}" ]; then
+    echo "data/local-$VOCAB is ready (DATA_ONLY: no training)"
+    exit 0
+fi
 # Eight sittings, as the shipped model was trained. The first three used AdamW (the preset
 # now uses Muon, so they say --optimizer adamw): 850 steps (13.9M tokens), then a second
 # warmup-stable-decay cycle of 1000 steps (16.4M tokens) from its last checkpoint, which
