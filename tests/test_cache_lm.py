@@ -250,7 +250,8 @@ def test_the_workspace_memory_never_holds_the_line_being_completed(tmp_path, tok
     """The document being completed is left out of the workspace level whatever its disk
     text holds (here: the very line being completed); its buffer, without the line, is
     what the request counts. File events update the counts to exactly a rebuild's, off
-    the event loop, and a path that leaves the workspace through `..` is not indexed."""
+    the event loop, and a path that leaves the workspace through `..` or a symbolic link
+    is not indexed."""
     from server.workspace import Workspace
 
     a, b = tmp_path / "a.py", tmp_path / "b.py"
@@ -274,8 +275,10 @@ def test_the_workspace_memory_never_holds_the_line_being_completed(tmp_path, tok
     b.write_text("def beta():\n    return other_call(4)\n")
     ws.queue_file_event(str(b))
     ws.queue_file_event(str(tmp_path / "sub" / ".." / ".." / "elsewhere.py"))
+    (tmp_path / "link.py").symlink_to(tmp_path.parent / "elsewhere.py")   # leads outside
+    ws.queue_file_event(str(tmp_path / "link.py"))
     assert ws.wait_for_events(10)
-    assert ws.memory.names == 2                       # a (its disk text) and b, not elsewhere
+    assert ws.memory.names == 2              # a (its disk text) and b, not elsewhere or link
     assert_same_counts(ws.memory.counter(), [tokenizer.encode(a.read_text()),
                                              tokenizer.encode(b.read_text())])
     counts = ws.memory_counts(str(a))
