@@ -17,6 +17,8 @@ draws the gaps between keys like a person types instead of a fixed `--interval`;
 `--context-tokens N` caps the file's prompt (the server's context_tokens setting).
 `--workspace DIR` makes DIR the workspace; `--context` turns repository context on (off by
 default, as in the server; without a workspace the opened files are the context).
+`--while-indexing` times cold requests while the server walks the workspace (its own row,
+with the walk's seconds) before the rest, which runs on the finished index.
 Files come from the validation split of a prepared dataset (`--data`), else from the
 standard library. Prints p50/p95/p99, the server's cache hit rate and the machine.
 """
@@ -126,11 +128,21 @@ def drain_stderr(client: LanguageClient, path: Path) -> asyncio.Task:
     return asyncio.ensure_future(pump())
 
 
+async def cold_request(client: LanguageClient, uri: str, doc: str, offset: int) -> float:
+    """Open `doc` as a fresh file and time one inline completion at `offset` (ms)."""
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
+    t0 = time.perf_counter()
+    await client.text_document_inline_completion_async(params(uri, position_at(doc, offset)))
+    return (time.perf_counter() - t0) * 1000
+
+
 async def run(args: argparse.Namespace) -> dict:
     client = LanguageClient("latency-bench", "0")
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: print(p.message, file=sys.stderr))
-    cmd = [sys.executable, "-m", "server", "--dtype", args.dtype] + (
+    cmd = [sys.executable, "-m", "server", "--dtype", args.dtype,
+           *(["--quantize", args.quantize] if args.quantize else [])] + (
         ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
     stderr_task = drain_stderr(client, Path(args.server_log))
@@ -144,11 +156,21 @@ async def run(args: argparse.Namespace) -> dict:
                                 **({"context_tokens": args.context_tokens}
                                    if args.context_tokens else {})}))
     client.initialized(types.InitializedParams())
-    while root and (await client.protocol.send_request_async(
-            "codecomplete/status", {})).workspace_indexing:
-        await asyncio.sleep(0.1)
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
+    walk_started = time.perf_counter()
+    while_indexing: list[float] = []     # cold requests answered while the walk ran
+    n = 0
+    while root and (await client.protocol.send_request_async(
+            "codecomplete/status", {})).workspace_indexing:
+        if not args.while_indexing:
+            await asyncio.sleep(0.1)
+            continue
+        uri = f"file:///bench/walking{n}.py"
+        doc, offset, _ = cold_case(files[n % len(files)], COLD_KINDS[n % len(COLD_KINDS)], rng)
+        while_indexing.append(await cold_request(client, uri, doc, offset))
+        n += 1
+    walk_seconds = time.perf_counter() - walk_started
     typing, status_ms, context_tokens, prompt_tokens = [], [], [], []
     cold: dict[str, list[float]] = {}
     typing_cpu = 0.0            # the server's CPU seconds while keystrokes are replayed
@@ -158,12 +180,7 @@ async def run(args: argparse.Namespace) -> dict:
         for j in range(args.cold):
             uri = f"file:///bench/cold{i}-{j}.py"
             doc, offset, kind = cold_case(text, COLD_KINDS[j % len(COLD_KINDS)], rng)
-            client.text_document_did_open(types.DidOpenTextDocumentParams(
-                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
-            t0 = time.perf_counter()
-            await client.text_document_inline_completion_async(
-                params(uri, position_at(doc, offset)))
-            cold.setdefault(kind, []).append((time.perf_counter() - t0) * 1000)
+            cold.setdefault(kind, []).append(await cold_request(client, uri, doc, offset))
             st = await client.protocol.send_request_async("codecomplete/status", {})
             context_tokens.append(st.last_context_tokens)
             prompt_tokens.append(st.last_prompt_tokens)
@@ -224,6 +241,7 @@ async def run(args: argparse.Namespace) -> dict:
     stderr_task.cancel()
     cancelled = sent_requests - len(typing)
     return {"typing": typing, "cold": cold, "status_ms": status_ms, "cancelled": cancelled,
+            "while_indexing": while_indexing, "walk_seconds": walk_seconds,
             "cold_context_tokens": statistics.mean(context_tokens) if context_tokens else 0,
             "cold_prompt_tokens": statistics.mean(prompt_tokens) if prompt_tokens else 0,
             "server": status, "sent": sent_requests, "cpu_per_100_keys": typing_cpu * 100 / max(
@@ -239,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.08, help="seconds between keys")
     ap.add_argument("--cold", type=int, default=3, help="cold requests per file")
     ap.add_argument("--dtype", default="auto", help="the server's --dtype")
+    ap.add_argument("--quantize", default=None, choices=("none", "int8"),
+                    help="the server's --quantize (default: the server's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--debounce", type=float, default=0.0,
                     help="seconds an editor waits after a key before asking (0: ask at once)")
@@ -248,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the server's multiline setting")
     ap.add_argument("--workspace", default=None,
                     help="a folder the server indexes as the workspace (repository context)")
+    ap.add_argument("--while-indexing", action="store_true",
+                    help="with --workspace: time cold requests while the walk runs (a row of "
+                         "their own) instead of waiting for it")
     ap.add_argument("--no-memory", action="store_true",
                     help="turn the server's project memory off (on by default)")
     ap.add_argument("--context", action="store_true",
@@ -273,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                                ("cold (fresh file)",
                                 [v for vs in r["cold"].values() for v in vs], "200 / 400"),
                                *kinds,
+                               *([(f"cold while indexing ({r['walk_seconds']:.1f} s walk)",
+                                   r["while_indexing"], "")] if args.while_indexing else []),
                                ("status during generation", r["status_ms"], "20 (max)")]:
         print(f"{name:<28}{len(values):>6}{pct(values, .5):>9.1f}{pct(values, .95):>9.1f}"
               f"{pct(values, .99):>9.1f}   {'targets p50/p95: ' + bars if bars else ''}")

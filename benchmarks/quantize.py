@@ -1,7 +1,10 @@
-"""Int8 weight-only linear layers against bf16 on CPU: prefill and decode speed, and for a
-trained model the held-out bits/byte and how often greedy continuations stay the same.
+"""Int8 weight-only linear layers against the float model on CPU: prefill and decode speed,
+and for a trained model the held-out bits/byte and how often greedy continuations stay the
+same. Both arms are prepared as the server prepares them (model/inference.py: fused
+projections; `--quantize int8` on the right).
 
     python -m benchmarks.quantize [--model DIR] [--data data/local-16384] [--sizes 29M,110M]
+        [--dtype auto|float32|bfloat16]     (auto: what the server picks on this CPU)
 
 `--model` (default: the shipped one) is measured for speed and quality (bits/byte with every
 call through the int8 kernel, which the server uses only for decoding); `--sizes` adds
@@ -27,9 +30,10 @@ from benchmarks.machine import describe
 from model import quantize
 from model.checkpoint import load_model_dir
 from model.config import ModelConfig
+from model.device import select_dtype
 from model.generate import GenerationConfig, generate
+from model.inference import prepare_for_inference
 from model.paths import default_model_dir
-from model.quantize import quantize_int8
 from model.transformer import Transformer
 
 SHAPES = {   # hidden, intermediate, layers, heads, kv heads (vocab 16384, tied)
@@ -84,18 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", type=int, default=448)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="auto", help="the float arm's dtype (auto: the server's)")
     args = ap.parse_args(argv)
     path = args.model or default_model_dir()
     if path is None:
         print("error: no model directory given and no default model.", file=sys.stderr)
         return 2
-    lm = load_model_dir(path, device="cpu", dtype="bf16")
+    dtype = select_dtype(torch.device("cpu"), args.dtype)
+    lm = load_model_dir(path, device="cpu", dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
     print(f"machine  {describe(lm.device)}")
     print(f"workload {args.prompt}-token prompt, {args.new} new tokens, greedy, batch 1, "
-          "bf16 activations")
+          f"{name} model, int8 products with bf16 activations")
     rows = []
     q = copy.deepcopy(lm.model)
-    n = quantize_int8(q)
+    prepare_for_inference(lm.model)
+    n = int(prepare_for_inference(q, int8=True)["int8 layers"])
     base = speed(lm.model, args.prompt, args.new, args.repeats)
     fast = speed(q, args.prompt, args.new, args.repeats)
     line = [f"{path} ({lm.config.num_parameters() / 1e6:.1f}M, {n} linear layers)", *base, *fast]
@@ -120,15 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                           num_hidden_layers=layers, num_attention_heads=heads,
                           num_key_value_heads=kv, max_position_embeddings=1024)
         torch.manual_seed(0)
-        m = Transformer(cfg).to(torch.bfloat16).eval()
+        m = Transformer(cfg).to(dtype).eval()
         m_q = copy.deepcopy(m)
-        n = quantize_int8(m_q)
+        prepare_for_inference(m)
+        n = int(prepare_for_inference(m_q, int8=True)["int8 layers"])
         rows.append([f"untrained {size} ({cfg.num_parameters() / 1e6:.1f}M, {n} linear layers)",
                      *speed(m, args.prompt, args.new, args.repeats),
                      *speed(m_q, args.prompt, args.new, args.repeats)])
     print()
-    print("| model | bf16 prefill ms/tok | bf16 decode ms/tok | int8 prefill ms/tok | "
-          "int8 decode ms/tok | decode speed-up | bf16 bits/byte | int8 bits/byte | "
+    print(f"| model | {name} prefill ms/tok | {name} decode ms/tok | int8 prefill ms/tok | "
+          f"int8 decode ms/tok | decode speed-up | {name} bits/byte | int8 bits/byte | "
           "same greedy 32 tokens |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

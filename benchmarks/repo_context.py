@@ -122,7 +122,8 @@ async def run_arm(args: argparse.Namespace, root: Path, repos: dict[str, dict[st
     client = LanguageClient("repo-context-bench", "0")
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: print(p.message, file=sys.stderr))
-    cmd = [sys.executable, "-m", "server", "--dtype", args.dtype, "--log-level", "INFO"] + (
+    cmd = [sys.executable, "-m", "server", "--dtype", args.dtype,
+           *(["--quantize", args.quantize] if args.quantize else []), "--log-level", "INFO"] + (
         ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
     stderr_task = drain_stderr(client, Path(f"{args.server_log}.{arm}"))
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--quantize", default=None, choices=("none", "int8"),
+                    help="the server's --quantize (default: the server's default)")
     ap.add_argument("--memory-weight", type=float, default=None,
                     help="the server's memory_weight (default: its own)")
     ap.add_argument("--no-rerank", action="store_true", help="turn identifier re-ranking off")

@@ -8,7 +8,8 @@ on 2 cores). Both get the same held-out prompts as token ids of our tokenizer (s
 tokenization does not differ; docs/models.md says what llama.cpp's own costs), decode
 greedily, one prompt at a time: a request is the prefill of the prompt plus `--new` tokens.
 Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
-machine and in bf16, each also with `--quantize int8`'s layers. Prints medians, how many
+machine and in bf16, each with and without `--quantize int8`'s layers (the server's default
+on a CPU). Prints medians, how many
 prompts give our fp32 model's greedy tokens, the ratios to llama.cpp, and the machine.
 """
 
@@ -28,7 +29,7 @@ import torch
 from benchmarks.machine import describe
 from model.checkpoint import LoadedModel, load_model_dir
 from model.device import dtype_name
-from model.inference import prepare_for_inference
+from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
 
 
@@ -94,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
     exact = load_model_dir(path, device="cpu", dtype="fp32").model
     reference = [ours(exact, p, args.new)[0] for p in prompts]
-    models = {f"ours {here} (server default here)": lm.model,
-              f"ours {here} + int8 decode": served(here, True).model}
+    default_int8 = int8_by_default(lm.device)       # --quantize auto, as the server starts
+    models = {f"ours {here}{'' if default_int8 else ' (server default here)'}": lm.model,
+              f"ours {here} + int8 decode{' (server default here)' if default_int8 else ''}":
+                  served(here, True).model}
     if here != "bfloat16":
         models |= {"ours bf16": served("bf16", False).model,
                    "ours bf16 + int8 decode": served("bf16", True).model}

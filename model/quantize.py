@@ -2,13 +2,17 @@
 bf16 scale per output row, multiplied by PyTorch's int8-weight kernel.
 
 Why: decoding one token at a time on a CPU reads every weight once per token and does
-little arithmetic with it, so its speed is set by bytes read; int8 halves the bytes of
-bf16. Prefill (many tokens at once) is arithmetic-bound, and there PyTorch's int8-weight
-kernel is about half as fast as bf16 matmul, so each layer keeps its bf16 weight too and
-uses it for calls of more than ROWS rows: decode gets the int8 speed, prefill keeps the
-bf16 speed, for 1.5x the weights' memory. Embeddings and norms stay as they are; so does
-the output head (with tied embeddings it is the embedding table). `benchmarks/quantize.py`
-measures speed and bits/byte against bf16.
+little arithmetic with it, so its speed is set by bytes read; int8 is a quarter of fp32's
+bytes and half of bf16's. The kernel takes bf16 activations (with fp32 ones it is several
+times slower), so a call casts its rows to bf16 and the result back. Prefill (many tokens
+at once) is arithmetic-bound, and there the int8 kernel is about half as fast as a float
+matmul, so each layer keeps its float weight too and uses it for calls of more than ROWS
+rows: decode gets the int8 speed, prefill keeps the float speed. An fp32 model keeps its
+own fp32 weight for that (shared, not copied: prefill stays on the fast fp32 path of CPUs
+without native bf16); a bf16 model its bf16 weight. The output head is quantized the same
+way (with tied embeddings its float weight stays the embedding table, shared);
+embeddings and norms stay as they are. `benchmarks/quantize.py` measures speed and
+bits/byte against the float model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class Int8Linear(nn.Module):
     calls, and as the original weight for large ones."""
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16):
+        """`dtype`: the kernel's activation and scale type (bf16 or fp16). The layer's own
+        weight, in its own dtype, is kept (not copied) for calls of many rows."""
         super().__init__()
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
@@ -34,26 +40,26 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127)
                              .to(torch.int8).contiguous())
         self.register_buffer("scales", scale.to(dtype))
-        self.register_buffer("full", linear.weight.detach().to(dtype))
+        self.register_buffer("full", linear.weight.detach())
         bias = linear.bias
-        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.reshape(-1, shape[-1]).to(self.scales.dtype)
+        rows = x.reshape(-1, shape[-1])
         if rows.shape[0] > ROWS:
-            return F.linear(rows, self.full, self.bias).reshape(
-                *shape[:-1], self.out_features).to(x.dtype)
-        y = torch._weight_int8pack_mm(rows, self.weight, self.scales)
-        if self.bias is not None:
-            y = y + self.bias
+            y = F.linear(rows.to(self.full.dtype), self.full, self.bias)
+        else:
+            y = torch._weight_int8pack_mm(rows.to(self.scales.dtype), self.weight, self.scales)
+            if self.bias is not None:
+                y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
 def quantize_int8(model: Transformer) -> int:
-    """Replace the blocks' linear layers by Int8Linear in place (CPU only); returns how
-    many were replaced. The model is for inference afterwards: int8 weights cannot be
-    trained or saved as a model directory."""
+    """Replace the blocks' linear layers and the output head by Int8Linear in place (CPU
+    only); returns how many were replaced. The model is for inference afterwards: int8
+    weights cannot be trained or saved as a model directory."""
     device = model.embed_tokens.weight.device
     if device.type != "cpu":
         raise ValueError("int8 weight-only quantization is for CPU inference; the model is "
@@ -68,6 +74,9 @@ def quantize_int8(model: Transformer) -> int:
                 if isinstance(child, nn.Linear):
                     setattr(parent, name, Int8Linear(child, dtype))
                     replaced += 1
+    if isinstance(model.lm_head, nn.Linear):
+        model.lm_head = Int8Linear(model.lm_head, dtype)
+        replaced += 1
     return replaced
 
 

@@ -120,12 +120,12 @@ def test_quantize_flag_puts_int8_layers_in_the_served_model(tiny_model_dir):
     from model.quantize import Int8Linear
     from server.cli import load_engine, parse_args
 
-    for flag, expected in (("none", 0), ("int8", 4)):     # q/k/v and gate/up fused first
+    for flag, per_layer, head in (("none", 0, 0), ("int8", 4, 1)):   # q/k/v, gate/up fused
         engine, error = load_engine(parse_args(["--model", str(tiny_model_dir),
                                                 "--quantize", flag]))
         assert error is None
         layers = [m for m in engine.loaded.model.modules() if isinstance(m, Int8Linear)]
-        assert len(layers) == expected * engine.loaded.config.num_hidden_layers
+        assert len(layers) == per_layer * engine.loaded.config.num_hidden_layers + head
 
 
 def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):

@@ -118,11 +118,11 @@ def test_int8_weight_only_layers_compute_with_their_rounded_weights(random_model
     q = copy.deepcopy(bf16)
     fused = copy.deepcopy(bf16)
     report = prepare_for_inference(fused, int8=True)      # as the server does
-    assert report["int8 layers"] == str(4 * len(fused.layers))
-    assert sum(isinstance(m, Int8Linear) for m in fused.modules()) == 4 * len(fused.layers)
+    assert report["int8 layers"] == str(4 * len(fused.layers) + 1)     # + the output head
+    assert sum(isinstance(m, Int8Linear) for m in fused.modules()) == 4 * len(fused.layers) + 1
     n = quantize_int8(q)
     layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
-    assert n == len(layers) == 7 * len(q.layers)
+    assert n == len(layers) == 7 * len(q.layers) + 1
     original = bf16.layers[0].mlp.up_proj.weight.float()
     layer = q.layers[0].mlp.up_proj
     step = layer.scales.float()[:, None]
@@ -137,6 +137,34 @@ def test_int8_weight_only_layers_compute_with_their_rounded_weights(random_model
     for out in (b, c):
         assert (a - out).abs().max() < 0.25 * a.abs().max()
         assert (a.argmax(-1) == out.argmax(-1)).float().mean() > 0.8
+
+
+def test_int8_keeps_an_fp32_models_own_weights_for_prefill(random_model):
+    """An fp32 model quantized for decoding keeps its fp32 weights, shared and not copied,
+    for calls of many rows (prefill stays on the fp32 path, which CPUs without native
+    bf16 run several times faster), and the output head, tied to the embeddings, is
+    quantized too while its float weight stays the embedding table itself."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from model import quantize
+    from model.quantize import Int8Linear, dequantized
+
+    q = copy.deepcopy(random_model).float()
+    up = q.layers[0].mlp.up_proj.weight
+    quantize.quantize_int8(q)
+    layer = q.layers[0].mlp.up_proj
+    assert layer.full.dtype == torch.float32 and layer.full.data_ptr() == up.data_ptr()
+    head = q.lm_head
+    assert isinstance(head, Int8Linear)
+    assert head.full.data_ptr() == q.embed_tokens.weight.data_ptr()
+    many = torch.randn(quantize.ROWS + 1, layer.in_features)
+    torch.testing.assert_close(layer(many), F.linear(many, up), atol=0, rtol=0)
+    one = torch.randn(1, head.in_features)
+    assert head(one).dtype == torch.float32
+    torch.testing.assert_close(head(one), F.linear(one, dequantized(head)),
+                               atol=0.05, rtol=0.02)
 
 
 def test_the_served_model_computes_what_the_trained_one_does(random_model, tiny):
