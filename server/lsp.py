@@ -258,11 +258,12 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
 
             def work():
                 path = fs_path(uri)
-                context = files.context(engine.loaded.tokenizer, ctx[0], path, budget) \
-                    if budget else None
-                memory = files.memory_counts(path) if engine.settings.memory else None
-                return engine.complete(*ctx, stop.is_set, invoked, context,
-                                       module_roots(uri, folders), interpreter, memory)
+                with files.serving():          # the workspace's threads wait meanwhile
+                    context = files.context(engine.loaded.tokenizer, ctx[0], path, budget) \
+                        if budget else None
+                    memory = files.memory_counts(path) if engine.settings.memory else None
+                    return engine.complete(*ctx, stop.is_set, invoked, context,
+                                           module_roots(uri, folders), interpreter, memory)
             return await asyncio.to_thread(work)
         except asyncio.CancelledError:
             stop.set()

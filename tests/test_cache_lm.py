@@ -285,6 +285,34 @@ def test_the_workspace_memory_never_holds_the_line_being_completed(tmp_path, tok
     assert seen(counts, "    return other_call(4)") and not seen(counts, "common_call(2)\n")
 
 
+def test_the_walk_waits_while_a_request_is_served(tmp_path, tokenizer):
+    """Requests come first: while one is in flight the workspace walk reads and counts
+    nothing (on a 2-core machine a walk of 5,000 files made requests take 3-7 s: its
+    thread took the interpreter lock between every tensor operation of theirs), a
+    request's own calls into the workspace never wait for themselves, and buffers opened
+    during the walk are counted at its end, off the request path."""
+    import time
+
+    from server.workspace import Workspace
+
+    for i in range(300):
+        (tmp_path / f"m{i}.py").write_text(f"def f{i}(value):\n    return value + {i}\n")
+    ws = Workspace()
+    ws.tokenizer = tokenizer
+    target, other = str(tmp_path / "m0.py"), str(tmp_path / "notes.py")
+    with ws.serving():
+        ws.set_folders((str(tmp_path),))
+        ws.set_document(other, "def helper_for_notes():\n    return 42\n")
+        started = time.monotonic()
+        ws.memory_counts(target)           # the request's own call: it does not wait
+        assert time.monotonic() - started < 5
+        time.sleep(0.5)
+        assert ws.memory.names == 0 and not ws.done.is_set()    # the walk waited
+    assert ws.done.wait(60)
+    assert ws.memory.names == 301          # every file, and the buffer opened meanwhile
+    assert other in ws.memory and target in ws.memory
+
+
 def test_memory_bits_per_byte_counts_the_file_and_its_repository(tiny):
     """With a model that knows nothing (uniform logits), every bit saved is the memory's:
     a file that repeats itself costs less with its own earlier text counted, and less
