@@ -437,6 +437,27 @@ async def test_odd_traffic_leaves_the_server_answering_every_request(tiny_model_
                                    "position": {"line": 5, "character": 25},
                                    "context": {"triggerKind": 1}}})
         assert (await asyncio.wait_for(raw.receive("n"), 60))["result"]["items"]
+        # Thousands of edits in a burst (a paste replayed key by key, a macro): one write
+        # of 3,000 didChange notifications, then a request at the end of what they typed.
+        burst, line = [], 6
+        for k in range(3000):
+            ch = "\n" if k % 20 == 19 else "x"
+            burst.append(frame(json.dumps({
+                "jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+                    "textDocument": {"uri": uri, "version": 10 + k},
+                    "contentChanges": [{"range": {"start": {"line": line, "character": 0},
+                                                  "end": {"line": line, "character": 0}},
+                                        "text": ch}]}}).encode()))
+            line += ch == "\n"
+        started = time.monotonic()
+        await write(b"".join(burst))
+        await answers()
+        assert time.monotonic() - started < 30
+        await raw.send({"jsonrpc": "2.0", "id": "b", "method": "textDocument/inlineCompletion",
+                        "params": {"textDocument": {"uri": uri},
+                                   "position": {"line": 5, "character": 25},
+                                   "context": {"triggerKind": 1}}})
+        assert "result" in await asyncio.wait_for(raw.receive("b"), 60)
         await raw.send({"jsonrpc": "2.0", "id": "end", "method": "shutdown"})
         assert "result" in await asyncio.wait_for(raw.receive("end"), 30)
     finally:
