@@ -84,7 +84,7 @@ class Workspace:
         self._keep: str | None = None           # the document of the latest request
         self._requests = 0                      # requests in flight (`serving`)
         self._quiet = threading.Condition()     # notified when the last one ends
-        self._local = threading.local()         # .serving: this thread is a request's
+        self._local = threading.local()         # .serving (a request's thread), .waited
         self.done.set()
 
     # -- requests come first ---------------------------------------------------------------
@@ -108,16 +108,17 @@ class Workspace:
                 if not self._requests:
                     self._quiet.notify_all()
 
-    def _after_requests(self) -> float:
+    def _after_requests(self) -> None:
         """Background work calls this between files: wait while requests are in flight.
-        Returns the seconds waited (the walk's time limit does not count them)."""
+        The seconds waited add up in the thread's `waited` (the walk's time limit does
+        not count them, wherever in the walk they were spent)."""
         if not self._requests or getattr(self._local, "serving", False):
-            return 0.0                 # (a request's own thread never waits for itself)
+            return                     # (a request's own thread never waits for itself)
         started = time.monotonic()
         with self._quiet:
             while self._requests:
                 self._quiet.wait(0.5)
-        return time.monotonic() - started
+        self._local.waited = getattr(self._local, "waited", 0.0) + time.monotonic() - started
 
     # -- the workspace folders ------------------------------------------------------------
 
@@ -139,12 +140,17 @@ class Workspace:
 
     def _walk(self, scan: int, folders: tuple[str, ...]) -> None:
         started = time.monotonic()
+        self._local.waited = 0.0        # given to requests (_after_requests): not the walk's
+
+        def working() -> float:
+            return time.monotonic() - started - self._local.waited
+
         self.skipped = Counter()
         entries = 0
         stack = list(folders)
         try:
             while stack and scan == self._scan:
-                started += self._after_requests()      # time given to requests is not the walk's
+                self._after_requests()
                 folder = stack.pop()
                 try:
                     with os.scandir(folder) as it:
@@ -154,9 +160,8 @@ class Workspace:
                     continue
                 for entry in listing:
                     entries += 1
-                    started += self._after_requests()
-                    if entries > self.limits.entries or \
-                            time.monotonic() - started > self.limits.seconds:
+                    self._after_requests()
+                    if entries > self.limits.entries or working() > self.limits.seconds:
                         self.skipped["entries_past_the_limits"] += 1
                         stack.clear()
                         break
@@ -167,7 +172,7 @@ class Workspace:
                 self._count_buffers(self._keep)
             self.memory.settle()
             if scan == self._scan:
-                self._report(folders, time.monotonic() - started)
+                self._report(folders, working())
                 self.done.set()
 
     def _visit(self, entry: os.DirEntry, stack: list[str], scan: int | None = None) -> None:
