@@ -408,19 +408,25 @@ class Mixer:
                 out.append((confidence(k, n, self.weight), nxt, cnt))
         return out
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[Sequence[int] | None]
-                 ) -> torch.Tensor:
+    def after(self, ids: Sequence[int]) -> Mixer:
+        """The same memory for text that goes on after `ids` (written after `left`): what
+        identifier re-ranking needs to generate the rest of a line after the name it chose."""
+        return Mixer(self.levels, [*self.left, *ids], self.weight, self.orders, self.stats)
+
+    def __call__(self, logits: torch.Tensor, rows: Sequence[Sequence[int] | None],
+                 count: bool = True) -> torch.Tensor:
         """Log-probabilities [B, V] of the blend, from the model's `logits` [B, V] and each
-        row's generated ids (rows that are None are left as the model's)."""
+        row's generated ids (rows that are None are left as the model's). `count` False
+        leaves the stats alone: scoring given names is not writing tokens."""
         logp = torch.log_softmax(logits.float(), dim=-1)
         for b, ids in enumerate(rows):
             if ids is None:
                 continue
-            self.stats.tokens += 1
+            self.stats.tokens += count
             found = self.evidence([*self.left, *ids])
             if not found:
                 continue
-            self.stats.matched += 1
+            self.stats.matched += count
             p = logp[b].exp()
             for lam, nxt, cnt in found:
                 p.mul_(1 - lam)

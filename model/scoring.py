@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from model.generate import Mixer
 from model.kv_cache import KVCache
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer
@@ -29,31 +30,44 @@ def word_end_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
 @torch.inference_mode()
 def score_continuations(model: Transformer, prompt_ids: list[int],
                         continuations: list[list[int]], cache: KVCache,
-                        end_mask: torch.Tensor | None = None) -> list[float]:
+                        end_mask: torch.Tensor | None = None,
+                        mixer: Mixer | None = None) -> list[float]:
     """Sum of log-probabilities of each continuation's tokens after the prompt, plus (with
     `end_mask`) the log-probability that the next token is one of the masked ones.
 
     `cache` (batch 1) is reused for the prompt's shared prefix and ends holding the prompt;
-    the continuations run as one batch branching from it (kv_cache.BranchCache)."""
+    the continuations run as one batch branching from it (kv_cache.BranchCache). With a
+    `mixer` (project memory, model/generate.Mixer) every probability is the blend's, as
+    generation would see it, each position given the continuation's ids before it."""
     if not continuations:
         raise ValueError("no continuations to score")
     device = model.embed_tokens.weight.device
     reused = cache.reuse(prompt_ids)
     tail = torch.tensor([prompt_ids[reused:]], device=device)
-    first = torch.log_softmax(model(tail, cache, last_only=True)[0, -1].float(), -1)
+    first = model(tail, cache, last_only=True)[0, -1]
     width = max(1, max(len(c) for c in continuations))   # an empty one scores only the end
     batch = torch.zeros(len(continuations), width, dtype=torch.long, device=device)
     for r, c in enumerate(continuations):
         batch[r, :len(c)] = torch.tensor(c, device=device)
     work = cache.branch(len(continuations), width)
-    logp = torch.log_softmax(model(batch, work).float(), -1)     # [K, width, vocab]
-    scores = []
+    out = model(batch, work)                                     # [K, width, vocab]
+    # One row per scored position: before token j of a continuation (j = 0 is the
+    # prompt's last position), and after its last token where the end is scored.
+    rows, history, owner = [], [], []
     for r, c in enumerate(continuations):
-        s = first[c[0]].item() if c else 0.0
-        for j in range(1, len(c)):
-            s += logp[r, j - 1, c[j]].item()
-        if end_mask is not None:
-            after = logp[r, len(c) - 1] if c else first
-            s += torch.logsumexp(after[end_mask.to(device)], 0).item()
-        scores.append(s)
+        for j in range(len(c) + (end_mask is not None)):
+            rows.append(first if j == 0 else out[r, j - 1])
+            history.append(c[:j])
+            owner.append(r)
+    logits = torch.stack(rows)
+    logp = (mixer(logits, history) if mixer is not None
+            else torch.log_softmax(logits.float(), -1))
+    scores = [0.0] * len(continuations)
+    ends = end_mask.to(device) if end_mask is not None else None
+    for i, (r, h) in enumerate(zip(owner, history, strict=True)):
+        c = continuations[r]
+        if len(h) < len(c):
+            scores[r] += logp[i, c[len(h)]].item()
+        else:
+            scores[r] += torch.logsumexp(logp[i][ends], 0).item()
     return scores

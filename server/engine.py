@@ -10,6 +10,7 @@ status request. Repository context (server/workspace.py) comes in as prompt toke
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -17,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from completion.cache_lm import DocumentCounts, Lookup, MixStats
+from completion.cache_lm import DocumentCounts, Lookup, Mixer, MixStats
 from completion.pipeline import filter_texts, generate_candidates, memory_mixer, prepare
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
 from completion.settings import EngineSettings, context_budget
@@ -230,10 +231,13 @@ class CompletionEngine:
 
     def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
                 should_stop: Callable[[], bool] | None,
-                modules: ModuleSearch = ((), SERVER)) -> str | None:
+                modules: ModuleSearch = ((), SERVER),
+                mixer: Mixer | None = None) -> str | None:
         """A better single-line completion when the cursor follows a partly typed name
         (see server/identifiers.py): None keeps `text`; CANCELLED when stopped. Runs under
-        the model lock and leaves the KV cache holding the prompt."""
+        the model lock and leaves the KV cache holding the prompt. With the project
+        memory's `mixer`, names are scored and the rest of the line written with the blend,
+        as every other token is."""
         partial = identifiers.partial_word(prefix)
         if not partial or inside_word(prefix, suffix):
             return None
@@ -256,7 +260,8 @@ class CompletionEngine:
         # then only the probability that a name ends right here is scored.
         head = healed.decode("utf-8", errors="replace")
         conts = [tok.encode(head + n[len(partial):]) for n in names]
-        scores = score_continuations(model, ids, conts, self._cache, self._word_end)
+        scores = score_continuations(model, ids, conts, self._cache, self._word_end,
+                                     functools.partial(mixer, count=False) if mixer else None)
         best = identifiers.rank(names, scores, [len(c) for c in conts], prefix, partial,
                                 counts, greedy_first=greedy_ok)
         if best == 0 and greedy_ok:
@@ -265,7 +270,8 @@ class CompletionEngine:
         rest = generate(model, tok, ids + conts[best], GenerationConfig(
             max_new_tokens=max(1, s.max_tokens - len(conts[best])),
             temperature=s.temperature, top_p=s.top_p, seed=s.seed, stop=("\n",)),
-            cache=self._cache, should_stop=should_stop).candidates[0]
+            cache=self._cache, should_stop=should_stop,
+            mixer=mixer.after(conts[best]) if mixer else None).candidates[0]
         if rest.finish_reason == CANCELLED:
             return CANCELLED
         return names[best][len(partial):] + rest.text
@@ -292,7 +298,7 @@ class CompletionEngine:
             first = result.candidates[0]
             if self.settings.rerank and not p.ctx.multiline:
                 better = self._rerank(prefix, suffix, p.ids, p.healed, first.text, should_stop,
-                                      modules)
+                                      modules, mixer)
                 if better is CANCELLED:
                     return None
                 if better is not None:
