@@ -30,10 +30,13 @@ class KVCache:
                 f"{config.max_position_embeddings}"
             )
         shape = (batch, config.num_key_value_heads, self.capacity, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype)
-                  for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype)
-                  for _ in range(config.num_hidden_layers)]
+        # Plain tensors even when made inside inference mode (generate() makes its own):
+        # the compiled decode step (model/decode_step.py) is specific to one kind.
+        with torch.inference_mode(False):
+            self.k = [torch.zeros(shape, device=device, dtype=dtype)
+                      for _ in range(config.num_hidden_layers)]
+            self.v = [torch.zeros(shape, device=device, dtype=dtype)
+                      for _ in range(config.num_hidden_layers)]
         self.length = 0
         self.tokens: list[int] = []
 

@@ -14,6 +14,7 @@ their checkpoints' tensor names onto these modules.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +229,8 @@ class Transformer(nn.Module):
         self.norm = norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = None if config.learned_positions else Rotary(config)
+        # A compiled one-token step (model/decode_step.py), set for serving.
+        self.decode_step: Callable[[torch.Tensor, object], torch.Tensor | None] | None = None
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         if self.embed_tokens.weight.device.type == "meta":
@@ -266,8 +269,13 @@ class Transformer(nn.Module):
         """input_ids [B, T] → logits [B, T, vocab] (or [B, 1, vocab] with last_only).
 
         With a cache, the ids are positions cache.length.. and their keys/values are
-        appended to it.
+        appended to it. One token over a KV cache goes through `decode_step` where one
+        is set and it applies.
         """
+        if self.decode_step is not None and input_ids.shape[1] == 1:
+            logits = self.decode_step(input_ids, cache)
+            if logits is not None:
+                return logits
         return self.lm_head(self.features(input_ids, cache, last_only))
 
     def features(self, input_ids: torch.Tensor, cache: KVCache | BranchCache | None = None,

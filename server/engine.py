@@ -25,6 +25,7 @@ from completion.settings import EngineSettings, context_budget
 from completion.syntax import COMMENT, STRING, cursor_region
 from completion.words import inside_word
 from model.checkpoint import LoadedModel
+from model.decode_step import compile_decoding
 from model.device import dtype_name
 from model.generate import CANCELLED, GenerationConfig, generate
 from model.kv_cache import KVCache
@@ -76,8 +77,13 @@ ModuleSearch = tuple[tuple[str, ...], Interpreter]
 class CompletionEngine:
     """Serialises generation on one model and owns the reusable KV cache."""
 
-    def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None):
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None,
+                 compile_decode: bool = False):
+        """`compile_decode`: compile the one-token decode step after the warm-up
+        (model/decode_step.py; `server --compile`)."""
         self.loaded = loaded
+        self.compile_decode = compile_decode
+        self.decode = "eager"             # how tokens are decoded, for the status request
         self.settings = settings or EngineSettings()
         self.stats = EngineStats()
         self._lock = threading.Lock()          # the model and its KV cache (held while
@@ -116,6 +122,8 @@ class CompletionEngine:
             "generating": self.generating,
             "last_context_tokens": stats.context_tokens,
             "last_prompt_tokens": stats.last_prompt_tokens,
+            "decode": self.decode,
+            "decode_steps_compiled": getattr(self.loaded.model.decode_step, "steps", 0),
             "memory": self.settings.memory,
             "memory_used_rate": round(self.memory_stats.matched / self.memory_stats.tokens, 3)
             if self.memory_stats.tokens else None,
@@ -124,7 +132,8 @@ class CompletionEngine:
     def warmup(self) -> float:
         """Run a small generation so that the first real request does not pay for the
         one-time costs (kernel selection, allocator growth); returns its seconds. The
-        server calls it in the background right after initialization."""
+        server calls it in the background right after initialization, then
+        `compile_step`."""
         t0 = time.perf_counter()
         tok = self.loaded.tokenizer
         text = "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f."
@@ -133,6 +142,20 @@ class CompletionEngine:
             generate(self.loaded.model, tok, ids, GenerationConfig(max_new_tokens=4),
                      cache=self.loaded.model.new_cache(1, self.loaded.context), heal=healed)
         return time.perf_counter() - t0
+
+    def compile_step(self) -> float | None:
+        """Compile the decode step when `compile_decode` (seconds; None when not asked).
+        Not under the model lock: requests meanwhile decode with the eager model, and
+        those after it with the compiled step; `decode` says which, or why not."""
+        if not self.compile_decode:
+            return None
+        self.decode = "compiling"
+        t0 = time.perf_counter()
+        step = compile_decoding(self.loaded.model, self.loaded.context)
+        seconds = time.perf_counter() - t0
+        self.decode = (f"compiled ({seconds:.1f} s)" if step.ready
+                       else f"eager: {step.failed}")
+        return seconds
 
     def build_prompt(self, prefix: str, suffix: str, context: list[int] | None = None
                      ) -> tuple[list[int], bytes]:

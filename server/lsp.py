@@ -190,6 +190,9 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         try:
             seconds = await asyncio.to_thread(ls.engine.warmup)
             log.info("warm-up generation took %.0f ms", seconds * 1000)
+            seconds = await asyncio.to_thread(ls.engine.compile_step)
+            if seconds is not None:
+                log.info("decode step after %.1f s: %s", seconds, ls.engine.decode)
         except Exception as e:  # a failed warm-up must not take the server down
             log.warning("warm-up failed: %s", e)
 

@@ -47,7 +47,7 @@ def nvim(tmp_path, tiny_model_dir):
             require('codecomplete').setup({ debounce_ms = 10 })
             vim.lsp.enable('codecomplete')
         """, str(PLUGIN), [sys.executable, "-m", "server", "--model", str(tiny_model_dir),
-                           "--temperature", "0"])
+                           "--temperature", "0", "--compile", "none"])
         (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
         yield vim, tmp_path
     finally:
@@ -266,7 +266,8 @@ def test_ghost_text_is_on_neovims_screen(tmp_path, tiny_model_dir):
     import xml.etree.ElementTree as ET
 
     binary = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
-    cmd = [sys.executable, "-m", "server", "--model", str(tiny_model_dir), "--temperature", "0"]
+    cmd = [sys.executable, "-m", "server", "--model", str(tiny_model_dir), "--temperature", "0",
+           "--compile", "none"]
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     grid = shot.screenshot(binary, cmd, tmp_path, "node.py", NODE, "l", width=60, height=12)
     typed = "        return self.val"

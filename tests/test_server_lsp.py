@@ -24,7 +24,7 @@ async def start(model_dir, init: dict | None = None, encodings=None, slow: float
     env = dict(os.environ, CODECOMPLETE_TEST_SLOW_TOKENS_S=str(slow)) if slow else None
     # --stdio as vscode-languageclient passes it (the other suites start without it).
     await client.start_io(sys.executable, "-m", "server", "--stdio", "--model",
-                          str(model_dir), "--temperature", "0", env=env)
+                          str(model_dir), "--temperature", "0", "--compile", "none", env=env)
     caps = types.ClientCapabilities(
         general=types.GeneralClientCapabilities(position_encodings=encodings)
         if encodings else None)
@@ -518,7 +518,7 @@ async def test_workspace_context_follows_folders_files_and_the_setting(tiny_mode
     def on_register(params: types.RegistrationParams) -> None:
         registered.append(params)
     await client.start_io(sys.executable, "-m", "server", "--model", str(tiny_model_dir),
-                          "--temperature", "0")
+                          "--temperature", "0", "--compile", "none")
     caps = types.ClientCapabilities(workspace=types.WorkspaceClientCapabilities(
         workspace_folders=True,
         did_change_watched_files=types.DidChangeWatchedFilesClientCapabilities(
@@ -589,7 +589,8 @@ async def test_a_hostile_workspace_is_indexed_within_bounds_and_requests_keep_an
     (tmp_path / "locked").mkdir(mode=0)
     client = make_test_lsp_client()
     await client.start_io(sys.executable, "-m", "server", "--model", str(tiny_model_dir),
-                          "--temperature", "0", "--log-level", "INFO")
+                          "--temperature", "0", "--log-level", "INFO",
+                          "--compile", "none")
     root = tmp_path.as_uri()
     await client.initialize_session(types.InitializeParams(
         capabilities=types.ClientCapabilities(), process_id=None, root_uri=root,

@@ -16,6 +16,9 @@ TEXT = ("class Node:\n    def __init__(self, value):\n        self.value = value
 
 
 async def start(model_dir, *extra: str) -> tuple[LanguageClient, list[str]]:
+    """A server over stdio; `--compile none` unless `extra` says otherwise (compiling in
+    the background only slows the other tests down; one test below is about it)."""
+    extra = extra if "--compile" in extra else (*extra, "--compile", "none")
     client = LanguageClient("test", "0")
     shown: list[str] = []
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: shown.append(p.message))
@@ -65,6 +68,59 @@ async def test_inline_and_classic_completion_over_stdio(tiny_model_dir, extra):
         assert not shown
     finally:
         await stop(client)
+
+
+async def test_the_server_compiles_its_decode_step_and_answers_the_same(tiny_model_dir):
+    """`--compile on`: the status says "compiling" then "compiled"; requests during the
+    compile are answered (by the eager model), and those after it (other cursors: the
+    answer cache would serve a repeat) are the eager server's, request for request."""
+    func = "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f."
+    early = [TEXT, TEXT[:-2]]
+    later = [func, func[:-9], TEXT + "lue\n\n    ", TEXT[:-5]]   # blank lines: greedy
+
+    async def answers(client: LanguageClient, texts: list[str], tag: str) -> list[str]:
+        out = []
+        for i, text in enumerate(texts):
+            uri = f"file:///t/{tag}{i}.py"
+            client.text_document_did_open(types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+            lines = text.split("\n")
+            r = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri),
+                position=types.Position(line=len(lines) - 1, character=len(lines[-1])),
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
+            out.append(r.items[0].insert_text if r.items else "")
+        return out
+
+    client, shown = await start(tiny_model_dir, "--compile", "on")
+    try:
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        seen = {status.decode}
+        during = await answers(client, early, "early")
+        deadline = time.monotonic() + 300
+        while not status.decode.startswith(("compiled", "eager:")) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            status = await client.protocol.send_request_async("codecomplete/status", {})
+            seen.add(status.decode)
+        assert status.decode.startswith("compiled"), status.decode
+        assert seen & {"eager", "compiling"}        # it started eager, in the background
+        fast = await answers(client, later, "later")
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.decode_steps_compiled > 0      # greedy tokens went through it
+    finally:
+        await stop(client)
+    client, _ = await start(tiny_model_dir, "--compile", "none")
+    try:
+        plain_early = await answers(client, early, "early")
+        plain_later = await answers(client, later, "later")
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.decode == "eager"
+    finally:
+        await stop(client)
+    assert during == plain_early and fast == plain_later, (fast, plain_later)
+    assert any(plain_later) and not shown
 
 
 async def test_unloadable_model_is_reported_to_the_client(tmp_path):

@@ -1,0 +1,138 @@
+"""The compiled one-token decode step (model/decode_step.py): really compiled by inductor
+here (g++), checked against the eager model it replaces."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model.checkpoint import load_model_dir
+from model.decode_step import DecodeStep, available, compile_decoding
+from model.generate import GenerationConfig, generate
+from model.inference import prepare_for_inference
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+TEXTS = ["def area(width, height):\n    return width * height\n\n\ndef perimeter(",
+         "class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
+         "    def get_value(self):\n        return self."]
+
+
+def served(model: torch.nn.Module, int8: bool = False) -> torch.nn.Module:
+    out = copy.deepcopy(model)
+    prepare_for_inference(out, int8=int8)
+    return out
+
+
+def teacher_forced(model, step: DecodeStep, ids: list[int], follow: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor, object, object]:
+    """Logits of `follow` fed one token at a time after `ids`, eagerly and compiled."""
+    eager_cache, fast_cache = model.new_cache(1, step.capacity), model.new_cache(1, step.capacity)
+    eager, fast = [], []
+    with torch.inference_mode():
+        for cache in (eager_cache, fast_cache):
+            model(torch.tensor([ids]), cache, last_only=True)
+        for t in follow:
+            x = torch.tensor([[t]])
+            model.decode_step = None
+            eager.append(model(x, eager_cache))
+            model.decode_step = step
+            got = step(x, fast_cache)
+            assert got is not None                  # the compiled step took it
+            fast.append(got)
+    return torch.cat(eager, 1), torch.cat(fast, 1), eager_cache, fast_cache
+
+
+def test_the_compiled_step_computes_the_eager_one(tiny):
+    model = served(tiny.model)
+    step = DecodeStep(model, tiny.context)
+    step.compile()
+    assert step.ready, step.failed
+    ids = tiny.tokenizer.encode(TEXTS[1])
+    eager, fast, ec, fc = teacher_forced(model, step, ids[:20], ids[20:])
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+    assert fc.length == ec.length == len(ids) and fc.tokens == ec.tokens == ids
+    for layer in range(len(model.layers)):          # the same keys and values stored
+        torch.testing.assert_close(fc.k[layer][:, :, :len(ids)], ec.k[layer][:, :, :len(ids)])
+        torch.testing.assert_close(fc.v[layer][:, :, :len(ids)], ec.v[layer][:, :, :len(ids)])
+    # greedy decoding writes the same tokens, with and without beams (beams stay eager)
+    for text in TEXTS:
+        for cut in range(16, len(text), 4):
+            prompt = tiny.tokenizer.encode(text[:cut])
+            for beams in (1, 3):
+                cfg = GenerationConfig(max_new_tokens=12, beams=beams)
+                model.decode_step = None
+                want = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
+                model.decode_step = step
+                got = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
+                assert got == want, (text[:cut], beams)
+
+
+def test_steps_the_compiled_graph_does_not_fit_stay_eager(tiny):
+    model = served(tiny.model)
+    step = compile_decoding(model, tiny.context)
+    assert model.decode_step is step
+    one = torch.tensor([[5]])
+    with torch.inference_mode():
+        assert step(torch.tensor([[5, 6]]), model.new_cache(1, tiny.context)) is None
+        assert step(torch.tensor([[5], [6]]), model.new_cache(2, tiny.context)) is None
+        assert step(one, model.new_cache(1, 64)) is None        # another capacity
+        base = model.new_cache(1, tiny.context)
+        model(torch.tensor([[1, 2, 3]]), base)
+        assert step(one, base.branch(2, 4)) is None              # beams' branch
+        assert step(one, base) is not None and base.length == 4
+    with torch.no_grad():                                        # not inference mode
+        assert step(one, model.new_cache(1, tiny.context)) is None
+    assert step.ready                               # none of it made it give up
+
+
+def test_int8_compiled_decodes_as_int8_eager_up_to_bf16_rounding(tiny):
+    """The int8 products return bf16: logits agree within its rounding, and where greedy
+    tokens part, the eager model's top two were that close."""
+    model = served(tiny.model, int8=True)
+    step = DecodeStep(model, tiny.context)
+    step.compile()
+    assert step.ready, step.failed
+    ids = tiny.tokenizer.encode(TEXTS[0] + TEXTS[1])
+    eager, fast, _, _ = teacher_forced(model, step, ids[:16], ids[16:])
+    scale = eager.abs().max().item()
+    assert (fast - eager).abs().max().item() <= scale * 2 ** -6
+    same = 0
+    for cut in range(16, len(TEXTS[1]), 4):
+        prompt = tiny.tokenizer.encode(TEXTS[1][:cut])
+        cfg = GenerationConfig(max_new_tokens=12)
+        model.decode_step = None
+        want = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
+        model.decode_step = step
+        got = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
+        same += got == want
+        if got != want:
+            i = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b)
+            with torch.inference_mode():
+                model.decode_step = None
+                logits = model(torch.tensor([prompt + want[:i]]))[0, -1]
+            top = logits.topk(2).values
+            assert (top[0] - top[1]).item() <= scale * 2 ** -6, (cut, i)
+    assert same >= 1
+
+
+def test_the_engine_compiles_after_warm_up_and_answers_the_same(tiny_model_dir):
+    from completion.settings import EngineSettings
+    from server.engine import CompletionEngine
+
+    plain = CompletionEngine(load_model_dir(tiny_model_dir, device="cpu", dtype="float32"),
+                             EngineSettings(temperature=0))
+    lm = load_model_dir(tiny_model_dir, device="cpu", dtype="float32")
+    prepare_for_inference(lm.model)
+    prepare_for_inference(plain.loaded.model)
+    fast = CompletionEngine(lm, EngineSettings(temperature=0), compile_decode=True)
+    assert fast.describe()["decode"] == "eager" and plain.compile_step() is None
+    fast.warmup()
+    assert fast.compile_step() > 0
+    assert fast.describe()["decode"].startswith("compiled"), fast.decode
+    docs = [TEXTS[0], TEXTS[1], TEXTS[1] + "value\n\n    def ", "import os\n\n\ndef read(p"]
+    for doc in docs:
+        assert [c.text for c in fast.complete(doc, "\n")] == \
+            [c.text for c in plain.complete(doc, "\n")], doc
