@@ -142,7 +142,8 @@ async def run(args: argparse.Namespace) -> dict:
     client.feature(types.WINDOW_LOG_MESSAGE)(lambda p: None)
     client.feature(types.WINDOW_SHOW_MESSAGE)(lambda p: print(p.message, file=sys.stderr))
     cmd = [sys.executable, "-m", "server", "--dtype", args.dtype,
-           *(["--quantize", args.quantize] if args.quantize else [])] + (
+           *(["--quantize", args.quantize] if args.quantize else []),
+           *(["--compile", args.compile] if args.compile else [])] + (
         ["--model", args.model] if args.model else [])
     await client.start_io(*cmd)
     stderr_task = drain_stderr(client, Path(args.server_log))
@@ -158,6 +159,12 @@ async def run(args: argparse.Namespace) -> dict:
     client.initialized(types.InitializedParams())
     rng = random.Random(args.seed)
     files = held_out_files(args.data, args.files, args.seed)
+    # Measured once the server has compiled its decode step (a few seconds after start,
+    # during which requests are answered by the eager model; docs/server.md), except
+    # while a walk is measured, which starts at once.
+    while not args.while_indexing and (await client.protocol.send_request_async(
+            "codecomplete/status", {})).decode in ("compile pending", "compiling"):
+        await asyncio.sleep(0.1)
     walk_started = time.perf_counter()
     while_indexing: list[float] = []     # cold requests answered while the walk ran
     n = 0
@@ -259,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="the server's --dtype")
     ap.add_argument("--quantize", default=None, choices=("none", "int8"),
                     help="the server's --quantize (default: the server's default)")
+    ap.add_argument("--compile", default=None, choices=("auto", "on", "none"),
+                    help="the server's --compile (default: the server's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--debounce", type=float, default=0.0,
                     help="seconds an editor waits after a key before asking (0: ask at once)")
@@ -284,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     r = asyncio.run(run(args))
     s = r["server"]
     print(f"machine: {describe()}")
-    print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters); "
+    print(f"model: {s.model} ({s.device}, {s.dtype}, {s.parameters:,} parameters, "
+          f"decode {s.decode}, {s.decode_steps_compiled} compiled steps); "
           f"multiline {args.multiline}; context_tokens {args.context_tokens or 'default'}; "
           f"workspace context "
           f"{'on' if args.context else 'off'} ({args.workspace or 'open files only'}, "

@@ -9,7 +9,8 @@ tokenization does not differ; docs/models.md says what llama.cpp's own costs), d
 greedily, one prompt at a time: a request is the prefill of the prompt plus `--new` tokens.
 Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
 machine and in bf16, each with and without `--quantize int8`'s layers (the server's default
-on a CPU). Prints medians, how many
+on a CPU), and with the compiled decode step (model/decode_step.py) the server uses once
+its warm-up compiled it. Prints medians, how many
 prompts give our fp32 model's greedy tokens, the ratios to llama.cpp, and the machine.
 """
 
@@ -28,6 +29,7 @@ import torch
 
 from benchmarks.machine import describe
 from model.checkpoint import LoadedModel, load_model_dir
+from model.decode_step import compile_by_default, compile_decoding
 from model.device import dtype_name
 from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
@@ -83,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args.model or default_model_dir())
 
-    def served(dtype: str, int8: bool) -> LoadedModel:
+    def served(dtype: str, int8: bool, compiled: bool = False) -> LoadedModel:
         loaded = load_model_dir(path, device="cpu", dtype=dtype)
         prepare_for_inference(loaded.model, int8=int8)     # as the server runs it
+        if compiled:                                       # as the server does after warm-up
+            step = compile_decoding(loaded.model, loaded.context)
+            if not step.ready:
+                print(f"note: no compiled decode step: {step.failed}", file=sys.stderr)
         return loaded
 
     lm = served("auto", False)                       # the dtype the server picks here
@@ -96,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     exact = load_model_dir(path, device="cpu", dtype="fp32").model
     reference = [ours(exact, p, args.new)[0] for p in prompts]
     default_int8 = int8_by_default(lm.device)       # --quantize auto, as the server starts
-    models = {f"ours {here}{'' if default_int8 else ' (server default here)'}": lm.model,
-              f"ours {here} + int8 decode{' (server default here)' if default_int8 else ''}":
-                  served(here, True).model}
+    compiled = compile_by_default(lm.device)        # --compile auto, after the warm-up
+    served_name = (f"ours {here}{' + int8 decode' if default_int8 else ''}"
+                   f"{' + compiled step' if compiled else ''} (server default here)")
+    models = {f"ours {here}": lm.model,
+              f"ours {here} + int8 decode": served(here, True).model}
+    if compiled:
+        models[f"ours {here} + compiled step"] = served(here, False, True).model
+    models[served_name] = served(here, default_int8, compiled).model
     if here != "bfloat16":
         models |= {"ours bf16": served("bf16", False).model,
                    "ours bf16 + int8 decode": served("bf16", True).model}

@@ -26,11 +26,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from model.kv_cache import KVCache
+from model.kv_cache import BranchCache, KVCache
 from model.paths import cache_dir
 from model.transformer import Transformer
 
@@ -54,31 +55,38 @@ def compile_by_default(device: torch.device) -> bool:
 class DecodeStep:
     """The model's one-token step for caches of `capacity` positions, compiled on
     `compile()`; called by Transformer.forward, which gets None back whenever the step
-    does not apply (and then runs the eager model)."""
+    does not apply (and then runs the eager model). With `beams`, a second graph serves
+    beam search's steps: that many rows over a BranchCache of `room` own positions
+    (kv_cache.branch_room) continuing a cache of `capacity`."""
 
-    def __init__(self, model: Transformer, capacity: int):
+    def __init__(self, model: Transformer, capacity: int, beams: int = 0, room: int = 0):
         self.model = model
         self.capacity = capacity
+        self.beams, self.room = beams, room
         self.ready = False
         self.failed: str | None = None
         self.steps = 0                             # tokens decoded by the compiled step
         self._fn = None
+        self._branch_fn = None
         p = model.embed_tokens.weight
         self._slots = torch.arange(capacity, device=p.device)
+        self._own_slots = torch.arange(room, device=p.device)
 
-    def step(self, token: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
-             vs: list[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        """Logits [1, 1, vocab] for `token` [1, 1] at position `pos` [1]; the key and value
-        of every layer are written into `ks`/`vs` [1, Hkv, capacity, D] at `pos`."""
+    def _layers(self, token: torch.Tensor, pos: torch.Tensor,
+                attention: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor],
+                                    torch.Tensor]) -> torch.Tensor:
+        """Logits [B, 1, vocab] for `token` [B, 1] at position `pos` [1]: the layers as
+        Transformer.forward runs them, with `attention(layer, q, k, v)` (q [B, H, 1, D],
+        k and v [B, Hkv, 1, D]) storing k and v and returning [B, H, 1, D] in float32."""
         m, c = self.model, self.model.config
         H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        B = token.shape[0]
         x = m.embed_tokens(token)
         if m.embed_positions is not None:
             x = x + m.embed_positions(pos)
         if m.rotary is not None:
             cos = m.rotary.cos.index_select(0, pos).to(x.dtype)
             sin = m.rotary.sin.index_select(0, pos).to(x.dtype)
-        hidden = slots > pos                       # positions not written yet
         for i, block in enumerate(m.layers):
             a = block.self_attn
             h = block.input_layernorm(x)
@@ -86,27 +94,75 @@ class DecodeStep:
                 q, k, v = a.qkv_proj(h).split([H * D, Hkv * D, Hkv * D], dim=-1)
             else:
                 q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
-            q = q.view(1, H, 1, D)
-            k = k.view(1, Hkv, 1, D)
-            v = v.view(1, Hkv, 1, D)
+            q = q.view(B, H, 1, D)
+            k = k.view(B, Hkv, 1, D)
+            v = v.view(B, Hkv, 1, D)
             if m.rotary is not None:               # as Rotary.forward
                 q = q * cos + q.roll(D // 2, dims=-1) * sin
                 k = k * cos + k.roll(D // 2, dims=-1) * sin
-            ks[i].index_copy_(2, pos, k)
-            vs[i].index_copy_(2, pos, v)
-            # the query heads of one K/V head as rows of one product, in float32 as the
-            # eager attention computes one query on a CPU (model/attention.py)
-            qg = q.reshape(1, Hkv, H // Hkv, D).float()
-            s = (qg @ ks[i].float().transpose(-1, -2)) * (D ** -0.5)
-            s = s.masked_fill(hidden, float("-inf"))
-            y = (F.softmax(s, dim=-1) @ vs[i].float()).to(x.dtype).reshape(1, 1, H * D)
+            y = attention(i, q, k, v).to(x.dtype).reshape(B, 1, H * D)
             x = x + a.o_proj(y)
             x = x + block.mlp(block.post_attention_layernorm(x))
         return m.lm_head(m.norm(x))
 
+    def step(self, token: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
+             vs: list[torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+        """Logits [1, 1, vocab] for `token` [1, 1] at position `pos` [1]; the key and value
+        of every layer are written into `ks`/`vs` [1, Hkv, capacity, D] at `pos`."""
+        c = self.model.config
+        Hkv, D = c.num_key_value_heads, c.head_dim
+        hidden = slots > pos                       # positions not written yet
+
+        def attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                      ) -> torch.Tensor:
+            ks[i].index_copy_(2, pos, k)
+            vs[i].index_copy_(2, pos, v)
+            # the query heads of one K/V head as rows of one product, in float32 as the
+            # eager attention computes one query on a CPU (model/attention.py)
+            qg = q.reshape(1, Hkv, -1, D).float()
+            s = (qg @ ks[i].float().transpose(-1, -2)) * (D ** -0.5)
+            s = s.masked_fill(hidden, float("-inf"))
+            return F.softmax(s, dim=-1) @ vs[i].float()
+        return self._layers(token, pos, attention)
+
+    def branch_step(self, tokens: torch.Tensor, pos: torch.Tensor, own: torch.Tensor,
+                    prefix: torch.Tensor, base_ks: list[torch.Tensor],
+                    base_vs: list[torch.Tensor], ks: list[torch.Tensor],
+                    vs: list[torch.Tensor], slots: torch.Tensor,
+                    own_slots: torch.Tensor) -> torch.Tensor:
+        """Logits [B, 1, vocab] for beam rows' `tokens` [B, 1] at position `pos`: each
+        row's key and value go into its own buffers `ks`/`vs` [B, Hkv, room, D] at `own`
+        (= pos - prefix), and every row attends over the shared `prefix` positions of
+        `base_ks`/`base_vs` [1, Hkv, capacity, D] and its own positions up to `own`: the
+        arithmetic of attention.attend_shared, over fixed shapes."""
+        c = self.model.config
+        Hkv, D = c.num_key_value_heads, c.head_dim
+        B = tokens.shape[0]
+        shared_hidden = slots >= prefix
+        own_hidden = own_slots > own
+
+        def attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                      ) -> torch.Tensor:
+            ks[i].index_copy_(2, own, k)
+            vs[i].index_copy_(2, own, v)
+            G = q.shape[1] // Hkv
+            qg = q.reshape(B, Hkv, G, D).float()
+            stacked = qg.permute(1, 0, 2, 3).reshape(1, Hkv, B * G, D)
+            s_shared = (stacked @ base_ks[i].float().transpose(-1, -2)) \
+                .masked_fill(shared_hidden, float("-inf")) \
+                .reshape(Hkv, B, G, -1).permute(1, 0, 2, 3)           # [B, Hkv, G, cap]
+            s_own = (qg @ ks[i].float().transpose(-1, -2)) \
+                .masked_fill(own_hidden, float("-inf"))                # [B, Hkv, G, room]
+            probs = (torch.cat([s_shared, s_own], dim=-1) * D ** -0.5).softmax(dim=-1)
+            p_shared, p_own = probs.split([s_shared.shape[-1], s_own.shape[-1]], dim=-1)
+            out = (p_shared.permute(1, 0, 2, 3).reshape(1, Hkv, B * G, -1)
+                   @ base_vs[i].float()).reshape(Hkv, B, G, D).permute(1, 0, 2, 3)
+            return out + p_own @ vs[i].float()
+        return self._layers(tokens, pos, attention)
+
     def compile(self) -> float:
-        """Compile the step by running it on a scratch cache; returns the seconds it took.
-        On failure (no C++ compiler, an unsupported layer) the step stays off and
+        """Compile the steps by running them on scratch caches; returns the seconds it
+        took. On failure (no C++ compiler, an unsupported layer) the steps stay off and
         `failed` says why, in one sentence."""
         t0 = time.perf_counter()
         why = available()
@@ -118,37 +174,71 @@ class DecodeStep:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
         try:
             fn = torch.compile(self.step, fullgraph=True, dynamic=False)
+            branch_fn = torch.compile(self.branch_step, fullgraph=True, dynamic=False) \
+                if self.beams else None
             cache = self.model.new_cache(1, self.capacity)
-            with torch.inference_mode():           # the token as generate()'s are
-                token = torch.zeros(1, 1, dtype=torch.long, device=self._slots.device)
-                fn(token, torch.tensor([0], device=token.device), cache.k, cache.v,
-                   self._slots)
-                with torch.compiler.set_stance("fail_on_recompile"):   # the next position
-                    fn(token, torch.tensor([1], device=token.device), cache.k, cache.v,
-                       self._slots)                                 # reuses the graph
-        except Exception as e:  # any failure: stay eager
+            device = self._slots.device
+            with torch.inference_mode():           # the tokens as generate()'s are
+                token = torch.zeros(1, 1, dtype=torch.long, device=device)
+                for n in range(2):                 # the second call reuses the graph
+                    with torch.compiler.set_stance("fail_on_recompile" if n else "default"):
+                        fn(token, torch.tensor([n], device=device), cache.k, cache.v,
+                           self._slots)
+            cache.length = 2
+            if branch_fn is not None:
+                branch = cache.branch(self.beams, self.room)
+                if branch.k[0].shape[2] != self.room:
+                    raise ValueError(f"a branch of {self.room} positions does not fit "
+                                     f"a cache of {self.capacity}")
+                with torch.inference_mode():
+                    tokens = torch.zeros(self.beams, 1, dtype=torch.long, device=device)
+                    for n in range(2):
+                        with torch.compiler.set_stance(
+                                "fail_on_recompile" if n else "default"):
+                            self._call_branch(branch_fn, tokens, branch, n)
+        except Exception as e:                     # any failure: stay eager
             self.failed = f"compiling the decode step failed ({type(e).__name__}: " \
                           f"{str(e).splitlines()[0] if str(e) else 'no message'})"
             return time.perf_counter() - t0
-        self._fn = fn
+        self._fn, self._branch_fn = fn, branch_fn
         self.ready = True
         return time.perf_counter() - t0
 
+    def _call_branch(self, fn: Callable, tokens: torch.Tensor, cache: BranchCache,
+                     n: int) -> torch.Tensor:
+        device = tokens.device
+        return fn(tokens, torch.tensor([cache.prefix + n], device=device),
+                  torch.tensor([n], device=device), torch.tensor([cache.prefix], device=device),
+                  cache.base.k, cache.base.v, cache.k, cache.v, self._slots, self._own_slots)
+
+    def _fits(self, input_ids: torch.Tensor, cache: object) -> bool:
+        if type(cache) is KVCache:
+            return input_ids.shape == (1, 1) and cache.capacity == self.capacity \
+                and cache.length < self.capacity
+        return type(cache) is BranchCache and self._branch_fn is not None \
+            and input_ids.shape == (self.beams, 1) and cache.k[0].shape[2] == self.room \
+            and cache.base.capacity == self.capacity and cache.length < cache.capacity
+
     def __call__(self, input_ids: torch.Tensor, cache: object) -> torch.Tensor | None:
-        """The logits of the compiled step, or None where it does not apply: not ready,
-        not one token of batch 1 over a KVCache of this capacity, or outside inference
-        mode (where the compiled graph, built without autograd, would recompile)."""
-        if not self.ready or type(cache) is not KVCache or input_ids.shape != (1, 1) \
-                or cache.capacity != self.capacity or cache.length >= self.capacity \
-                or not torch.is_inference_mode_enabled():
+        """The logits of a compiled step, or None where none applies: not ready, not one
+        token of batch 1 over a KVCache of this capacity (or of `beams` rows over a
+        BranchCache of `room`), or outside inference mode (where the compiled graph,
+        built without autograd, would recompile)."""
+        if not self.ready or not torch.is_inference_mode_enabled() \
+                or not self._fits(input_ids, cache):
             return None
         if not input_ids.is_inference():           # as generate()'s (the graph's guards
             input_ids = input_ids.clone()          # tell the two kinds apart)
-        pos = torch.tensor([cache.length], device=input_ids.device)
         try:
             with torch.compiler.set_stance("fail_on_recompile"):
-                logits = self._fn(input_ids, pos, cache.k, cache.v, self._slots)
-        except Exception as e:  # a recompile, or worse
+                if type(cache) is KVCache:
+                    logits = self._fn(input_ids, torch.tensor([cache.length],
+                                                              device=input_ids.device),
+                                      cache.k, cache.v, self._slots)
+                else:
+                    logits = self._call_branch(self._branch_fn, input_ids, cache,
+                                               cache.length - cache.prefix)
+        except Exception as e:                     # a recompile, or worse
             self.ready = False
             self.failed = f"the compiled decode step stopped ({type(e).__name__}: {e}); " \
                           "decoding eagerly"
@@ -159,10 +249,12 @@ class DecodeStep:
         return logits
 
 
-def compile_decoding(model: Transformer, capacity: int) -> DecodeStep:
-    """Compile `model`'s one-token step for caches of `capacity` positions and make the
-    model use it (Transformer.decode_step) once it works; `failed` says why not."""
-    step = DecodeStep(model, capacity)
+def compile_decoding(model: Transformer, capacity: int, beams: int = 0, room: int = 0
+                     ) -> DecodeStep:
+    """Compile `model`'s one-token step for caches of `capacity` positions (and, with
+    `beams`, beam search's step over `room` own positions) and make the model use it
+    (Transformer.decode_step) once it works; `failed` says why not."""
+    step = DecodeStep(model, capacity, beams, room)
     step.compile()
     if step.ready:
         model.decode_step = step

@@ -87,6 +87,17 @@ class KVCache:
 
 
 
+ROOM_STEP = 32
+
+
+def branch_room(room: int) -> int:
+    """The positions a branch keeps for `room` asked: rounded up to a multiple of
+    ROOM_STEP, so that requests of slightly different lengths (a healed token more or
+    less) make branches of one shape, which the compiled beam step needs
+    (model/decode_step.py)."""
+    return -(-room // ROOM_STEP) * ROOM_STEP
+
+
 class BranchCache:
     """Rows that each continue, in their own way, what a batch-1 KVCache holds.
 
@@ -100,11 +111,12 @@ class BranchCache:
             raise ValueError("a branch continues a batch-1 cache")
         self.base = base
         self.prefix = base.length
-        self.capacity = min(base.capacity, base.length + room)
+        self.capacity = min(base.capacity, base.length + branch_room(room))
         _, kv_heads, _, head_dim = base.k[0].shape
         shape = (batch, kv_heads, self.capacity - self.prefix, head_dim)
-        self.k = [t.new_zeros(shape) for t in base.k]
-        self.v = [t.new_zeros(shape) for t in base.v]
+        with torch.inference_mode(False):        # plain tensors, as KVCache's
+            self.k = [t.new_zeros(shape) for t in base.k]
+            self.v = [t.new_zeros(shape) for t in base.v]
         self.length = base.length
 
     @property

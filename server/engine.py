@@ -19,7 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from completion.cache_lm import DocumentCounts, Lookup, Mixer, MixStats
-from completion.pipeline import filter_texts, generate_candidates, memory_mixer, prepare
+from completion.pipeline import (
+    LINE_BEAMS,
+    filter_texts,
+    generate_candidates,
+    memory_mixer,
+    prepare,
+)
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
 from completion.settings import EngineSettings, context_budget
 from completion.syntax import COMMENT, STRING, cursor_region
@@ -28,7 +34,7 @@ from model.checkpoint import LoadedModel
 from model.decode_step import compile_decoding
 from model.device import dtype_name
 from model.generate import CANCELLED, GenerationConfig, generate
-from model.kv_cache import KVCache
+from model.kv_cache import KVCache, branch_room
 from model.scoring import score_continuations, word_end_mask
 from server import identifiers
 from server.interpreter import SERVER, Interpreter
@@ -83,7 +89,8 @@ class CompletionEngine:
         (model/decode_step.py; `server --compile`)."""
         self.loaded = loaded
         self.compile_decode = compile_decode
-        self.decode = "eager"             # how tokens are decoded, for the status request
+        # how tokens are decoded, for the status request (compile_step changes it)
+        self.decode = "compile pending" if compile_decode else "eager"
         self.settings = settings or EngineSettings()
         self.stats = EngineStats()
         self._lock = threading.Lock()          # the model and its KV cache (held while
@@ -151,7 +158,10 @@ class CompletionEngine:
             return None
         self.decode = "compiling"
         t0 = time.perf_counter()
-        step = compile_decoding(self.loaded.model, self.loaded.context)
+        # beam search's steps too, in the shape of a mid-line request's beams
+        # (completion/pipeline.py: LINE_BEAMS rows, room for max_tokens and a healed token)
+        step = compile_decoding(self.loaded.model, self.loaded.context, LINE_BEAMS,
+                                branch_room(self.settings.max_tokens + 2))
         seconds = time.perf_counter() - t0
         self.decode = (f"compiled ({seconds:.1f} s)" if step.ready
                        else f"eager: {step.failed}")

@@ -12,6 +12,7 @@ from model.checkpoint import load_model_dir
 from model.decode_step import DecodeStep, available, compile_decoding
 from model.generate import GenerationConfig, generate
 from model.inference import prepare_for_inference
+from model.kv_cache import branch_room
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -68,6 +69,42 @@ def test_the_compiled_step_computes_the_eager_one(tiny):
                 model.decode_step = step
                 got = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
                 assert got == want, (text[:cut], beams)
+
+
+def test_the_compiled_beam_step_computes_the_eager_one(tiny):
+    """Beam rows over a branch of the prompt's cache: the same logits and own keys as the
+    eager branch step, and beam search writes the same text with it."""
+    model = served(tiny.model)
+    step = DecodeStep(model, tiny.context, beams=3, room=branch_room(13))
+    step.compile()
+    assert step.ready and step._branch_fn is not None, step.failed
+    ids = tiny.tokenizer.encode(TEXTS[0] + TEXTS[1] + TEXTS[0])
+    assert len(ids) >= 50
+    base = model.new_cache(1, tiny.context)
+    follow = torch.tensor([ids[20:30], ids[30:40], ids[40:50]]).T      # 10 steps, 3 rows
+    with torch.inference_mode():
+        model(torch.tensor([ids[:20]]), base, last_only=True)
+        eager_branch, fast_branch = base.branch(3, 13), base.branch(3, 13)
+        eager, fast = [], []
+        for t in follow:
+            model.decode_step = None
+            eager.append(model(t[:, None], eager_branch))
+            fast.append(step(t[:, None], fast_branch))
+            assert fast[-1] is not None
+    torch.testing.assert_close(torch.cat(fast, 1), torch.cat(eager, 1), atol=1e-4, rtol=1e-4)
+    assert fast_branch.length == eager_branch.length == 30
+    torch.testing.assert_close(fast_branch.k[1][:, :, :10], eager_branch.k[1][:, :, :10])
+    before = step.steps
+    for text in TEXTS:
+        for cut in range(16, len(text), 4):
+            prompt = tiny.tokenizer.encode(text[:cut])
+            cfg = GenerationConfig(max_new_tokens=12, beams=3)
+            model.decode_step = None
+            want = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
+            model.decode_step = step
+            got = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
+            assert got == want, text[:cut]
+    assert step.steps > before                      # beam steps went through it
 
 
 def test_steps_the_compiled_graph_does_not_fit_stay_eager(tiny):
@@ -128,7 +165,8 @@ def test_the_engine_compiles_after_warm_up_and_answers_the_same(tiny_model_dir):
     prepare_for_inference(lm.model)
     prepare_for_inference(plain.loaded.model)
     fast = CompletionEngine(lm, EngineSettings(temperature=0), compile_decode=True)
-    assert fast.describe()["decode"] == "eager" and plain.compile_step() is None
+    assert fast.describe()["decode"] == "compile pending" and plain.compile_step() is None
+    assert plain.describe()["decode"] == "eager"
     fast.warmup()
     assert fast.compile_step() > 0
     assert fast.describe()["decode"].startswith("compiled"), fast.decode

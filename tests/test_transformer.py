@@ -247,15 +247,19 @@ def test_branches_attend_as_if_each_row_held_the_whole_sequence(random_model):
             torch.testing.assert_close(c[r], whole[0, 44:45], atol=1e-5, rtol=1e-4)
     assert base.length == 40 and torch.equal(base.k[0][:, :, :40], keys)
     import pytest
+
+    from model.kv_cache import branch_room
+    assert branch.capacity == 40 + branch_room(6)          # room for 6, rounded up
     with pytest.raises(ValueError, match="branch cache overflow"):
-        random_model(torch.zeros(3, 2, dtype=torch.long), branch)
+        random_model(torch.zeros(3, branch.capacity - branch.length + 1, dtype=torch.long),
+                     branch)
 
 
 def test_beams_memory_is_flat_in_the_prompt_length(tiny, monkeypatch):
     """Beam search stores only the generated positions per beam: the same bytes after a
     20-token prompt as after a 600-token one (copying the prompt per beam, as before,
     grew with it)."""
-    from model.kv_cache import KVCache
+    from model.kv_cache import KVCache, branch_room
 
     made = []
     real = KVCache.branch
@@ -274,7 +278,8 @@ def test_beams_memory_is_flat_in_the_prompt_length(tiny, monkeypatch):
     assert made[0].stored_bytes() == made[1].stored_bytes()
     one_prompt_row = sum(t[:1, :, :600].numel() * t.element_size()
                          for t in made[1].base.k + made[1].base.v)
-    assert made[1].stored_bytes() < one_prompt_row / 10
+    # 4 beams of room for 8 tokens and one more (rounded up: kv_cache.branch_room), not 600
+    assert made[1].stored_bytes() == 4 * branch_room(9) * one_prompt_row // 600
 
 
 def test_an_empty_model_is_made_in_its_dtype_without_an_fp32_copy():
