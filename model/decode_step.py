@@ -11,11 +11,14 @@ so it is written here for compilation:
   given as a tensor, and attends over the whole capacity with the positions not written
   yet masked out: every step has the same shapes, so one compiled graph serves every
   position and nothing is recompiled as the cache grows;
-- only batch-1 steps of one token over a KVCache take it (greedy decoding, the common
-  case); prompts, beams, drafts and anything else stay on the eager model.
+- a second graph does the same for beam search: its rows over a branch of the prompt's
+  cache (kv_cache.BranchCache, whose room is rounded up so that requests share a shape),
+  the prefix and each row's own positions masked as attention.attend_shared computes them;
+- only those steps take it (greedy decoding, the steps after a draft, a mid-line
+  request's beams); prompts, drafts' verification and anything else stay eager.
 
-Compiling costs seconds (about 20 s for the shipped model on 2 cores the first time, 4 s
-once inductor's on-disk cache holds it): the server compiles in the background after its
+Compiling costs seconds (about 25-45 s for the shipped model on 2 cores the first time,
+4-5 s once inductor's on-disk cache holds it): the server compiles in the background after its
 warm-up and answers from the eager model until the compiled step is ready
 (server/engine.py). A step that would need compiling again (another capacity, another
 mode) is not compiled on a request's time: it falls back to the eager model.

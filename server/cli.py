@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "on CPU, none on a GPU")
     ap.add_argument("--compile", choices=("auto", "on", "none"), default="auto",
                     help="compile the one-token decode step in the background after start-up "
-                         "(decode ~2x faster on CPU; ~20 s the first time on 2 cores, a few "
-                         "once cached; requests meanwhile use the eager model; see "
+                         "(decode ~2x faster on CPU; ~25-45 s the first time on 2 cores, a "
+                         "few once cached; requests meanwhile use the eager model; see "
                          "docs/server.md); auto (the default): on a CPU")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
