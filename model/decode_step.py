@@ -187,7 +187,7 @@ class DecodeStep:
                     with torch.compiler.set_stance("fail_on_recompile" if n else "default"):
                         fn(token, torch.tensor([n], device=device), cache.k, cache.v,
                            self._slots)
-            cache.length = 2
+            cache.advance([0, 0])                  # the two positions written above
             if branch_fn is not None:
                 branch = cache.branch(self.beams, self.room)
                 if branch.k[0].shape[2] != self.room:
