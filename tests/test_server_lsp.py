@@ -206,14 +206,18 @@ async def test_bad_inputs_get_answers_and_the_server_survives(tiny_model_dir):
         weird = "x = '\ud800'\n" + NODE
         open_doc(client, "file:///t/weird.py", weird)
         assert isinstance((await inline(client, "file:///t/weird.py", weird)).items, (list, tuple))
+        # A huge document is completed from its tail, soon. What the tiny model writes there
+        # is not the point (it differs with the CPU the model was trained on): the request
+        # was not refused, because its prompt filled the whole budget.
         huge = "value = 1\n" * 300_000 + NODE
         open_doc(client, "file:///t/huge.py", huge)
         t0 = time.perf_counter()
-        assert (await inline(client, "file:///t/huge.py", huge)).items
+        assert isinstance((await inline(client, "file:///t/huge.py", huge)).items, (list, tuple))
         assert time.perf_counter() - t0 < 10
         status = await asyncio.wait_for(
             client.protocol.send_request_async("codecomplete/status", {}), 10)
         assert status.requests >= 3
+        assert status.last_prompt_tokens >= 700        # the budget (768), not NODE's ~40
     finally:
         await stop(client)
 
