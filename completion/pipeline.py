@@ -71,7 +71,7 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
     ids, healed = build_prompt(lm.tokenizer, lm.meta.fim_order, prefix, suffix, budget, context)
     # The healed token re-types what is already there (the cursor's partial token): it is
     # not one of the suggestion's tokens (max_tokens 1 after `f.` gave `."""`'s rest).
-    config = GenerationConfig(max_new_tokens=settings.max_tokens + (1 if healed else 0),
+    config = GenerationConfig(max_new_tokens=new_tokens(settings, bool(healed)),
                               temperature=settings.temperature, top_p=settings.top_p,
                               n=settings.candidates, seed=settings.seed,
                               stop=() if multiline else ("\n",),
@@ -81,6 +81,12 @@ def prepare(lm: LoadedModel, prefix: str, suffix: str, settings: EngineSettings,
     # that starts at column 0, so generation stops there too rather than at max_tokens.
     return Prepared(ids, healed, ctx, config,
                     block_end(max(1, ctx.indent)) if multiline else None)
+
+
+def new_tokens(settings: EngineSettings, healed: bool) -> int:
+    """Tokens a request may generate: `max_tokens`, and the healed token that re-types the
+    cursor's partial token first."""
+    return settings.max_tokens + (1 if healed else 0)
 
 
 def line_beams(ctx: CompletionContext, settings: EngineSettings) -> int:

@@ -14,8 +14,11 @@ so it is written here for compilation:
 - a second graph does the same for beam search: its rows over a branch of the prompt's
   cache (kv_cache.BranchCache, whose room is rounded up so that requests share a shape),
   the prefix and each row's own positions masked as attention.attend_shared computes them;
-- only those steps take it (greedy decoding, the steps after a draft, a mid-line
-  request's beams); prompts, drafts' verification and anything else stay eager.
+- a third checks a draft of the project memory (model/generate._drafted_greedy): up to
+  `verify` tokens at once, padded to that width at the end, each position masked as the
+  causal attention of the eager model masks it;
+- only those steps take it (greedy decoding, drafts' verification, a mid-line request's
+  beams); prompts and anything else stay eager.
 
 Compiling costs seconds (about 25-45 s for the shipped model on 2 cores the first time,
 4-5 s once inductor's on-disk cache holds it): the server compiles in the background after its
@@ -62,28 +65,33 @@ class DecodeStep:
     beam search's steps: that many rows over a BranchCache of `room` own positions
     (kv_cache.branch_room) continuing a cache of `capacity`."""
 
-    def __init__(self, model: Transformer, capacity: int, beams: int = 0, room: int = 0):
+    def __init__(self, model: Transformer, capacity: int, beams: int = 0, room: int = 0,
+                 verify: int = 0):
         self.model = model
         self.capacity = capacity
         self.beams, self.room = beams, room
+        self.verify = verify
         self.ready = False
         self.failed: str | None = None
-        self.steps = 0                             # tokens decoded by the compiled step
+        self.steps = 0                             # forward passes made by compiled steps
+        self.checks = 0                            # ... of which drafts' checks
         self._fn = None
         self._branch_fn = None
+        self._verify_fn = None
         p = model.embed_tokens.weight
         self._slots = torch.arange(capacity, device=p.device)
         self._own_slots = torch.arange(room, device=p.device)
+        self._offsets = torch.arange(verify, device=p.device)
 
     def _layers(self, token: torch.Tensor, pos: torch.Tensor,
                 attention: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor],
                                     torch.Tensor]) -> torch.Tensor:
-        """Logits [B, 1, vocab] for `token` [B, 1] at position `pos` [1]: the layers as
-        Transformer.forward runs them, with `attention(layer, q, k, v)` (q [B, H, 1, D],
-        k and v [B, Hkv, 1, D]) storing k and v and returning [B, H, 1, D] in float32."""
+        """Logits [B, T, vocab] for `token` [B, T] at positions `pos` [T]: the layers as
+        Transformer.forward runs them, with `attention(layer, q, k, v)` (q [B, H, T, D],
+        k and v [B, Hkv, T, D]) storing k and v and returning [B, H, T, D] in float32."""
         m, c = self.model, self.model.config
         H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        B = token.shape[0]
+        B, T = token.shape
         x = m.embed_tokens(token)
         if m.embed_positions is not None:
             x = x + m.embed_positions(pos)
@@ -97,13 +105,14 @@ class DecodeStep:
                 q, k, v = a.qkv_proj(h).split([H * D, Hkv * D, Hkv * D], dim=-1)
             else:
                 q, k, v = a.q_proj(h), a.k_proj(h), a.v_proj(h)
-            q = q.view(B, H, 1, D)
-            k = k.view(B, Hkv, 1, D)
-            v = v.view(B, Hkv, 1, D)
+            q = q.view(B, T, H, D).transpose(1, 2)
+            k = k.view(B, T, Hkv, D).transpose(1, 2)
+            v = v.view(B, T, Hkv, D).transpose(1, 2)
             if m.rotary is not None:               # as Rotary.forward
                 q = q * cos + q.roll(D // 2, dims=-1) * sin
                 k = k * cos + k.roll(D // 2, dims=-1) * sin
-            y = attention(i, q, k, v).to(x.dtype).reshape(B, 1, H * D)
+            y = attention(i, q, k, v).to(x.dtype).reshape(B, H, T, D).transpose(1, 2) \
+                .reshape(B, T, H * D)
             x = x + a.o_proj(y)
             x = x + block.mlp(block.post_attention_layernorm(x))
         return m.lm_head(m.norm(x))
@@ -127,6 +136,30 @@ class DecodeStep:
             s = s.masked_fill(hidden, float("-inf"))
             return F.softmax(s, dim=-1) @ vs[i].float()
         return self._layers(token, pos, attention)
+
+    def verify_step(self, tokens: torch.Tensor, pos: torch.Tensor, ks: list[torch.Tensor],
+                    vs: list[torch.Tensor], slots: torch.Tensor, offsets: torch.Tensor
+                    ) -> torch.Tensor:
+        """Logits [1, W, vocab] for a draft's `tokens` [1, W] at positions pos..pos+W-1,
+        their keys and values written there: `step` for W tokens at once, each attending
+        over the positions up to its own (a draft shorter than W is padded at the end,
+        where nothing before it looks)."""
+        c = self.model.config
+        Hkv, D = c.num_key_value_heads, c.head_dim
+        positions = pos + offsets
+        hidden = slots.unsqueeze(0) > positions.unsqueeze(1)        # [W, capacity]
+        W = tokens.shape[1]
+
+        def attention(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                      ) -> torch.Tensor:
+            ks[i].index_copy_(2, positions, k)
+            vs[i].index_copy_(2, positions, v)
+            qg = q.reshape(1, Hkv, -1, W, D).float()                  # [1, Hkv, G, W, D]
+            s = (qg @ ks[i].float().unsqueeze(2).transpose(-1, -2)) * (D ** -0.5)
+            s = s.masked_fill(hidden, float("-inf"))
+            out = F.softmax(s, dim=-1) @ vs[i].float().unsqueeze(2)   # [1, Hkv, G, W, D]
+            return out.reshape(1, -1, W, D)
+        return self._layers(tokens, positions, attention)
 
     def branch_step(self, tokens: torch.Tensor, pos: torch.Tensor, own: torch.Tensor,
                     prefix: torch.Tensor, base_ks: list[torch.Tensor],
@@ -179,6 +212,8 @@ class DecodeStep:
             fn = torch.compile(self.step, fullgraph=True, dynamic=False)
             branch_fn = torch.compile(self.branch_step, fullgraph=True, dynamic=False) \
                 if self.beams else None
+            verify_fn = torch.compile(self.verify_step, fullgraph=True, dynamic=False) \
+                if self.verify > 1 else None
             cache = self.model.new_cache(1, self.capacity)
             device = self._slots.device
             with torch.inference_mode():           # the tokens as generate()'s are
@@ -187,6 +222,13 @@ class DecodeStep:
                     with torch.compiler.set_stance("fail_on_recompile" if n else "default"):
                         fn(token, torch.tensor([n], device=device), cache.k, cache.v,
                            self._slots)
+                if verify_fn is not None:
+                    tokens = torch.zeros(1, self.verify, dtype=torch.long, device=device)
+                    for n in range(2):
+                        with torch.compiler.set_stance(
+                                "fail_on_recompile" if n else "default"):
+                            verify_fn(tokens, torch.tensor([n], device=device), cache.k,
+                                      cache.v, self._slots, self._offsets)
             cache.advance([0, 0])                  # the two positions written above
             if branch_fn is not None:
                 branch = cache.branch(self.beams, self.room)
@@ -203,7 +245,7 @@ class DecodeStep:
             self.failed = f"compiling the decode step failed ({type(e).__name__}: " \
                           f"{str(e).splitlines()[0] if str(e) else 'no message'})"
             return time.perf_counter() - t0
-        self._fn, self._branch_fn = fn, branch_fn
+        self._fn, self._branch_fn, self._verify_fn = fn, branch_fn, verify_fn
         self.ready = True
         return time.perf_counter() - t0
 
@@ -216,28 +258,40 @@ class DecodeStep:
 
     def _fits(self, input_ids: torch.Tensor, cache: object) -> bool:
         if type(cache) is KVCache:
-            return input_ids.shape == (1, 1) and cache.capacity == self.capacity \
-                and cache.length < self.capacity
+            B, T = input_ids.shape
+            if B != 1 or cache.capacity != self.capacity:
+                return False
+            if T == 1:
+                return cache.length < self.capacity
+            return self._verify_fn is not None and 1 < T <= self.verify \
+                and cache.length + self.verify <= self.capacity
         return type(cache) is BranchCache and self._branch_fn is not None \
             and input_ids.shape == (self.beams, 1) and cache.k[0].shape[2] == self.room \
             and cache.base.capacity == self.capacity and cache.length < cache.capacity
 
     def __call__(self, input_ids: torch.Tensor, cache: object) -> torch.Tensor | None:
         """The logits of a compiled step, or None where none applies: not ready, not one
-        token of batch 1 over a KVCache of this capacity (or of `beams` rows over a
-        BranchCache of `room`), or outside inference mode (where the compiled graph,
-        built without autograd, would recompile)."""
+        token of batch 1 over a KVCache of this capacity (nor 2..`verify` tokens of a
+        draft, nor `beams` rows over a BranchCache of `room`), or outside inference mode
+        (where the compiled graph, built without autograd, would recompile)."""
         if not self.ready or not torch.is_inference_mode_enabled() \
                 or not self._fits(input_ids, cache):
             return None
         if not input_ids.is_inference():           # as generate()'s (the graph's guards
             input_ids = input_ids.clone()          # tell the two kinds apart)
+        T = input_ids.shape[1]
         try:
             with torch.compiler.set_stance("fail_on_recompile"):
-                if type(cache) is KVCache:
+                if type(cache) is KVCache and T == 1:
                     logits = self._fn(input_ids, torch.tensor([cache.length],
                                                               device=input_ids.device),
                                       cache.k, cache.v, self._slots)
+                elif type(cache) is KVCache:
+                    padded = F.pad(input_ids, (0, self.verify - T))
+                    logits = self._verify_fn(padded, torch.tensor(
+                        [cache.length], device=input_ids.device), cache.k, cache.v,
+                        self._slots, self._offsets)[:, :T]
+                    self.checks += 1
                 else:
                     logits = self._call_branch(self._branch_fn, input_ids, cache,
                                                cache.length - cache.prefix)
@@ -252,12 +306,13 @@ class DecodeStep:
         return logits
 
 
-def compile_decoding(model: Transformer, capacity: int, beams: int = 0, room: int = 0
-                     ) -> DecodeStep:
-    """Compile `model`'s one-token step for caches of `capacity` positions (and, with
-    `beams`, beam search's step over `room` own positions) and make the model use it
-    (Transformer.decode_step) once it works; `failed` says why not."""
-    step = DecodeStep(model, capacity, beams, room)
+def compile_decoding(model: Transformer, capacity: int, beams: int = 0, room: int = 0,
+                     verify: int = 0) -> DecodeStep:
+    """Compile `model`'s one-token step for caches of `capacity` positions (with `beams`,
+    beam search's step over `room` own positions; with `verify`, the check of a draft of
+    up to that many tokens) and make the model use it (Transformer.decode_step) once it
+    works; `failed` says why not."""
+    step = DecodeStep(model, capacity, beams, room, verify)
     step.compile()
     if step.ready:
         model.decode_step = step

@@ -187,6 +187,13 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
 
 
 MAX_DRAFT = 8    # tokens of a draft verified in one forward pass
+DRAFT_PASS = MAX_DRAFT + 1   # ... after the token chosen before it: a pass's width
+
+
+def beam_room(max_new: int) -> int:
+    """Positions each beam's branch of the cache holds for a search of `max_new` tokens:
+    every token written, and the last one's step."""
+    return max_new + 1
 
 
 def _drafted_greedy(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cache: KVCache,
@@ -309,7 +316,7 @@ def _beam_search(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cach
     the prompt, stored once for all beams: kv_cache.BranchCache); beams that die are
     replaced by copies of the best so the batch keeps its shape, and never chosen."""
     width = cfg.beams
-    work = cache.branch(width, max_new + 1)
+    work = cache.branch(width, beam_room(max_new))
     beams = [(0.0, _Row(heal))]                  # (score, row), best first
     finished: list[tuple[float, _Row]] = []
     for step in range(max_new):

@@ -269,13 +269,13 @@ class Transformer(nn.Module):
         """input_ids [B, T] → logits [B, T, vocab] (or [B, 1, vocab] with last_only).
 
         With a cache, the ids are positions cache.length.. and their keys/values are
-        appended to it. One token over a KV cache goes through `decode_step` where one
-        is set and it applies.
+        appended to it. A step over a KV cache goes through `decode_step` where one is
+        set and it applies (one token, a draft's few, beam rows).
         """
-        if self.decode_step is not None and input_ids.shape[1] == 1:
+        if self.decode_step is not None and cache is not None:
             logits = self.decode_step(input_ids, cache)
             if logits is not None:
-                return logits
+                return logits[:, -1:] if last_only else logits
         return self.lm_head(self.features(input_ids, cache, last_only))
 
     def features(self, input_ids: torch.Tensor, cache: KVCache | BranchCache | None = None,

@@ -24,6 +24,7 @@ from completion.pipeline import (
     filter_texts,
     generate_candidates,
     memory_mixer,
+    new_tokens,
     prepare,
 )
 from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
@@ -33,7 +34,13 @@ from completion.words import inside_word
 from model.checkpoint import LoadedModel
 from model.decode_step import compile_decoding
 from model.device import dtype_name
-from model.generate import CANCELLED, GenerationConfig, generate
+from model.generate import (
+    CANCELLED,
+    DRAFT_PASS,
+    GenerationConfig,
+    beam_room,
+    generate,
+)
 from model.kv_cache import KVCache, branch_room
 from model.scoring import score_continuations, word_end_mask
 from server import identifiers
@@ -158,10 +165,11 @@ class CompletionEngine:
             return None
         self.decode = "compiling"
         t0 = time.perf_counter()
-        # beam search's steps too, in the shape of a mid-line request's beams
-        # (completion/pipeline.py: LINE_BEAMS rows, room for max_tokens and a healed token)
-        step = compile_decoding(self.loaded.model, self.loaded.context, LINE_BEAMS,
-                                branch_room(self.settings.max_tokens + 2))
+        # beam search's steps too, in the shape of a mid-line request's beams (LINE_BEAMS
+        # rows with room for the most a request writes), and the checks of drafts
+        room = branch_room(beam_room(new_tokens(self.settings, healed=True)))
+        step = compile_decoding(self.loaded.model, self.loaded.context, LINE_BEAMS, room,
+                                verify=DRAFT_PASS)
         seconds = time.perf_counter() - t0
         self.decode = (f"compiled ({seconds:.1f} s)" if step.ready
                        else f"eager: {step.failed}")

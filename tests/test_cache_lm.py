@@ -313,6 +313,31 @@ def test_the_walk_waits_while_a_request_is_served(tmp_path, tokenizer):
     assert other in ws.memory and target in ws.memory
 
 
+def test_a_request_leaves_other_buffers_to_the_workspaces_thread(tmp_path, tokenizer):
+    """The buffer of a document the user left is counted after the request that follows,
+    on the workspace's thread, not by the request (it cost a cold request ~20 ms); the
+    document being completed is never counted from its buffer."""
+    import time
+
+    from server.workspace import Workspace
+
+    ws = Workspace()
+    ws.tokenizer = tokenizer
+    ws.set_folders((str(tmp_path),))
+    assert ws.done.wait(10)
+    left, target = str(tmp_path / "left.py"), str(tmp_path / "target.py")
+    ws.set_document(left, "def helper_for_notes():\n    return 42\n")
+    ws.set_document(target, "def typed_here():\n    return 1\n")
+    with ws.serving():
+        ws.memory_counts(target)
+        time.sleep(0.3)
+        assert left not in ws.memory            # not by the request, nor during it
+    assert ws.wait_for_events(10)
+    assert left in ws.memory and target not in ws.memory
+    assert_same_counts(ws.memory.counter(), [tokenizer.encode(
+        "def helper_for_notes():\n    return 42\n")])
+
+
 def test_memory_bits_per_byte_counts_the_file_and_its_repository(tiny):
     """With a model that knows nothing (uniform logits), every bit saved is the memory's:
     a file that repeats itself costs less with its own earlier text counted, and less

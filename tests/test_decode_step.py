@@ -10,7 +10,7 @@ import torch
 
 from model.checkpoint import load_model_dir
 from model.decode_step import DecodeStep, available, compile_decoding
-from model.generate import GenerationConfig, generate
+from model.generate import DRAFT_PASS, GenerationConfig, generate
 from model.inference import prepare_for_inference
 from model.kv_cache import branch_room
 
@@ -105,6 +105,52 @@ def test_the_compiled_beam_step_computes_the_eager_one(tiny):
             got = generate(model, tiny.tokenizer, prompt, cfg).candidates[0].token_ids
             assert got == want, text[:cut]
     assert step.steps > before                      # beam steps went through it
+
+
+def test_the_compiled_draft_check_computes_the_eager_one(tiny):
+    """A draft's tokens checked in one compiled pass (padded to the graph's width): the
+    logits at every position and the keys stored are the eager pass's; greedy decoding
+    with the project memory's drafts writes the same tokens through it."""
+    from completion.cache_lm import Counts, Lookup, Mixer
+
+    model = served(tiny.model)
+    step = DecodeStep(model, tiny.context, verify=DRAFT_PASS)
+    step.compile()
+    assert step.ready and step._verify_fn is not None, step.failed
+    ids = tiny.tokenizer.encode(TEXTS[0] + TEXTS[1] + TEXTS[0])
+    eager_cache, fast_cache = model.new_cache(1, tiny.context), model.new_cache(1, tiny.context)
+    eager, fast = [], []
+    at = 20
+    with torch.inference_mode():
+        for cache in (eager_cache, fast_cache):
+            model(torch.tensor([ids[:at]]), cache, last_only=True)
+        for n in (DRAFT_PASS, 3, 1, 2, DRAFT_PASS - 1, 5):
+            x = torch.tensor([ids[at:at + n]])
+            model.decode_step = None
+            eager.append(model(x, eager_cache))
+            got = step(x, fast_cache)
+            assert got is not None and got.shape == eager[-1].shape
+            fast.append(got)
+            at += n
+    torch.testing.assert_close(torch.cat(fast, 1), torch.cat(eager, 1), atol=1e-4, rtol=1e-4)
+    assert fast_cache.tokens == eager_cache.tokens == ids[:at]
+    for layer in range(len(model.layers)):
+        torch.testing.assert_close(fast_cache.k[layer][:, :, :at], eager_cache.k[layer][:, :, :at])
+        torch.testing.assert_close(fast_cache.v[layer][:, :, :at], eager_cache.v[layer][:, :, :at])
+    with torch.inference_mode():                    # wider than the graph: eager
+        assert step(torch.tensor([ids[:DRAFT_PASS + 1]]), fast_cache) is None
+    before = step.checks
+    repeated = tiny.tokenizer.encode(TEXTS[1] * 3)
+    for cut in range(30, len(repeated) - 10, 7):
+        prompt = repeated[:cut]
+        memory = Lookup([(Counts([prompt, repeated[cut + 10:]]), 1)])
+        cfg = GenerationConfig(max_new_tokens=16)
+        model.decode_step = None
+        want = generate(model, tiny.tokenizer, prompt, cfg, mixer=Mixer([memory], prompt))
+        model.decode_step = step
+        got = generate(model, tiny.tokenizer, prompt, cfg, mixer=Mixer([memory], prompt))
+        assert got.candidates[0].token_ids == want.candidates[0].token_ids, cut
+    assert step.checks > before                     # drafts were checked through it
 
 
 def test_steps_the_compiled_graph_does_not_fit_stay_eager(tiny):
