@@ -1,6 +1,7 @@
 """Our engine against llama.cpp on the same weights and the same token ids, in one run.
 
     python -m benchmarks.vs_llama_cpp [--model DIR] [--data data/local-16384]
+    python -m benchmarks.vs_llama_cpp --shape qwen2.5-coder-0.5b --prompts 5   # a BYO shape
 
 The model directory is exported to GGUF (training/gguf_export.py) and run by llama.cpp
 through llama-cpp-python (`pip install llama-cpp-python`: it builds llama.cpp, ~8 minutes
@@ -10,14 +11,25 @@ greedily, one prompt at a time: a request is the prefill of the prompt plus `--n
 Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
 machine and in bf16, each with and without `--quantize int8`'s layers (the server's default
 on a CPU), and with the compiled decode step (model/decode_step.py) the server uses once
-its warm-up compiled it. Prints medians, how many
-prompts give our fp32 model's greedy tokens, the ratios to llama.cpp, and the machine.
+its warm-up compiled it; llama.cpp runs the bf16 file and its own q8_0 quantization of it
+(the int8 arms' counterpart). Prints medians, how many prompts give our fp32 model's
+greedy tokens, the ratios to llama.cpp, and the machine.
+
+`--shape qwen2.5-coder-0.5b` measures the shape users bring instead of the shipped model:
+a randomly initialised model with Qwen2.5-Coder-0.5B's dimensions (24 layers of 896, 14
+query and 2 key/value heads, 4864 MLP, 151,936 embeddings, tied), built by transformers
+from the configuration alone (nothing downloaded) as a Llama, so that our GGUF export
+writes it: Qwen2's q/k/v biases (1,152 numbers a layer) are left out. Its vocabulary
+holds our tokenizer's 16,384 tokens and unused rows beyond.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +45,39 @@ from model.decode_step import compile_by_default, compile_decoding
 from model.device import dtype_name
 from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
+
+# Qwen2.5-Coder-0.5B's config.json (the published one), as the Llama our exporter writes.
+SHAPES = {"qwen2.5-coder-0.5b": dict(
+    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+    num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+    rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)}
+
+
+def shaped_model_dir(shape: str, out: Path) -> Path:
+    """A model directory in `out` with `shape`'s dimensions and random weights (bf16),
+    made by transformers from the configuration alone, with our tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape], torch_dtype="bfloat16"))
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    shipped = Path(default_model_dir())
+    shutil.copy(shipped / "tokenizer.json", out / "tokenizer.json")
+    meta = json.loads((shipped / "codecomplete.json").read_text())
+    (out / "codecomplete.json").write_text(json.dumps(meta))
+    return out
+
+
+def quantize_q8_0(src: Path, dst: Path) -> Path:
+    """llama.cpp's own q8_0 quantization of a GGUF file (what its users run int8 with)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                      ctypes.byref(params)) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src} to q8_0")
+    return dst
 
 
 @torch.inference_mode()
@@ -70,20 +115,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=10)
     ap.add_argument("--prompt", type=int, default=448, help="prompt tokens")
     ap.add_argument("--new", type=int, default=24)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                    help="a randomly initialised model of this shape instead of --model")
     args = ap.parse_args(argv)
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
         print("error: llama-cpp-python is not installed: pip install llama-cpp-python",
               file=sys.stderr)
         return 2
-    from training.evaluate import validation_texts
-    from training.gguf_export import export_gguf
-
     if not (args.model or default_model_dir()):
         print("error: no model directory given and no default model.", file=sys.stderr)
         return 2
-    path = Path(args.model or default_model_dir())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.model or default_model_dir())
+        if args.shape:
+            path = shaped_model_dir(args.shape, Path(tmp) / args.shape)
+        return compare(args, path, Path(tmp))
+
+
+def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
+    """Run every engine on the same prompts and print the table (files go in `tmp`)."""
+    from llama_cpp import Llama
+
+    from training.evaluate import validation_texts
+    from training.gguf_export import export_gguf
+
 
     def served(dtype: str, int8: bool, compiled: bool = False) -> LoadedModel:
         loaded = load_model_dir(path, device="cpu", dtype=dtype)
@@ -114,24 +171,26 @@ def main(argv: list[str] | None = None) -> int:
         models |= {"ours bf16": served("bf16", False).model,
                    "ours bf16 + int8 decode": served("bf16", True).model}
     threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        gguf = export_gguf(path, Path(tmp) / "model.gguf")
-        llm = Llama(model_path=str(gguf), n_ctx=lm.context, n_batch=lm.context,
+    gguf = export_gguf(path, tmp / "model.gguf")
+    q8 = quantize_q8_0(gguf, tmp / "model-q8_0.gguf")
+    engines = {name: (lambda p, m=model: ours(m, p, args.new))
+               for name, model in models.items()}
+    for name, file in (("llama.cpp bf16", gguf), ("llama.cpp q8_0", q8)):
+        llm = Llama(model_path=str(file), n_ctx=lm.context, n_batch=lm.context,
                     logits_all=True, n_threads=threads, verbose=False)
-        engines = {name: (lambda p, m=model: ours(m, p, args.new))
-                   for name, model in models.items()}
-        engines["llama.cpp bf16"] = lambda p: theirs(llm, p, args.new)
-        rows = []
-        for name, run in engines.items():
-            run(prompts[0])                              # warm-up
-            results = [run(p) for p in prompts]
-            same = sum(r[0] == ref for r, ref in zip(results, reference, strict=True))
-            pre = statistics.median(r[1] for r in results)
-            dec = statistics.median(r[2] for r in results)
-            req = statistics.median(r[1] + r[2] for r in results)
-            rows.append((name, pre * 1e3 / args.prompt, dec * 1e3 / args.new, req * 1e3, same))
+        engines[name] = lambda p, llm=llm: theirs(llm, p, args.new)
+    rows = []
+    for name, run in engines.items():
+        run(prompts[0])                              # warm-up
+        results = [run(p) for p in prompts]
+        same = sum(r[0] == ref for r, ref in zip(results, reference, strict=True))
+        pre = statistics.median(r[1] for r in results)
+        dec = statistics.median(r[2] for r in results)
+        req = statistics.median(r[1] + r[2] for r in results)
+        rows.append((name, pre * 1e3 / args.prompt, dec * 1e3 / args.new, req * 1e3, same))
     print(f"machine  {describe(lm.device)}; llama.cpp and PyTorch on {threads} threads")
-    print(f"model    {path} ({lm.config.num_parameters() / 1e6:.1f}M parameters)")
+    print(f"model    {args.shape + ' (random weights)' if args.shape else path} "
+          f"({lm.config.num_parameters() / 1e6:.1f}M parameters)")
     print(f"workload {len(prompts)} held-out prompts of {args.prompt} token ids, "
           f"{args.new} greedy tokens each")
     print()
@@ -140,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for name, pre, dec, req, same in rows:
         print(f"| {name} | {pre:.3f} | {dec:.2f} | {req:.1f} | {same}/{len(prompts)} |")
-    theirs_row = rows[-1]
+    bf16_row, q8_row = rows[-2], rows[-1]
     print()
-    for name, _, dec, req, _ in rows[:-1]:
-        print(f"{name}: request {req / theirs_row[3]:.2f}x llama.cpp's, "
-              f"decode {dec / theirs_row[2]:.2f}x")
+    for name, _, dec, req, _ in rows[:-2]:
+        # the int8 arms against llama.cpp's int8 (q8_0), the others against its bf16
+        them = q8_row if "int8" in name else bf16_row
+        print(f"{name}: request {req / them[3]:.2f}x {them[0]}'s, "
+              f"decode {dec / them[2]:.2f}x")
     return 0
 
 

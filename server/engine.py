@@ -68,6 +68,9 @@ class EngineStats:
     last_prompt_tokens: int = 0    # the whole prompt of the latest generation
 
 
+NAMES_LISTED = 5    # names a completion list offers after a partly typed name
+NAME_TOKENS = 8     # tokens the model may write for its own pick of that name
+
 # Test seam: seconds to sleep per generated token, simulating a slow model so tests of
 # cancellation and supersession are deterministic. Never set in normal use.
 SLOW_TOKENS_ENV = "CODECOMPLETE_TEST_SLOW_TOKENS_S"
@@ -213,8 +216,11 @@ class CompletionEngine:
                  context: list[int] | None = None,
                  module_roots: tuple[str, ...] = (),
                  interpreter: Interpreter = SERVER,
-                 memory: Lookup | None = None) -> list[Completion]:
-        """Completions to insert at the cursor between `prefix` and `suffix`.
+                 memory: Lookup | None = None,
+                 names: bool = False) -> list[Completion]:
+        """Completions to insert at the cursor between `prefix` and `suffix`; with `names`
+        (a completion list) after a partly typed name, the rests of the likeliest names
+        instead of the rest of the line.
 
         `invoked` is False for completions the editor asks for by itself while the user
         types; those are not offered with the cursor inside a word (`foo|bar`), where
@@ -234,11 +240,11 @@ class CompletionEngine:
                 return []
         started = time.perf_counter()
         context = context or []
-        key = self._key(prefix, suffix, context, memory)
+        key = (names, *self._key(prefix, suffix, context, memory))
         with self._state:
             self.stats.requests += 1
             self.stats.context_tokens = len(context)
-            cached = self.typed_ahead(prefix, suffix)
+            cached = None if names else self.typed_ahead(prefix, suffix)
             if cached is None and key in self._lru:
                 self._lru.move_to_end(key)
                 cached = self._lru[key]
@@ -251,7 +257,7 @@ class CompletionEngine:
         else:
             try:
                 raw = self._generate(prefix, suffix, context, should_stop,
-                                     (module_roots, interpreter), memory)
+                                     (module_roots, interpreter), memory, names)
             finally:
                 with self._state:
                     self.generating -= 1
@@ -262,7 +268,8 @@ class CompletionEngine:
                 self._lru[key] = raw
                 while len(self._lru) > LRU_SIZE:
                     self._lru.popitem(last=False)
-            self._last = Served(prefix, suffix, raw)
+            if not names:
+                self._last = Served(prefix, suffix, raw)
         multiline = bool(raw) and raw[0].multiline        # one answer's candidates agree
         out = [Completion(text, multiline) for text in filter_texts(
             [c.text for c in raw], CompletionContext(prefix, suffix, multiline), POST_CACHE)]
@@ -270,15 +277,15 @@ class CompletionEngine:
             self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return out
 
-    def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
-                should_stop: Callable[[], bool] | None,
-                modules: ModuleSearch = ((), SERVER),
-                mixer: Mixer | None = None) -> str | None:
-        """A better single-line completion when the cursor follows a partly typed name
-        (see server/identifiers.py): None keeps `text`; CANCELLED when stopped. Runs under
-        the model lock and leaves the KV cache holding the prompt. With the project
-        memory's `mixer`, names are scored and the rest of the line written with the blend,
-        as every other token is."""
+    def _names(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
+               modules: ModuleSearch, mixer: Mixer | None, listing: bool = False
+               ) -> tuple[list[str], list[int], list[list[int]], bool] | None:
+        """The names that may complete a partly typed name (server/identifiers.py), each
+        scored by the model (blended with the project memory's `mixer`) and ranked:
+        (names, their order best first, each name's tokens after the prompt, whether
+        names[0] is the model's own greedy pick), or None when there is no choice to
+        make (with `listing`, the model's pick alone is still an answer). Runs under the
+        model lock and leaves the KV cache holding the prompt."""
         partial = identifiers.partial_word(prefix)
         if not partial or inside_word(prefix, suffix):
             return None
@@ -291,7 +298,9 @@ class CompletionEngine:
         greedy_ok = not (members and members.closed and greedy not in members.names)
         if not greedy_ok:
             names = names[1:]
-        if len(names) == (1 if greedy_ok else 0):
+        if len(names) == (1 if greedy_ok else 0):           # no choice to make
+            if listing and names and greedy != partial:
+                return names, [0], [], greedy_ok
             return None
         tok, model = self.loaded.tokenizer, self.loaded.model
         if self._word_end is None:
@@ -303,32 +312,58 @@ class CompletionEngine:
         conts = [tok.encode(head + n[len(partial):]) for n in names]
         scores = score_continuations(model, ids, conts, self._cache, self._word_end,
                                      functools.partial(mixer, count=False) if mixer else None)
-        best = identifiers.rank(names, scores, [len(c) for c in conts], prefix, partial,
-                                counts, greedy_first=greedy_ok)
+        order = identifiers.ranked(names, scores, [len(c) for c in conts], prefix, partial,
+                                   counts, greedy_first=greedy_ok)
+        return names, order, conts, greedy_ok
+
+    def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
+                should_stop: Callable[[], bool] | None,
+                modules: ModuleSearch = ((), SERVER),
+                mixer: Mixer | None = None) -> str | None:
+        """A better single-line completion when the cursor follows a partly typed name
+        (`_names`): None keeps `text`; CANCELLED when stopped. With the project memory's
+        `mixer`, the rest of the line after the chosen name is written with the blend, as
+        every other token is."""
+        found = self._names(prefix, suffix, ids, healed, text, modules, mixer)
+        if found is None:
+            return None
+        names, order, conts, greedy_ok = found
+        best = order[0]
         if best == 0 and greedy_ok:
             return None
         s = self.settings
-        rest = generate(model, tok, ids + conts[best], GenerationConfig(
+        rest = generate(self.loaded.model, self.loaded.tokenizer, ids + conts[best],
+                        GenerationConfig(
             max_new_tokens=max(1, s.max_tokens - len(conts[best])),
             temperature=s.temperature, top_p=s.top_p, seed=s.seed, stop=("\n",)),
             cache=self._cache, should_stop=should_stop,
             mixer=mixer.after(conts[best]) if mixer else None).candidates[0]
         if rest.finish_reason == CANCELLED:
             return CANCELLED
+        partial = identifiers.partial_word(prefix)
         return names[best][len(partial):] + rest.text
 
     def _generate(self, prefix: str, suffix: str, context: list[int],
                   should_stop: Callable[[], bool] | None,
                   modules: ModuleSearch = ((), SERVER),
-                  memory: Lookup | None = None) -> list[Completion] | None:
+                  memory: Lookup | None = None,
+                  names: bool = False) -> list[Completion] | None:
         """Model output after the pre-cache filters, or None when cancelled: the shared
         steps of completion/pipeline.py under the model lock, re-ranking a partly typed
-        name on a single line, then the stats."""
+        name on a single line, then the stats. With `names` after a partly typed name,
+        the model writes only to the name's end (no beams) and the ranked names are the
+        answer: the line's rest costs a completion list nothing."""
         should_stop = self._slowed(should_stop)
+        listing = names and bool(identifiers.partial_word(prefix)) \
+            and not inside_word(prefix, suffix)
         with self._lock:
             if should_stop is not None and should_stop():
                 return None
             p = prepare(self.loaded, prefix, suffix, self.settings, context)
+            if listing:
+                p = replace(p, stop_text=identifiers.name_end, config=replace(
+                    p.config, n=1, beams=1,
+                    max_new_tokens=min(p.config.max_new_tokens, NAME_TOKENS)))
             if self._cache is None:
                 self._cache = self.loaded.model.new_cache(1, self.loaded.context)
             mixer = memory_mixer(self.loaded, p, self._document, memory, self.settings,
@@ -337,7 +372,14 @@ class CompletionEngine:
             if any(c.finish_reason == CANCELLED for c in result.candidates):
                 return None
             first = result.candidates[0]
-            if self.settings.rerank and not p.ctx.multiline:
+            if listing:
+                found = self._names(prefix, suffix, p.ids, p.healed, first.text, modules,
+                                    mixer, listing=True)
+                partial = identifiers.partial_word(prefix)
+                result.candidates = [] if found is None else [
+                    replace(first, text=found[0][i][len(partial):])
+                    for i in found[1][:NAMES_LISTED]]
+            elif self.settings.rerank and not p.ctx.multiline:
                 better = self._rerank(prefix, suffix, p.ids, p.healed, first.text, should_stop,
                                       modules, mixer)
                 if better is CANCELLED:

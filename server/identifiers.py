@@ -118,11 +118,19 @@ def name_context(prefix: str, partial: str, name: str, uses: int) -> NameContext
         receiver_uses=sum(1 for s in starts if recv and before[max(0, s - len(recv)):s] == recv))
 
 
-def rank(names: list[str], model_logp: list[float], tokens: list[int], prefix: str,
-         partial: str, counts: Counter[str], greedy_first: bool = True) -> int:
-    """Index of the best name; names[0] is the model's greedy pick when `greedy_first`."""
+def ranked(names: list[str], model_logp: list[float], tokens: list[int], prefix: str,
+           partial: str, counts: Counter[str], greedy_first: bool = True) -> list[int]:
+    """Indices of the names, best first (ties in list order); names[0] is the model's
+    greedy pick when `greedy_first`."""
     def score(i: int) -> float:
         ctx = name_context(prefix, partial, names[i], counts[names[i]])
         return (model_logp[i] / max(1, tokens[i]) + ctx.bonus()
                 + (W_GREEDY if i == 0 and greedy_first else 0.0))
-    return max(range(len(names)), key=score)
+    return sorted(range(len(names)), key=lambda i: -score(i))
+
+
+def name_end(text: str) -> int | None:
+    """Where the name a completion starts with ends (a generation stop), None while the
+    text is all name."""
+    end = LEADING_WORD.match(text).end()
+    return end if end < len(text) else None

@@ -19,6 +19,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
 from completion.settings import update_settings
+from server import identifiers
 from server.engine import CompletionEngine
 from server.interpreter import workspace_interpreter
 from server.workspace import Workspace
@@ -239,7 +240,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         follow_workspace(ls)
 
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
-                         invoked: bool = True):
+                         invoked: bool = True, names: bool = False):
         """Generate in a worker thread. `$/cancelRequest` cancels this task (pygls then
         answers -32800) and a newer request for the same document supersedes it; either
         way the stop event makes generation end before its next token."""
@@ -266,7 +267,8 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                         if budget else None
                     memory = files.memory_counts(path) if engine.settings.memory else None
                     return engine.complete(*ctx, stop.is_set, invoked, context,
-                                           module_roots(uri, folders), interpreter, memory)
+                                           module_roots(uri, folders), interpreter, memory,
+                                           names)
             return await asyncio.to_thread(work)
         except asyncio.CancelledError:
             stop.set()
@@ -287,10 +289,15 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion(ls: CodecompleteServer, params: types.CompletionParams
                          ) -> types.CompletionList:
-        results = await run_engine(ls, params.text_document.uri, params.position)
+        # After a partly typed name the list holds the likeliest names (their rests are
+        # inserted at the cursor; the label shows the whole name), else the line's rest.
+        results = await run_engine(ls, params.text_document.uri, params.position,
+                                   names=True)
+        ctx = cursor_context(ls, params.text_document.uri, params.position)
+        partial = identifiers.partial_word(ctx[0]) if ctx else ""
         where = types.Range(params.position, params.position)
         items = [types.CompletionItem(
-            label=c.text.strip().split("\n", 1)[0][:80] or c.text,
+            label=(partial + c.text).strip().split("\n", 1)[0][:80] or c.text,
             kind=types.CompletionItemKind.Text,
             detail="codecomplete",
             text_edit=types.TextEdit(where, c.text),

@@ -132,3 +132,26 @@ def test_after_a_re_ranked_name_the_line_follows_the_memory(tiny):
            + "log(zeta_quantity_total, flush=True)\n" * 6 + "log(zeta_q")
     ranked = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=20))
     assert ranked.complete(doc, "")[0].text == "uantity_total, flush=True)"
+
+
+def test_a_completion_list_offers_names_best_first_without_the_lines_rest(tiny):
+    """`names` (textDocument/completion): after a partly typed name the answer is the rests
+    of the ranked names alone, the re-ranked one first, each a different name; the inline
+    answer at the same cursor goes on past the name; without a partial name the list is
+    the inline answer; neither answer is served from the other's cache."""
+    from completion.settings import EngineSettings
+    from server.engine import NAMES_LISTED, CompletionEngine
+
+    doc = ("zeta_quantity_total = 0\nzeta_quota = 1\n"
+           + "log(zeta_quantity_total, flush=True)\n" * 6 + "log(zeta_q")
+    engine = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=20))
+    listed = [c.text for c in engine.complete(doc, "", names=True)]
+    assert listed[0] == "uantity_total", listed
+    assert "uota" in listed and len(listed) == len(set(listed)) <= NAMES_LISTED
+    assert all(re.fullmatch(r"\w+", t) for t in listed), listed
+    inline = engine.complete(doc, "")[0].text
+    assert inline.startswith("uantity_total") and len(inline) > len("uantity_total")
+    assert [c.text for c in engine.complete(doc, "", names=True)] == listed
+    line = "zeta_quantity_total = 0\nlog("
+    assert [c.text for c in engine.complete(line, "", names=True)] == \
+        [c.text for c in engine.complete(line, "")]

@@ -57,6 +57,7 @@ async def test_inline_and_classic_completion_over_stdio(tiny_model_dir, extra):
         classic = await client.text_document_completion_async(
             types.CompletionParams(text_document=doc, position=pos))
         assert classic.items[0].text_edit.new_text.startswith("lue")
+        assert classic.items[0].label.startswith("value")     # the whole name is shown
         unknown = await client.text_document_inline_completion_async(
             types.InlineCompletionParams(
                 text_document=types.TextDocumentIdentifier("file:///nope.py"), position=pos,
