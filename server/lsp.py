@@ -58,8 +58,9 @@ class CodecompleteServer(LanguageServer):
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.engine = engine
         self.load_error = load_error
-        # The newest request per document; an older one still running is told to stop.
-        self.running: dict[str, threading.Event] = {}
+        # The newest request per document and kind (inline or not); an older one still
+        # running is told to stop.
+        self.running: dict[tuple[str, bool], threading.Event] = {}
         self.warmup_task: asyncio.Future | None = None
         self.pending_problems: list[str] = []   # refused initializationOptions, shown
         #                                         once the client is initialized
@@ -203,9 +204,10 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         it would answer for text the user no longer has, so it stops before its next
         token and answers nothing. (pygls has already applied the change.)"""
         uri = params.text_document.uri
-        running = ls.running.get(uri)
-        if running is not None:
-            running.set()
+        for names in (False, True):                    # inline, and a completion list
+            running = ls.running.get((uri, names))
+            if running is not None:
+                running.set()
         doc = ls.workspace.text_documents.get(uri)
         if doc is not None and is_python(uri, doc.language_id):
             ls.files.set_document(fs_path(uri), doc.source)
@@ -242,18 +244,21 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
                          invoked: bool = True, names: bool = False):
         """Generate in a worker thread. `$/cancelRequest` cancels this task (pygls then
-        answers -32800) and a newer request for the same document supersedes it; either
-        way the stop event makes generation end before its next token."""
+        answers -32800) and a newer request of the same kind (inline, or a completion
+        list) for the same document supersedes it; either way the stop event makes
+        generation end before its next token. The kinds are kept apart because VS Code
+        asks for both at a keystroke: the list must not cancel the ghost text."""
         if ls.engine is None:
             return []
         ctx = cursor_context(ls, uri, position)
         if ctx is None:
             return []
         stop = threading.Event()
-        older = ls.running.get(uri)
+        slot = (uri, names)
+        older = ls.running.get(slot)
         if older is not None:
             older.set()
-        ls.running[uri] = stop
+        ls.running[slot] = stop
         try:
             folders = workspace_folders(ls)
             interpreter = workspace_interpreter(folders, ls.engine.settings.python)
@@ -274,8 +279,8 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
             stop.set()
             raise
         finally:
-            if ls.running.get(uri) is stop:
-                del ls.running[uri]
+            if ls.running.get(slot) is stop:
+                del ls.running[slot]
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodecompleteServer, params: types.InlineCompletionParams

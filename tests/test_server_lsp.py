@@ -113,6 +113,25 @@ async def test_newer_request_supersedes_older(tiny_model_dir):
         await stop(client)
 
 
+async def test_a_completion_list_does_not_cancel_the_ghost_text(tiny_model_dir):
+    """VS Code asks for inline completions and a completion list at the same keystroke:
+    the list supersedes only an older list, so both are answered."""
+    client, _ = await start(tiny_model_dir, {"max_tokens": 8}, slow=0.3)
+    try:
+        uri = "file:///t/node.py"
+        open_doc(client, uri, NODE)
+        ghost = asyncio.ensure_future(inline(client, uri, NODE))
+        await generating(client)
+        listed = await asyncio.wait_for(client.text_document_completion_async(
+            types.CompletionParams(text_document=types.TextDocumentIdentifier(uri),
+                                   position=types.Position(*end_of(NODE)))), 60)
+        shown = await ghost
+        assert shown.items and shown.items[0].insert_text.startswith("lue")
+        assert listed.items and listed.items[0].label.startswith("value")
+    finally:
+        await stop(client)
+
+
 async def test_settings_change_takes_effect(tiny_model_dir):
     client, _ = await start(tiny_model_dir, {"codecomplete": {"enable": False}})
     try:
