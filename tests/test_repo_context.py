@@ -152,7 +152,8 @@ def test_workspace_limits_bound_a_huge_tree(tmp_path):
 def test_buffers_replace_disk_text_and_the_target_line_never_leaks(tmp_path, tokenizer):
     """The benchmark's promise: the line being completed reaches the prompt from nowhere,
     even when the disk copy of the document still has it (a stale file) and another file
-    is open with unsaved edits."""
+    is open with unsaved edits (indexed on the workspace's thread after the request that
+    finds them, for the requests after it)."""
     target = "    return math.hypot(self.x, self.y) * SECRET_SCALE"
     me = tmp_path / "me.py"
     write(me, GEOMETRY.replace("        return math.hypot(self.x, self.y)", target))
@@ -164,6 +165,9 @@ def test_buffers_replace_disk_text_and_the_target_line_never_leaks(tmp_path, tok
     ws.set_document(str(me), buffer)
     ws.set_document(str(tmp_path / "other.py"), "def unsaved_helper_name():\n    pass\n"
                     + GEOMETRY)
+    first = tokenizer.decode(ws.context(tokenizer, buffer, str(me), 400))
+    assert "SECRET_SCALE" not in first and "unsaved_helper_name" not in first
+    assert ws.wait_for_events(10)
     ids = ws.context(tokenizer, buffer, str(me), 400)
     text = tokenizer.decode(ids)
     assert ids and "SECRET_SCALE" not in text and "unsaved_helper_name" in text
