@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import random
 import shutil
 import statistics
@@ -62,9 +61,8 @@ def shaped_model_dir(shape: str, out: Path) -> Path:
     model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape], torch_dtype="bfloat16"))
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     shipped = Path(default_model_dir())
-    shutil.copy(shipped / "tokenizer.json", out / "tokenizer.json")
-    meta = json.loads((shipped / "codecomplete.json").read_text())
-    (out / "codecomplete.json").write_text(json.dumps(meta))
+    for name in ("tokenizer.json", "codecomplete.json"):
+        shutil.copy(shipped / name, out / name)
     return out
 
 
@@ -140,7 +138,6 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
 
     from training.evaluate import validation_texts
     from training.gguf_export import export_gguf
-
 
     def served(dtype: str, int8: bool, compiled: bool = False) -> LoadedModel:
         loaded = load_model_dir(path, device="cpu", dtype=dtype)

@@ -216,31 +216,24 @@ class DecodeStep:
                 if self.verify > 1 else None
             cache = self.model.new_cache(1, self.capacity)
             device = self._slots.device
-            with torch.inference_mode():           # the tokens as generate()'s are
-                token = torch.zeros(1, 1, dtype=torch.long, device=device)
-                for n in range(2):                 # the second call reuses the graph
-                    with torch.compiler.set_stance("fail_on_recompile" if n else "default"):
-                        fn(token, torch.tensor([n], device=device), cache.k, cache.v,
-                           self._slots)
-                if verify_fn is not None:
-                    tokens = torch.zeros(1, self.verify, dtype=torch.long, device=device)
-                    for n in range(2):
-                        with torch.compiler.set_stance(
-                                "fail_on_recompile" if n else "default"):
-                            verify_fn(tokens, torch.tensor([n], device=device), cache.k,
-                                      cache.v, self._slots, self._offsets)
+
+            def at(n: int, width: int = 1, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                """Scratch tokens and position n, made in _twice's inference mode (as
+                generate()'s are: the graph's guards tell the two kinds apart)."""
+                return (torch.zeros(rows, width, dtype=torch.long, device=device),
+                        torch.tensor([n], device=device))
+            _twice(lambda n: fn(*at(n), cache.k, cache.v, self._slots))
+            if verify_fn is not None:
+                _twice(lambda n: verify_fn(*at(n, self.verify), cache.k, cache.v,
+                                           self._slots, self._offsets))
             cache.advance([0, 0])                  # the two positions written above
             if branch_fn is not None:
                 branch = cache.branch(self.beams, self.room)
                 if branch.k[0].shape[2] != self.room:
                     raise ValueError(f"a branch of {self.room} positions does not fit "
                                      f"a cache of {self.capacity}")
-                with torch.inference_mode():
-                    tokens = torch.zeros(self.beams, 1, dtype=torch.long, device=device)
-                    for n in range(2):
-                        with torch.compiler.set_stance(
-                                "fail_on_recompile" if n else "default"):
-                            self._call_branch(branch_fn, tokens, branch, n)
+                _twice(lambda n: self._call_branch(branch_fn, at(n, rows=self.beams)[0],
+                                                   branch, n))
         except Exception as e:                     # any failure: stay eager
             self.failed = f"compiling the decode step failed ({type(e).__name__}: " \
                           f"{str(e).splitlines()[0] if str(e) else 'no message'})"
@@ -304,6 +297,15 @@ class DecodeStep:
         cache.advance(input_ids[0].tolist())
         self.steps += 1
         return logits
+
+
+def _twice(call: Callable[[int], object]) -> None:
+    """Run a compiled step at positions 0 and 1 of a scratch cache, as generate() runs it
+    (in inference mode): the first call compiles, the second must reuse the graph."""
+    with torch.inference_mode():
+        for n in range(2):
+            with torch.compiler.set_stance("fail_on_recompile" if n else "default"):
+                call(n)
 
 
 def compile_decoding(model: Transformer, capacity: int, beams: int = 0, room: int = 0,

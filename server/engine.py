@@ -68,6 +68,21 @@ class EngineStats:
     last_prompt_tokens: int = 0    # the whole prompt of the latest generation
 
 
+@dataclass
+class RankedNames:
+    """Names that may complete a partly typed one (CompletionEngine._names)."""
+
+    partial: str               # the fragment before the cursor
+    names: list[str]           # names[0] is the model's own pick when `greedy_ok`
+    order: list[int]           # indices of `names`, best first
+    conts: list[list[int]]     # each name's tokens after the prompt
+    greedy_ok: bool
+
+    def rests(self) -> list[str]:
+        """What each name adds to the fragment, best first."""
+        return [self.names[i][len(self.partial):] for i in self.order]
+
+
 NAMES_LISTED = 5    # names a completion list offers after a partly typed name
 NAME_TOKENS = 8     # tokens the model may write for its own pick of that name
 
@@ -279,13 +294,12 @@ class CompletionEngine:
 
     def _names(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
                modules: ModuleSearch, mixer: Mixer | None, listing: bool = False
-               ) -> tuple[list[str], list[int], list[list[int]], bool] | None:
+               ) -> RankedNames | None:
         """The names that may complete a partly typed name (server/identifiers.py), each
-        scored by the model (blended with the project memory's `mixer`) and ranked:
-        (names, their order best first, each name's tokens after the prompt, whether
-        names[0] is the model's own greedy pick), or None when there is no choice to
-        make (with `listing`, the model's pick alone is still an answer). Runs under the
-        model lock and leaves the KV cache holding the prompt."""
+        scored by the model (blended with the project memory's `mixer`) and ranked, or
+        None when there is no choice to make (with `listing`, the model's pick alone is
+        still an answer). Runs under the model lock and leaves the KV cache holding the
+        prompt."""
         partial = identifiers.partial_word(prefix)
         if not partial or inside_word(prefix, suffix):
             return None
@@ -298,23 +312,24 @@ class CompletionEngine:
         greedy_ok = not (members and members.closed and greedy not in members.names)
         if not greedy_ok:
             names = names[1:]
-        if len(names) == (1 if greedy_ok else 0):           # no choice to make
-            if listing and names and greedy != partial:
-                return names, [0], [], greedy_ok
-            return None
+        if len(names) == (1 if greedy_ok else 0) and not (listing and names
+                                                           and greedy != partial):
+            return None                                  # no choice to make
         tok, model = self.loaded.tokenizer, self.loaded.model
-        if self._word_end is None:
-            self._word_end = word_end_mask(tok, model.config.vocab_size)
         # The healed bytes end with (part of) the fragment; each name's rest follows them.
         # When the greedy pick ends the name at the fragment, its continuation may be empty:
         # then only the probability that a name ends right here is scored.
         head = healed.decode("utf-8", errors="replace")
         conts = [tok.encode(head + n[len(partial):]) for n in names]
+        if len(names) == 1:                              # the model's pick alone
+            return RankedNames(partial, names, [0], conts, greedy_ok)
+        if self._word_end is None:
+            self._word_end = word_end_mask(tok, model.config.vocab_size)
         scores = score_continuations(model, ids, conts, self._cache, self._word_end,
                                      functools.partial(mixer, count=False) if mixer else None)
         order = identifiers.ranked(names, scores, [len(c) for c in conts], prefix, partial,
                                    counts, greedy_first=greedy_ok)
-        return names, order, conts, greedy_ok
+        return RankedNames(partial, names, order, conts, greedy_ok)
 
     def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
                 should_stop: Callable[[], bool] | None,
@@ -327,9 +342,8 @@ class CompletionEngine:
         found = self._names(prefix, suffix, ids, healed, text, modules, mixer)
         if found is None:
             return None
-        names, order, conts, greedy_ok = found
-        best = order[0]
-        if best == 0 and greedy_ok:
+        best, conts = found.order[0], found.conts
+        if best == 0 and found.greedy_ok:
             return None
         s = self.settings
         rest = generate(self.loaded.model, self.loaded.tokenizer, ids + conts[best],
@@ -340,8 +354,7 @@ class CompletionEngine:
             mixer=mixer.after(conts[best]) if mixer else None).candidates[0]
         if rest.finish_reason == CANCELLED:
             return CANCELLED
-        partial = identifiers.partial_word(prefix)
-        return names[best][len(partial):] + rest.text
+        return found.rests()[0] + rest.text
 
     def _generate(self, prefix: str, suffix: str, context: list[int],
                   should_stop: Callable[[], bool] | None,
@@ -375,10 +388,8 @@ class CompletionEngine:
             if listing:
                 found = self._names(prefix, suffix, p.ids, p.healed, first.text, modules,
                                     mixer, listing=True)
-                partial = identifiers.partial_word(prefix)
                 result.candidates = [] if found is None else [
-                    replace(first, text=found[0][i][len(partial):])
-                    for i in found[1][:NAMES_LISTED]]
+                    replace(first, text=rest) for rest in found.rests()[:NAMES_LISTED]]
             elif self.settings.rerank and not p.ctx.multiline:
                 better = self._rerank(prefix, suffix, p.ids, p.healed, first.text, should_stop,
                                       modules, mixer)

@@ -20,7 +20,7 @@ from pygls.protocol import LanguageServerProtocol
 
 from completion.settings import update_settings
 from server import identifiers
-from server.engine import CompletionEngine
+from server.engine import Completion, CompletionEngine
 from server.interpreter import workspace_interpreter
 from server.workspace import Workspace
 
@@ -242,17 +242,19 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
         follow_workspace(ls)
 
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
-                         invoked: bool = True, names: bool = False):
+                         invoked: bool = True, names: bool = False
+                         ) -> tuple[str, list[Completion]]:
         """Generate in a worker thread. `$/cancelRequest` cancels this task (pygls then
         answers -32800) and a newer request of the same kind (inline, or a completion
         list) for the same document supersedes it; either way the stop event makes
         generation end before its next token. The kinds are kept apart because VS Code
-        asks for both at a keystroke: the list must not cancel the ghost text."""
+        asks for both at a keystroke: the list must not cancel the ghost text. Returns the
+        text before the cursor and the completions."""
         if ls.engine is None:
-            return []
+            return "", []
         ctx = cursor_context(ls, uri, position)
         if ctx is None:
-            return []
+            return "", []
         stop = threading.Event()
         slot = (uri, names)
         older = ls.running.get(slot)
@@ -274,7 +276,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                     return engine.complete(*ctx, stop.is_set, invoked, context,
                                            module_roots(uri, folders), interpreter, memory,
                                            names)
-            return await asyncio.to_thread(work)
+            return ctx[0], await asyncio.to_thread(work)
         except asyncio.CancelledError:
             stop.set()
             raise
@@ -286,7 +288,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
     async def inline_completion(ls: CodecompleteServer, params: types.InlineCompletionParams
                                 ) -> types.InlineCompletionList:
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-        results = await run_engine(ls, params.text_document.uri, params.position, invoked)
+        _, results = await run_engine(ls, params.text_document.uri, params.position, invoked)
         where = types.Range(params.position, params.position)
         return types.InlineCompletionList(
             items=[types.InlineCompletionItem(insert_text=c.text, range=where) for c in results])
@@ -296,10 +298,9 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                          ) -> types.CompletionList:
         # After a partly typed name the list holds the likeliest names (their rests are
         # inserted at the cursor; the label shows the whole name), else the line's rest.
-        results = await run_engine(ls, params.text_document.uri, params.position,
-                                   names=True)
-        ctx = cursor_context(ls, params.text_document.uri, params.position)
-        partial = identifiers.partial_word(ctx[0]) if ctx else ""
+        prefix, results = await run_engine(ls, params.text_document.uri, params.position,
+                                           names=True)
+        partial = identifiers.partial_word(prefix)
         where = types.Range(params.position, params.position)
         items = [types.CompletionItem(
             label=(partial + c.text).strip().split("\n", 1)[0][:80] or c.text,
