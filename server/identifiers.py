@@ -20,14 +20,12 @@ from __future__ import annotations
 import builtins
 import keyword
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 
-from completion.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER
+from completion.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER, is_word_char
 from server.modules import ModuleNames
 
-RECEIVER = re.compile(r"([^\W\d]\w*)\.$")
 MAX_CANDIDATES = 24
 SCAN_CHARS = 20_000            # how much of the document around the cursor is scanned
 GLOBAL_NAMES = frozenset(keyword.kwlist + keyword.softkwlist
@@ -102,31 +100,42 @@ class NameContext:
                 + W_RECEIVER * math.log1p(self.receiver_uses))
 
 
-def name_context(prefix: str, partial: str, name: str, uses: int) -> NameContext:
+def name_contexts(prefix: str, partial: str, names: list[str], counts: Counter[str]
+                  ) -> list[NameContext]:
+    """What the text before the cursor says about each name, from one scan of it (a scan
+    per name, as before, cost a request more than the model's scoring of the names)."""
     before = prefix[: len(prefix) - len(partial)][-SCAN_CHARS:]
     after_dot = before.endswith(".")
-    receiver = RECEIVER.search(before)
-    recv = receiver.group(1) + "." if receiver else None
-    starts = [m.start() for m in re.finditer(
-        r"(?<!\w)" + re.escape(name) + r"(?!\w)", before)]
-    dotted = sum(1 for s in starts if s > 0 and before[s - 1] == ".")
-    same = dotted if after_dot else len(starts) - dotted
-    return NameContext(
-        uses=max(0, uses),
-        distance=len(before) - starts[-1] if starts else UNSEEN_DISTANCE,
-        same_role=(same + 0.5) / (len(starts) + 1),
-        receiver_uses=sum(1 for s in starts if recv and before[max(0, s - len(recv)):s] == recv))
+    receiver = partial_word(before[:-1]) if after_dot else ""   # `self` in `self.na|`
+    recv = receiver + "." if receiver else ""
+    starts: dict[str, list[int]] = {n: [] for n in names}
+    for m in IDENTIFIER.finditer(before):
+        s = m.start()
+        # a whole word: IDENTIFIER does not start at a digit, so "2abc" yields "abc"
+        if m.group() in starts and not (s > 0 and is_word_char(before[s - 1])):
+            starts[m.group()].append(s)
+    out = []
+    for name in names:
+        at = starts[name]
+        dotted = sum(1 for s in at if s > 0 and before[s - 1] == ".")
+        same = dotted if after_dot else len(at) - dotted
+        out.append(NameContext(
+            uses=max(0, counts[name]),
+            distance=len(before) - at[-1] if at else UNSEEN_DISTANCE,
+            same_role=(same + 0.5) / (len(at) + 1),
+            receiver_uses=sum(1 for s in at
+                              if recv and before[max(0, s - len(recv)):s] == recv)))
+    return out
 
 
 def ranked(names: list[str], model_logp: list[float], tokens: list[int], prefix: str,
            partial: str, counts: Counter[str], greedy_first: bool = True) -> list[int]:
     """Indices of the names, best first (ties in list order); names[0] is the model's
     greedy pick when `greedy_first`."""
-    def score(i: int) -> float:
-        ctx = name_context(prefix, partial, names[i], counts[names[i]])
-        return (model_logp[i] / max(1, tokens[i]) + ctx.bonus()
-                + (W_GREEDY if i == 0 and greedy_first else 0.0))
-    return sorted(range(len(names)), key=lambda i: -score(i))
+    ctx = name_contexts(prefix, partial, names, counts)
+    score = [model_logp[i] / max(1, tokens[i]) + ctx[i].bonus()
+             + (W_GREEDY if i == 0 and greedy_first else 0.0) for i in range(len(names))]
+    return sorted(range(len(names)), key=lambda i: -score[i])
 
 
 def name_end(text: str) -> int | None:

@@ -83,6 +83,29 @@ def test_words_are_python_identifiers_in_any_script():
     assert identifiers.greedy_name("grö", "ße + 1") == "größe"
 
 
+def test_name_contexts_count_whole_words_by_role_and_receiver():
+    """One scan of the text before the cursor gives every candidate its uses, distance,
+    role (after a dot or not) and uses after the same receiver."""
+    from server import identifiers
+
+    prefix = "self.total = 0\nx.total += 1\ntotal2 = 2total\nprint(total)\nself.to"
+    names = ["total", "total2", "tomato"]
+    counts = identifiers.name_counts(prefix, "", "to")
+    total, total2, tomato = identifiers.name_contexts(prefix, "to", names, counts)
+    before = prefix[:-2]
+    assert total.uses == counts["total"]
+    assert total.distance == len(before) - before.rindex("(total)") - 1
+    # three uses (`2total` and `total2` are none), two of them after a dot
+    assert total.same_role == (2 + 0.5) / (3 + 1)
+    assert total.receiver_uses == 1                      # one after `self.`
+    assert total2.uses == 1 and total2.receiver_uses == 0
+    assert total2.same_role == (0 + 0.5) / (1 + 1)
+    assert tomato.distance == identifiers.UNSEEN_DISTANCE and tomato.uses == 0
+    # after a dot with no name before it, no use counts as the same receiver
+    plain = identifiers.name_contexts("from .x import y\nfrom .", "", ["x"], counts)[0]
+    assert plain.receiver_uses == 0 and plain.same_role == (1 + 0.5) / (1 + 1)
+
+
 def test_engine_state_stays_bounded_and_consistent_under_concurrent_requests(
         tokenizer, random_model):
     """Requests run in worker threads and the status request reads the stats meanwhile:
