@@ -13,6 +13,13 @@ without native bf16); a bf16 model its bf16 weight. The output head is quantized
 way (with tied embeddings its float weight stays the embedding table, shared);
 embeddings and norms stay as they are. `benchmarks/quantize.py` measures speed and
 bits/byte against the float model.
+
+A bf16 or fp16 product of many rows goes to oneDNN, which builds a kernel for each new
+shape it meets: every cold prompt has a new length, and building paid for about half of
+a prefill's matrix products. So those calls are padded with zero rows to a multiple of
+ROW_BUCKET (a few dozen shapes in all, each built once) and the padding is cut off the
+result; rows do not mix in a matrix product, so the real rows' results are unchanged.
+fp32 products (MKL) build nothing per shape and are not padded.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from torch import nn
 from model.transformer import Transformer
 
 ROWS = 8       # calls with more rows (tokens x batch) than this use the bf16 weight
+ROW_BUCKET = 32   # ... padded to a multiple of this many rows unless fp32 (docstring)
 
 
 class Int8Linear(nn.Module):
@@ -47,8 +55,14 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1])
-        if rows.shape[0] > ROWS:
-            y = F.linear(rows.to(self.full.dtype), self.full, self.bias)
+        n = rows.shape[0]
+        if n > ROWS:
+            rows = rows.to(self.full.dtype)
+            pad = 0 if self.full.dtype == torch.float32 or torch.compiler.is_compiling() \
+                else -n % ROW_BUCKET            # a compiled graph's shapes are fixed already
+            if pad:
+                rows = F.pad(rows, (0, 0, 0, pad))
+            y = F.linear(rows, self.full, self.bias)[:n]
         else:
             y = torch._weight_int8pack_mm(rows.to(self.scales.dtype), self.weight, self.scales)
             if self.bias is not None:

@@ -314,3 +314,48 @@ def test_an_empty_model_is_made_in_its_dtype_without_an_fp32_copy():
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     assert 0 < rotary.fp32_bytes < 0.3 * weights
     assert seen.fp32_bytes <= rotary.fp32_bytes, (seen.fp32_bytes, rotary.fp32_bytes)
+
+
+def test_int8_layers_pad_bf16_products_to_a_row_bucket_with_the_same_rows(random_model,
+                                                                             monkeypatch):
+    """model/quantize.py: a bf16 call of many rows is multiplied padded to a multiple of
+    ROW_BUCKET rows (one oneDNN kernel per bucket, not per prompt length), and its rows
+    are the unpadded product's."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from model import quantize
+
+    q = copy.deepcopy(random_model).to(torch.bfloat16)
+    quantize.quantize_int8(q)
+    layer = q.layers[0].mlp.up_proj
+    seen: list[int] = []
+    real = F.linear
+
+    def recording(x, w, b=None):
+        seen.append(x.shape[0])
+        return real(x, w, b)
+    monkeypatch.setattr(quantize.F, "linear", recording)
+    for n in (quantize.ROWS + 1, quantize.ROW_BUCKET, quantize.ROW_BUCKET + 3, 101):
+        x = torch.randn(1, n, layer.in_features, dtype=torch.bfloat16)
+        y = layer(x)
+        assert y.shape == (1, n, layer.out_features)
+        torch.testing.assert_close(y, real(x, layer.full), atol=0, rtol=0)
+        assert seen[-1] % quantize.ROW_BUCKET == 0 and 0 <= seen[-1] - n < quantize.ROW_BUCKET
+
+
+def test_shared_prefix_attention_in_bf16_on_a_cpu_is_the_fp32_one_cast_back():
+    """model/attention.attend_shared computes bf16 inputs on a CPU in float32 (oneDNN's
+    bf16 batched product builds a kernel per new shape, and these shapes are new at
+    nearly every call): the result is the fp32 computation's, rounded once."""
+    from model.attention import attend_shared
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(5, 8, 3, 32, generator=g).bfloat16()
+    pk, pv = (torch.randn(1, 4, 37, 32, generator=g).bfloat16() for _ in range(2))
+    k, v = (torch.randn(5, 4, 3, 32, generator=g).bfloat16() for _ in range(2))
+    got = attend_shared(q, pk, pv, k, v)
+    assert got.dtype == torch.bfloat16
+    want = attend_shared(q.float(), pk.float(), pv.float(), k.float(), v.float())
+    assert torch.equal(got, want.bfloat16())
