@@ -43,7 +43,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, **gqa)
     if L == T:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
-    # a chunk appended after cached positions: query i sees keys 0..L-T+i
+    # A chunk appended after cached positions: query i sees keys 0..L-T+i. When it is
+    # most of the keys (a new prompt that shares a few tokens with the cached one), zero
+    # queries for the cached positions make it square, and the causal kernel skips the
+    # blocks above the diagonal, where an explicit mask pays for them (2.4 against 1.4 ms
+    # a layer for 617 new of 620 tokens); the padded rows' outputs are dropped.
+    if 2 * T >= L:
+        square = torch.cat([q.new_zeros(*q.shape[:2], L - T, q.shape[3]), q], dim=2)
+        return F.scaled_dot_product_attention(square, k, v, is_causal=True,
+                                              **gqa)[:, :, L - T:]
     mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(diagonal=L - T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
 

@@ -359,3 +359,21 @@ def test_shared_prefix_attention_in_bf16_on_a_cpu_is_the_fp32_one_cast_back():
     assert got.dtype == torch.bfloat16
     want = attend_shared(q.float(), pk.float(), pv.float(), k.float(), v.float())
     assert torch.equal(got, want.bfloat16())
+
+
+def test_a_chunk_after_cached_positions_attends_causally_by_either_kernel():
+    """model/attention.attend: queries for the last T of L positions see keys up to their
+    own, whether the chunk is made square with zero queries (most of the keys new) or
+    masked (few new): both equal attention written out by hand."""
+    from model.attention import attend
+
+    g = torch.Generator().manual_seed(5)
+    L = 40
+    k, v = (torch.randn(1, 2, L, 16, generator=g) for _ in range(2))
+    for T in (3, 19, 20, 33, 39):                   # 2T < L: masked; 2T >= L: square
+        q = torch.randn(1, 4, T, 16, generator=g)
+        scores = q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) / 4.0
+        visible = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
+        want = scores.masked_fill(~visible, float("-inf")).softmax(-1) \
+            @ v.repeat_interleave(2, dim=1)
+        torch.testing.assert_close(attend(q, k, v), want, atol=1e-5, rtol=1e-4)
