@@ -361,12 +361,19 @@ def test_shared_prefix_attention_in_bf16_on_a_cpu_is_the_fp32_one_cast_back():
     assert torch.equal(got, want.bfloat16())
 
 
-def test_a_chunk_after_cached_positions_attends_causally_by_either_kernel():
+def test_a_chunk_after_cached_positions_attends_causally_by_either_kernel(monkeypatch):
     """model/attention.attend: queries for the last T of L positions see keys up to their
-    own, whether the chunk is made square with zero queries (most of the keys new) or
-    masked (few new): both equal attention written out by hand."""
-    from model.attention import attend
+    own, whether the chunk is made square with zero queries for the causal kernel (most
+    of the keys new) or masked (few new): both equal attention written out by hand."""
+    from model import attention
 
+    real = attention.F.scaled_dot_product_attention
+    masked: list[bool] = []
+
+    def recording(*args, **kwargs):
+        masked.append(kwargs.get("attn_mask") is not None)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
     g = torch.Generator().manual_seed(5)
     L = 40
     k, v = (torch.randn(1, 2, L, 16, generator=g) for _ in range(2))
@@ -376,4 +383,5 @@ def test_a_chunk_after_cached_positions_attends_causally_by_either_kernel():
         visible = torch.ones(T, L, dtype=torch.bool).tril(diagonal=L - T)
         want = scores.masked_fill(~visible, float("-inf")).softmax(-1) \
             @ v.repeat_interleave(2, dim=1)
-        torch.testing.assert_close(attend(q, k, v), want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(attention.attend(q, k, v), want, atol=1e-5, rtol=1e-4)
+        assert masked[-1] == (2 * T < L)
