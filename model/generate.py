@@ -68,6 +68,10 @@ class GenerationResult:
     decode_seconds: float
     new_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # The model's own logits [V] (float) at the prompt's last position, before the memory
+    # or any mask: scoring continuations of the same prompt starts from them
+    # (model/scoring.py) instead of computing that position again.
+    prompt_logits: torch.Tensor | None = None
 
     @property
     def text(self) -> str:
@@ -144,17 +148,18 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
     reused = cache.reuse(prompt_ids)
     tail = torch.tensor([prompt_ids[reused:]], device=device)
     logits = model(tail, cache, last_only=True)[:, -1].float()
+    first = logits[0].clone()            # the steps below change `logits` in place
     t1 = time.perf_counter()
     if cfg.beams > 1:
         rows, new_tokens = _beam_search(model, tok, cfg, cache, logits, heal, max_new,
                                         should_stop, stop_text, mixer)
-        return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
+        return _result(rows, prompt_ids, reused, t0, t1, new_tokens, first)
 
     draft = getattr(mixer, "draft", None)
     if draft is not None and cfg.drafts and cfg.n == 1 and cfg.temperature == 0:
         row, new_tokens, passes = _drafted_greedy(model, tok, cfg, cache, logits, heal, max_new,
                                                   should_stop, stop_text, mixer, draft)
-        result = _result([row], prompt_ids, reused, t0, t1, new_tokens)
+        result = _result([row], prompt_ids, reused, t0, t1, new_tokens, first)
         result.timings["forward_passes"] = passes
         return result
     work = cache if cfg.n == 1 else cache.branch(cfg.n, max_new)
@@ -183,7 +188,7 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         if all(r.reason is not None for r in rows) or step == max_new - 1:
             break
         logits = model(next_ids[:, None], work)[:, -1].float()
-    return _result(rows, prompt_ids, reused, t0, t1, new_tokens)
+    return _result(rows, prompt_ids, reused, t0, t1, new_tokens, first)
 
 
 MAX_DRAFT = 8    # tokens of a draft verified in one forward pass
@@ -256,14 +261,14 @@ def _greedy_pick(logits: torch.Tensor, row: _Row, tok: Tokenizer, cfg: Generatio
 
 
 def _result(rows: list[_Row], prompt_ids: list[int], reused: int, t0: float, t1: float,
-            new_tokens: int) -> GenerationResult:
+            new_tokens: int, prompt_logits: torch.Tensor) -> GenerationResult:
     candidates = []
     for r in rows:
         if r.reason is None:
             r.reason = LENGTH
         candidates.append(Candidate(r.text, r.ids, r.reason))
     return GenerationResult(candidates, len(prompt_ids), reused, t1 - t0,
-                            time.perf_counter() - t1, new_tokens)
+                            time.perf_counter() - t1, new_tokens, prompt_logits=prompt_logits)
 
 
 def _constrain(logits: torch.Tensor, rows: list[_Row], tok: Tokenizer, cfg: GenerationConfig,

@@ -31,43 +31,69 @@ def word_end_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
 def score_continuations(model: Transformer, prompt_ids: list[int],
                         continuations: list[list[int]], cache: KVCache,
                         end_mask: torch.Tensor | None = None,
-                        mixer: Mixer | None = None) -> list[float]:
+                        mixer: Mixer | None = None,
+                        prompt_logits: torch.Tensor | None = None) -> list[float]:
     """Sum of log-probabilities of each continuation's tokens after the prompt, plus (with
     `end_mask`) the log-probability that the next token is one of the masked ones.
 
     `cache` (batch 1) is reused for the prompt's shared prefix and ends holding the prompt;
     the continuations run as one batch branching from it (kv_cache.BranchCache). With a
     `mixer` (project memory, model/generate.Mixer) every probability is the blend's, as
-    generation would see it, each position given the continuation's ids before it."""
+    generation would see it, each position given the continuation's ids before it.
+    `prompt_logits`: the model's logits at the prompt's last position when the caller has
+    them (generation's GenerationResult.prompt_logits, with `cache` still holding the
+    prompt): that position is then not computed again.
+
+    A distribution is computed (and blended) once per distinct history: every
+    continuation's first token is scored from the same one, and names sharing their first
+    tokens share the next ones."""
     if not continuations:
         raise ValueError("no continuations to score")
     device = model.embed_tokens.weight.device
-    reused = cache.reuse(prompt_ids)
-    tail = torch.tensor([prompt_ids[reused:]], device=device)
-    first = model(tail, cache, last_only=True)[0, -1]
+    n = len(prompt_ids)
+    if prompt_logits is not None and cache.tokens[:n] == prompt_ids:
+        cache.truncate(n)
+        first = prompt_logits.float()
+    else:
+        reused = cache.reuse(prompt_ids)
+        tail = torch.tensor([prompt_ids[reused:]], device=device)
+        first = model(tail, cache, last_only=True)[0, -1].float()
     width = max(1, max(len(c) for c in continuations))   # an empty one scores only the end
     batch = torch.zeros(len(continuations), width, dtype=torch.long, device=device)
     for r, c in enumerate(continuations):
         batch[r, :len(c)] = torch.tensor(c, device=device)
     work = cache.branch(len(continuations), width)
-    out = model(batch, work)                                     # [K, width, vocab]
-    # One row per scored position: before token j of a continuation (j = 0 is the
-    # prompt's last position), and after its last token where the end is scored.
-    rows, history, owner = [], [], []
+    hidden = model.features(batch, work)                         # [K, width, hidden]
+    # One row per distinct history: before token j of a continuation (row 0, the prompt's
+    # last position, for j = 0), and after its last token where the end is scored.
+    row_of: dict[tuple[int, ...], int] = {(): 0}
+    history: list[list[int]] = [[]]
+    taken: list[int] = []                      # rows 1.. as indices into `hidden`'s positions
+    picks: list[tuple[int, int, int]] = []     # (continuation, row, token) scored
+    ends: list[tuple[int, int]] = []           # (continuation, row) whose end is scored
     for r, c in enumerate(continuations):
         for j in range(len(c) + (end_mask is not None)):
-            rows.append(first if j == 0 else out[r, j - 1])
-            history.append(c[:j])
-            owner.append(r)
-    logits = torch.stack(rows)
+            h = tuple(c[:j])
+            if h not in row_of:
+                row_of[h] = len(history)
+                history.append(c[:j])
+                taken.append(r * width + j - 1)
+            if j < len(c):
+                picks.append((r, row_of[h], c[j]))
+            else:
+                ends.append((r, row_of[h]))
+    # logits only where a history is new (the batch's padding and repeats are not)
+    logits = torch.cat([first[None],
+                        model.lm_head(hidden.reshape(-1, hidden.shape[-1])[taken]).float()])
     logp = (mixer(logits, history) if mixer is not None
-            else torch.log_softmax(logits.float(), -1))
+            else torch.log_softmax(logits, -1))
+    token_lp = logp[[i for _, i, _ in picks], [t for _, _, t in picks]].tolist() \
+        if picks else []
+    end_lp = torch.logsumexp(logp[[i for _, i in ends]][:, end_mask.to(device)], -1).tolist() \
+        if ends else []
     scores = [0.0] * len(continuations)
-    ends = end_mask.to(device) if end_mask is not None else None
-    for i, (r, h) in enumerate(zip(owner, history, strict=True)):
-        c = continuations[r]
-        if len(h) < len(c):
-            scores[r] += logp[i, c[len(h)]].item()
-        else:
-            scores[r] += torch.logsumexp(logp[i][ends], 0).item()
+    for (r, _, _), lp in zip(picks, token_lp, strict=True):
+        scores[r] += lp
+    for (r, _), lp in zip(ends, end_lp, strict=True):
+        scores[r] += lp
     return scores

@@ -38,6 +38,7 @@ from model.generate import (
     CANCELLED,
     DRAFT_PASS,
     GenerationConfig,
+    GenerationResult,
     beam_room,
     generate,
 )
@@ -292,18 +293,19 @@ class CompletionEngine:
             self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return out
 
-    def _names(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
-               modules: ModuleSearch, mixer: Mixer | None, listing: bool = False
-               ) -> RankedNames | None:
+    def _names(self, prefix: str, suffix: str, ids: list[int], healed: bytes,
+               generated: GenerationResult, modules: ModuleSearch, mixer: Mixer | None,
+               listing: bool = False) -> RankedNames | None:
         """The names that may complete a partly typed name (server/identifiers.py), each
         scored by the model (blended with the project memory's `mixer`) and ranked, or
         None when there is no choice to make (with `listing`, the model's pick alone is
-        still an answer). Runs under the model lock and leaves the KV cache holding the
-        prompt."""
+        still an answer). `generated` is the greedy pass over the same prompt (its text is
+        the model's pick; its logits at the prompt's end are scoring's first row). Runs
+        under the model lock and leaves the KV cache holding the prompt."""
         partial = identifiers.partial_word(prefix)
         if not partial or inside_word(prefix, suffix):
             return None
-        greedy = identifiers.greedy_name(partial, text)
+        greedy = identifiers.greedy_name(partial, generated.text)
         counts = identifiers.name_counts(prefix, suffix, partial)
         members = module_names_at(prefix[: len(prefix) - len(partial)], *modules)
         names = [greedy] + [n for n in identifiers.candidates(counts, partial, members)
@@ -326,20 +328,21 @@ class CompletionEngine:
         if self._word_end is None:
             self._word_end = word_end_mask(tok, model.config.vocab_size)
         scores = score_continuations(model, ids, conts, self._cache, self._word_end,
-                                     functools.partial(mixer, count=False) if mixer else None)
+                                     functools.partial(mixer, count=False) if mixer else None,
+                                     generated.prompt_logits)
         order = identifiers.ranked(names, scores, [len(c) for c in conts], prefix, partial,
                                    counts, greedy_first=greedy_ok)
         return RankedNames(partial, names, order, conts, greedy_ok)
 
-    def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes, text: str,
-                should_stop: Callable[[], bool] | None,
+    def _rerank(self, prefix: str, suffix: str, ids: list[int], healed: bytes,
+                generated: GenerationResult, should_stop: Callable[[], bool] | None,
                 modules: ModuleSearch = ((), SERVER),
                 mixer: Mixer | None = None) -> str | None:
         """A better single-line completion when the cursor follows a partly typed name
-        (`_names`): None keeps `text`; CANCELLED when stopped. With the project memory's
+        (`_names`): None keeps the greedy text; CANCELLED when stopped. With the project memory's
         `mixer`, the rest of the line after the chosen name is written with the blend, as
         every other token is."""
-        found = self._names(prefix, suffix, ids, healed, text, modules, mixer)
+        found = self._names(prefix, suffix, ids, healed, generated, modules, mixer)
         if found is None:
             return None
         best, conts = found.order[0], found.conts
@@ -386,12 +389,12 @@ class CompletionEngine:
                 return None
             first = result.candidates[0]
             if listing:
-                found = self._names(prefix, suffix, p.ids, p.healed, first.text, modules,
+                found = self._names(prefix, suffix, p.ids, p.healed, result, modules,
                                     mixer, listing=True)
                 result.candidates = [] if found is None else [
                     replace(first, text=rest) for rest in found.rests()[:NAMES_LISTED]]
             elif self.settings.rerank and not p.ctx.multiline:
-                better = self._rerank(prefix, suffix, p.ids, p.healed, first.text, should_stop,
+                better = self._rerank(prefix, suffix, p.ids, p.healed, result, should_stop,
                                       modules, mixer)
                 if better is CANCELLED:
                     return None

@@ -155,3 +155,32 @@ def test_a_completion_list_offers_names_best_first_without_the_lines_rest(tiny):
     line = "zeta_quantity_total = 0\nlog("
     assert [c.text for c in engine.complete(line, "", names=True)] == \
         [c.text for c in engine.complete(line, "")]
+
+
+def test_scoring_computes_each_distribution_once(random_model, monkeypatch):
+    """Given the prompt's last logits (as generation leaves them, with the cache holding
+    the prompt), scoring runs the model once, on the continuations; and a history shared
+    by several continuations (the prompt alone, a common first token) is blended once.
+    The scores are those of scoring from scratch."""
+    torch.manual_seed(3)
+    prompt = torch.randint(1, 1000, (40,)).tolist()
+    conts = [[5, 6, 7], [5, 6, 8], [5, 9], []]
+    end = torch.zeros(random_model.config.vocab_size, dtype=torch.bool)
+    end[[11, 12, 13]] = True
+    want = score_continuations(random_model, prompt, conts, random_model.new_cache(1), end)
+    cache = random_model.new_cache(1)
+    with torch.no_grad():
+        last = random_model(torch.tensor([[*prompt, 4, 4]]), cache)[0, len(prompt) - 1]
+    passes, blended = [], []
+    features = random_model.features
+    monkeypatch.setattr(random_model, "features",
+                        lambda ids, *a, **k: passes.append(ids.shape) or features(ids, *a, **k))
+
+    def mixer(logits, rows):
+        blended.extend(tuple(r) for r in rows)
+        return torch.log_softmax(logits.float(), -1)
+    got = score_continuations(random_model, prompt, conts, cache, end, mixer, last)
+    assert passes == [(4, 3)]                        # the continuations only
+    assert sorted(blended) == sorted({(), (5,), (5, 6), (5, 6, 7), (5, 6, 8), (5, 9)})
+    assert all(abs(g - w) < 1e-3 for g, w in zip(got, want, strict=True)), (got, want)
+    assert cache.tokens == prompt
