@@ -115,7 +115,10 @@ class Attention(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor, rotary: Rotary | None, layer: int,
-                cache: KVCache | BranchCache | None, start: int) -> torch.Tensor:
+                cache: KVCache | BranchCache | None, start: int,
+                last_only: bool = False) -> torch.Tensor:
+        """With `last_only`, every position's keys and values are computed (and cached)
+        but only the last position attends: the output is [B, 1, hidden]."""
         B, T, _ = x.shape
         if self.qkv_proj is not None:
             q, k, v = self.qkv_proj(x).split(
@@ -127,6 +130,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if rotary is not None:
             q, k = rotary(q, start), rotary(k, start)
+        if last_only:
+            q, T = q[:, :, -1:], 1
         y = cache.attend(layer, q, k, v, start) if cache is not None else attend(q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
@@ -210,8 +215,11 @@ class Block(nn.Module):
         self.post_attention_layernorm = norm(config)
         self.mlp = MLP(config) if config.gated_mlp else PlainMLP(config)
 
-    def forward(self, x, rotary, layer, cache, start):
-        x = x + self.self_attn(self.input_layernorm(x), rotary, layer, cache, start)
+    def forward(self, x, rotary, layer, cache, start, last_only=False):
+        """`last_only`: the output at the last position alone, [B, 1, hidden] (the
+        attention's keys and values still cover every position)."""
+        y = self.self_attn(self.input_layernorm(x), rotary, layer, cache, start, last_only)
+        x = (x[:, -1:] if last_only else x) + y
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -292,12 +300,16 @@ class Transformer(nn.Module):
         if self.embed_positions is not None:
             positions = torch.arange(start, start + input_ids.shape[1], device=x.device)
             x = x + self.embed_positions(positions)
+        # With `last_only` the last layer attends and computes its MLP for the last
+        # position alone: the other positions' outputs of the last layer feed nothing
+        # (a prefill's last layer is a sixth of the shipped model's work).
+        last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
-            x = block(x, self.rotary, i, cache, start)
+            x = block(x, self.rotary, i, cache, start, last_only and i == last)
         if cache is not None:
             cache.advance(input_ids[0].tolist())
         if last_only:
-            x = x[:, -1:]
+            x = x[:, -1:]              # (a model without layers)
         return self.norm(x)
 
     def new_cache(self, batch: int = 1, capacity: int | None = None) -> KVCache:

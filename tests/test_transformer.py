@@ -385,3 +385,35 @@ def test_a_chunk_after_cached_positions_attends_causally_by_either_kernel(monkey
             @ v.repeat_interleave(2, dim=1)
         torch.testing.assert_close(attention.attend(q, k, v), want, atol=1e-5, rtol=1e-4)
         assert masked[-1] == (2 * T < L)
+
+
+def test_last_only_computes_the_last_layer_for_the_last_position_alone(random_model):
+    """`last_only` (every prefill): the last layer's MLP sees one row, not the prompt's;
+    the logits are the full pass's last row and the cache holds every position's keys and
+    values, with or without cached positions before, and in a branch."""
+    ids = torch.randint(0, 1024, (1, 50), generator=torch.Generator().manual_seed(3))
+    rows = []
+    hook = random_model.layers[-1].mlp.register_forward_hook(
+        lambda mod, args, out: rows.append(args[0].shape[1]))
+    try:
+        full_cache = random_model.new_cache()
+        full = random_model(ids, full_cache)
+        rows.clear()
+        assert torch.allclose(random_model(ids, last_only=True)[:, -1], full[:, -1],
+                              atol=1e-5, rtol=1e-4)
+        cache = random_model.new_cache()
+        random_model(ids[:, :20], cache, last_only=True)
+        last = random_model(ids[:, 20:], cache, last_only=True)
+        assert rows == [1, 1, 1] and last.shape[1] == 1
+        torch.testing.assert_close(last[:, -1], full[:, -1], atol=1e-5, rtol=1e-4)
+        for a, b in zip(cache.k + cache.v, full_cache.k + full_cache.v, strict=True):
+            torch.testing.assert_close(a[:, :, :50], b[:, :, :50], atol=1e-5, rtol=1e-4)
+        branch = random_model.new_cache()
+        random_model(ids[:, :20], branch)
+        rows.clear()
+        tail = random_model(ids[:, 20:].expand(2, -1), branch.branch(2, 30), last_only=True)
+        assert rows == [1]
+        torch.testing.assert_close(tail[:, -1], full[:, -1].expand(2, -1), atol=1e-5,
+                                   rtol=1e-4)
+    finally:
+        hook.remove()
