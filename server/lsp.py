@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import threading
+from concurrent.futures import Executor
 from typing import Any
 
 from lsprotocol import types
@@ -22,6 +23,7 @@ from completion.settings import update_settings
 from server import identifiers
 from server.engine import Completion, CompletionEngine
 from server.interpreter import workspace_interpreter
+from server.threads import model_thread, on_own_thread
 from server.workspace import Workspace
 
 log = logging.getLogger("codecomplete")
@@ -53,11 +55,14 @@ class AnsweringProtocol(LanguageServerProtocol):
 
 
 class CodecompleteServer(LanguageServer):
-    def __init__(self, engine: CompletionEngine | None, load_error: str | None = None):
+    def __init__(self, engine: CompletionEngine | None, load_error: str | None = None,
+                 model: Executor | None = None):
         super().__init__("codecomplete", "0.1.0", protocol_cls=AnsweringProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.engine = engine
         self.load_error = load_error
+        # The one thread that runs the model (server/threads.py): the one that loaded it.
+        self.model = model or model_thread()
         # The newest request per document and kind (inline or not); an older one still
         # running is told to stop.
         self.running: dict[tuple[str, bool], threading.Event] = {}
@@ -159,9 +164,11 @@ def module_roots(uri: str, folders: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r for r in (*roots, *folders) if r))
 
 
-def build_server(engine: CompletionEngine | None, load_error: str | None = None
-                 ) -> CodecompleteServer:
-    server = CodecompleteServer(engine, load_error)
+def build_server(engine: CompletionEngine | None, load_error: str | None = None,
+                 model: Executor | None = None) -> CodecompleteServer:
+    """The server; `model` is the executor whose one thread loaded the engine's model
+    (server/threads.py), a new one if not given."""
+    server = CodecompleteServer(engine, load_error, model)
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodecompleteServer, params: types.InitializeParams) -> None:
@@ -187,12 +194,14 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                 log.warning("could not register file watchers: %s", e)
 
     async def warm(ls: CodecompleteServer) -> None:
-        """Warm the model up off the event loop; requests that come meanwhile wait for the
-        model lock, which is no slower than a cold first request."""
+        """Warm the model up off the event loop, on the model's thread (requests that
+        come meanwhile wait for it, which is no slower than a cold first request), then
+        compile on a thread of its own while requests are served."""
         try:
-            seconds = await asyncio.to_thread(ls.engine.warmup)
+            loop = asyncio.get_running_loop()
+            seconds = await loop.run_in_executor(ls.model, ls.engine.warmup)
             log.info("warm-up generation took %.0f ms", seconds * 1000)
-            seconds = await asyncio.to_thread(ls.engine.compile_step)
+            seconds = await on_own_thread(ls.engine.compile_step, "codecomplete-compile")
             if seconds is not None:
                 log.info("decode step after %.1f s: %s", seconds, ls.engine.decode)
         except Exception as e:  # a failed warm-up must not take the server down
@@ -244,7 +253,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
     async def run_engine(ls: CodecompleteServer, uri: str, position: types.Position,
                          invoked: bool = True, names: bool = False
                          ) -> tuple[str, list[Completion]]:
-        """Generate in a worker thread. `$/cancelRequest` cancels this task (pygls then
+        """Generate on the model's thread. `$/cancelRequest` cancels this task (pygls then
         answers -32800) and a newer request of the same kind (inline, or a completion
         list) for the same document supersedes it; either way the stop event makes
         generation end before its next token. The kinds are kept apart because VS Code
@@ -276,7 +285,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None
                     return engine.complete(*ctx, stop.is_set, invoked, context,
                                            module_roots(uri, folders), interpreter, memory,
                                            names)
-            return ctx[0], await asyncio.to_thread(work)
+            return ctx[0], await asyncio.get_running_loop().run_in_executor(ls.model, work)
         except asyncio.CancelledError:
             stop.set()
             raise
