@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from completion.words import IDENTIFIER, LEADING_WORD, PARTIAL_IDENTIFIER, is_word_char
 from server.modules import ModuleNames
 
-MAX_CANDIDATES = 24
+# Names scored per request (the document's most used first, then builtins or a module's):
+# 12 against 24 scored names were right as often on 800 held-out cursors of vs_jedi (0.550
+# against 0.545) and cut the scoring pass by a sixth (10.3 -> 8.5 ms a request).
+MAX_CANDIDATES = 12
 SCAN_CHARS = 20_000            # how much of the document around the cursor is scanned
 GLOBAL_NAMES = frozenset(keyword.kwlist + keyword.softkwlist
                          + [n for n in dir(builtins) if not n.startswith("_")])
