@@ -26,6 +26,7 @@ import tokenize
 from pathlib import Path
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
 from benchmarks.latency import held_out_files, position_at
@@ -74,13 +75,17 @@ PAUSE_S = 0.3   # between turns: the server that just answered goes idle (its th
 
 
 async def ask(client: LanguageClient, uri: str, doc: str) -> tuple[str, float]:
-    """Open `doc`, ask for completions at its end, close it: (first item's text, ms)."""
+    """Open `doc`, ask for completions at its end, close it: (first item's text, ms). An
+    error answer (jedi raises on some code) counts as no suggestion."""
     client.text_document_did_open(types.DidOpenTextDocumentParams(
         types.TextDocumentItem(uri=uri, language_id="python", version=1, text=doc)))
     pos = position_at(doc, len(doc))
     t0 = time.perf_counter()
-    res = await client.text_document_completion_async(types.CompletionParams(
-        text_document=types.TextDocumentIdentifier(uri), position=pos))
+    try:
+        res = await client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri), position=pos))
+    except JsonRpcException:          # the server failed on this case: no suggestion
+        res = None
     ms = (time.perf_counter() - t0) * 1000
     items = (res.items if hasattr(res, "items") else res) or []
     first = items[0] if items else None
