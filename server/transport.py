@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Awaitable
@@ -138,13 +140,37 @@ def reply_error(server: LanguageServer, code: int, message: str,
                                 "error": {"code": code, "message": message}})
 
 
+async def stdin_reader(server: LanguageServer) -> Reader:
+    """asyncio's own reader of stdin where stdin is a pipe or a socket (as an editor
+    starts the server): pygls's reader hands every read to a thread pool, three thread
+    hops a message before a request starts. Elsewhere (a terminal, whose non-blocking
+    mode the shell would inherit; a file; Windows) pygls's."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        mode = 0
+    if sys.platform != "win32" and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        reader = asyncio.StreamReader()
+        try:
+            await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+            log.info("stdin: read by the event loop")
+            return reader
+        except (OSError, ValueError) as e:
+            log.info("stdin: %s", e)
+    log.info("stdin: read through threads")
+    return StdinAsyncReader(sys.stdin.buffer, server.thread_pool)
+
+
 def serve_stdio(server: LanguageServer) -> None:
     """Serve over this process's stdin/stdout until EOF or `exit`."""
     stop = server._stop_event = threading.Event()
     server.protocol.set_writer(StdoutWriter(sys.stdout.buffer))
-    reader = StdinAsyncReader(sys.stdin.buffer, server.thread_pool)
+
+    async def main() -> None:
+        await read_messages(stop, await stdin_reader(server), server)
     try:
-        asyncio.run(read_messages(stop, reader, server))
+        asyncio.run(main())
     except BrokenPipeError:
         log.error("the client closed the connection")
     except (KeyboardInterrupt, SystemExit):

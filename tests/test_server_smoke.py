@@ -173,6 +173,45 @@ def test_document_text_stays_out_of_the_log_at_the_default_level(tiny_model_dir)
     assert b"inlineCompletionProvider" not in r.stderr           # no message bodies at all
 
 
+def test_stdin_from_a_file_or_a_pipe_is_served_alike(tiny_model_dir, tmp_path):
+    """An editor's stdin is a pipe, read by asyncio itself (server/transport.py); stdin
+    redirected from a file cannot be, and is read through pygls's threads. Both answer
+    every request of the same messages (all written at once: a completion would be
+    cancelled by the shutdown behind it, so the status request stands in)."""
+    import json
+
+    def frame(msg: dict) -> bytes:
+        body = json.dumps(msg).encode()
+        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    text = "def total(values):\n    return sum(val"
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"capabilities": {}, "processId": None}},
+        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///t/s.py", "languageId": "python", "version": 1, "text": text}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "codecomplete/status", "params": {}},
+        {"jsonrpc": "2.0", "id": 3, "method": "shutdown", "params": None},
+        {"jsonrpc": "2.0", "method": "exit", "params": None},
+    ]
+    data = b"".join(frame(m) for m in messages)
+    (tmp_path / "in.bin").write_bytes(data)
+    cmd = [sys.executable, "-m", "server", "--model", str(tiny_model_dir), "--compile", "none"]
+    with open(tmp_path / "in.bin", "rb") as f:
+        from_file = subprocess.run(cmd, stdin=f, capture_output=True, timeout=120)
+    from_pipe = subprocess.run(cmd, input=data, capture_output=True, timeout=120)
+    assert b"stdin: read through threads" in from_file.stderr
+    assert b"stdin: read by the event loop" in from_pipe.stderr
+    for r in (from_file, from_pipe):
+        answers = [json.loads(part.split(b"\r\n\r\n", 1)[1])
+                   for part in r.stdout.split(b"Content-Length: ")[1:]]
+        ids = {a["id"]: a for a in answers if "id" in a}
+        assert {1, 2, 3} <= set(ids), r.stderr.decode()[-2000:]
+        assert ids[2]["result"]["model"] == str(tiny_model_dir)
+        assert r.returncode == 0
+
+
 def test_quantize_flag_puts_int8_layers_in_the_served_model(tiny_model_dir):
     from model.quantize import Int8Linear
     from server.cli import load_engine, parse_args
