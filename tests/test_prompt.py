@@ -42,6 +42,38 @@ def test_huge_text_is_cut_without_tokenizing_all_of_it(tokenizer):
     assert 0 < len(ids) <= 64 and huge.endswith(tokenizer.decode(ids))
 
 
+def test_a_long_prefix_is_first_tokenized_in_a_smaller_window(tokenizer, monkeypatch):
+    """The first try tokenizes about CHARS_PER_TOKEN_GUESS characters a token, not the
+    worst case's CHARS_PER_TOKEN_MAX, and cuts the same tokens as the worst case's window;
+    a text of long tokens falls back to the worst case's window."""
+    import completion.prompt as prompt
+
+    seen: list[int] = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text: seen.append(len(text)) or encode(text))
+    long = "".join(f"{name} = compute({name})  # {i}\n"
+                   for i, name in enumerate(w * (1 + i % 7) for i, w in
+                                            enumerate(["alpha", "b", "gamma_x"] * 400)))
+    for budget in (64, 300):
+        seen.clear()
+        fast = cut_prefix(tokenizer, long, budget)
+        assert max(seen) <= budget * prompt.CHARS_PER_TOKEN_GUESS
+        monkeypatch.setattr(prompt, "CHARS_PER_TOKEN_GUESS", prompt.CHARS_PER_TOKEN_MAX)
+        seen.clear()
+        assert cut_prefix(tokenizer, long, budget) == fast
+        assert max(seen) > budget * 6
+        monkeypatch.undo()
+        monkeypatch.setattr(tokenizer, "encode",
+                            lambda text: seen.append(len(text)) or encode(text))
+    # Long tokens (deep indentation is one token here): the first window holds too few
+    # of them, and the worst case's window is tokenized.
+    deep = (" " * 64 + "pass\n") * 400
+    seen.clear()
+    ids = cut_prefix(tokenizer, deep, 100)
+    assert deep.endswith(tokenizer.decode(ids)) and 0 < len(ids) <= 100
+    assert max(seen) > 100 * prompt.CHARS_PER_TOKEN_GUESS
+
+
 def engine(tokenizer, random_model, **settings) -> CompletionEngine:
     loaded = LoadedModel(model=random_model, tokenizer=tokenizer, config=random_model.config,
                          meta=ModelMeta(fim_order=PSM, context_size=1024), path=Path("mem"),
