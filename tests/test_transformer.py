@@ -186,6 +186,11 @@ def test_the_served_model_computes_what_the_trained_one_does(random_model, tiny)
     ids = torch.randint(0, 1024, (2, 40), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(served(ids), random_model(ids), atol=1e-5, rtol=1e-4)
+        rotations = []
+        hook = served.rotary.register_forward_hook(lambda *a: rotations.append(1))
+        served(ids)
+        hook.remove()
+        assert len(rotations) == n               # q and k rotated as one tensor per layer
         cache = served.new_cache(batch=2)
         steps = torch.cat([served(ids[:, i:i + 1], cache) for i in range(40)], dim=1)
     torch.testing.assert_close(steps, random_model(ids), atol=1e-5, rtol=1e-4)
