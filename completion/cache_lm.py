@@ -134,7 +134,12 @@ def aggregate(keys: np.ndarray, nxt: np.ndarray) -> Table:
     """(hash, next) pairs -> a table of distinct pairs with their counts, sorted by hash."""
     if not len(keys):
         return EMPTY_TABLE
-    order = np.lexsort((nxt, keys))
+    # by hash, then next token: np.lexsort((nxt, keys))'s order in half its time (numpy
+    # sorts 16-bit integers by radix), which counting a cold document or a workspace's
+    # files spends most of its time in
+    small = nxt.astype(np.int16) if int(nxt.max()) < 2 ** 15 and int(nxt.min()) >= 0 else nxt
+    by_next = np.argsort(small, kind="stable")
+    order = by_next[np.argsort(keys[by_next], kind="stable")]
     keys, nxt = keys[order], nxt[order]
     starts = np.flatnonzero(np.concatenate(
         [[True], (keys[1:] != keys[:-1]) | (nxt[1:] != nxt[:-1])]))

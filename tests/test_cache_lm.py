@@ -409,3 +409,26 @@ def test_updates_without_refresh_are_counted_at_settle_and_only_then():
     snapshot = memory._snapshot
     memory.settle()
     assert memory._snapshot is snapshot
+
+
+def test_aggregate_orders_and_counts_as_a_lexicographic_sort():
+    """aggregate's two stable sorts (the next token by radix when it fits 16 bits) give
+    np.lexsort's table: distinct (hash, next) pairs by hash then next, with their counts;
+    also for a vocabulary past 2^15."""
+    import numpy as np
+
+    from completion.cache_lm import aggregate
+
+    rng = np.random.default_rng(7)
+    for vocab in (1000, 152_000):
+        keys = rng.integers(0, 50, 3000).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        nxt = rng.integers(0, vocab, 3000).astype(np.int64)
+        nxt[::5] = nxt[0]                                   # repeated pairs to count
+        order = np.lexsort((nxt, keys))
+        k, t = keys[order], nxt[order]
+        pairs = sorted(set(zip(k.tolist(), t.tolist(), strict=True)))
+        want = [(a, b, int(((k == a) & (t == b)).sum())) for a, b in pairs]
+        table = aggregate(keys, nxt)
+        got = list(zip(table.keys.tolist(), table.nxt.tolist(), table.cnt.tolist(),
+                       strict=True))
+        assert got == want
