@@ -131,6 +131,10 @@ def test_the_blend_is_a_distribution_and_changes_only_where_the_memory_matched()
                                                                     rel=1e-4)
 
 
+LINE = "zq_frobnicate(widget_seventeen, qq=3)"
+REPEATED = "".join(f"def handler_{i}(event):\n    {LINE}\n\n" for i in range(5))
+
+
 def test_document_counts_hold_both_sides_of_the_cursor_and_nothing_between(tokenizer):
     doc = DocumentCounts()
     prefix, suffix = "alpha = beta_gamma(1)\nx = ", "\nalpha = beta_gamma(2)\n"
@@ -142,10 +146,16 @@ def test_document_counts_hold_both_sides_of_the_cursor_and_nothing_between(token
     assert doc.counts(tokenizer, prefix + "y", suffix) and doc._blocks is kept  # same line
     doc.counts(tokenizer, prefix + "\n", suffix)
     assert doc._blocks is not kept                       # a new line: recounted
+    # the two sides, tokenized in one parallel call, count what each side's own ids do
+    above, below = REPEATED * 3 + "x = 1\n", "y = 2\n" + REPEATED * 2
+    doc.counts(tokenizer, above + "z = ", "\n" + below)
+    want = Counts([tokenizer.encode(above), tokenizer.encode("\n" + below)])
+    for k, table in want.tables.items():
+        got = doc._blocks.tables[k]
+        assert (got.keys == table.keys).all() and (got.nxt == table.nxt).all() \
+            and (got.cnt == table.cnt).all() and len(table.keys)
 
 
-LINE = "zq_frobnicate(widget_seventeen, qq=3)"
-REPEATED = "".join(f"def handler_{i}(event):\n    {LINE}\n\n" for i in range(5))
 
 
 def request(lm, prefix: str, suffix: str = "\n", **settings):
