@@ -13,7 +13,7 @@ from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
 from server.engine import CompletionEngine
 from server.lsp import build_server
-from server.threads import model_thread
+from server.threads import new_model_thread
 from server.transport import serve_stdio, serve_tcp
 
 
@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         # pygls logs every JSON-RPC message at INFO, document text included: keep that
         # (and the volume: an editor's log, or a pipe nobody reads, fills up) for DEBUG.
         logging.getLogger("pygls").setLevel(logging.WARNING)
-    model = model_thread()           # loads, warms up and serves the model (server/threads.py)
-    engine, error = model.submit(load_engine, args).result()
+    model_thread = new_model_thread()   # loads, warms up and serves it (server/threads.py)
+    engine, error = model_thread.submit(load_engine, args).result()
     if error:
         logging.getLogger("codecomplete").error(error)
-    server = build_server(engine, error, model)
+    server = build_server(engine, error, model_thread)
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")
         if not port.isdigit():

@@ -23,7 +23,7 @@ from completion.settings import update_settings
 from server import identifiers
 from server.engine import Completion, CompletionEngine
 from server.interpreter import workspace_interpreter
-from server.threads import model_thread, on_own_thread
+from server.threads import new_model_thread, on_own_thread
 from server.workspace import Workspace
 
 log = logging.getLogger("codecomplete")
@@ -56,13 +56,13 @@ class AnsweringProtocol(LanguageServerProtocol):
 
 class CodecompleteServer(LanguageServer):
     def __init__(self, engine: CompletionEngine | None, load_error: str | None = None,
-                 model: Executor | None = None):
+                 model_thread: Executor | None = None):
         super().__init__("codecomplete", "0.1.0", protocol_cls=AnsweringProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.engine = engine
         self.load_error = load_error
         # The one thread that runs the model (server/threads.py): the one that loaded it.
-        self.model = model or model_thread()
+        self.model_thread = model_thread or new_model_thread()
         # The newest request per document and kind (inline or not); an older one still
         # running is told to stop.
         self.running: dict[tuple[str, bool], threading.Event] = {}
@@ -165,10 +165,10 @@ def module_roots(uri: str, folders: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def build_server(engine: CompletionEngine | None, load_error: str | None = None,
-                 model: Executor | None = None) -> CodecompleteServer:
-    """The server; `model` is the executor whose one thread loaded the engine's model
-    (server/threads.py), a new one if not given."""
-    server = CodecompleteServer(engine, load_error, model)
+                 model_thread: Executor | None = None) -> CodecompleteServer:
+    """The server; `model_thread` is the executor whose one thread loaded the engine's
+    model (server/threads.py), a new one if not given."""
+    server = CodecompleteServer(engine, load_error, model_thread)
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodecompleteServer, params: types.InitializeParams) -> None:
@@ -199,7 +199,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None,
         compile on a thread of its own while requests are served."""
         try:
             loop = asyncio.get_running_loop()
-            seconds = await loop.run_in_executor(ls.model, ls.engine.warmup)
+            seconds = await loop.run_in_executor(ls.model_thread, ls.engine.warmup)
             log.info("warm-up generation took %.0f ms", seconds * 1000)
             seconds = await on_own_thread(ls.engine.compile_step, "codecomplete-compile")
             if seconds is not None:
@@ -285,7 +285,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None,
                     return engine.complete(*ctx, stop.is_set, invoked, context,
                                            module_roots(uri, folders), interpreter, memory,
                                            names)
-            return ctx[0], await asyncio.get_running_loop().run_in_executor(ls.model, work)
+            return ctx[0], await asyncio.get_running_loop().run_in_executor(ls.model_thread, work)
         except asyncio.CancelledError:
             stop.set()
             raise

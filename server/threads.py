@@ -22,7 +22,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def model_thread() -> ThreadPoolExecutor:
+def new_model_thread() -> ThreadPoolExecutor:
     """The executor of all the model's work: loading, warm-up, every request."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="codecomplete-model")
 

@@ -10,7 +10,7 @@ import threading
 
 from server.cli import load_engine, parse_args
 from server.lsp import build_server
-from server.threads import model_thread, on_own_thread
+from server.threads import new_model_thread, on_own_thread
 from server.transport import read_messages
 
 
@@ -44,9 +44,9 @@ class Collected:
 async def test_the_model_is_loaded_warmed_and_served_on_one_thread(tiny_model_dir):
     """Loading, the warm-up and every request run on the model's one thread; the compile
     runs on another thread, which is gone once it is done (its OpenMP team with it)."""
-    model = model_thread()
-    loader = model.submit(threading.get_ident).result()
-    engine, error = model.submit(load_engine, parse_args(
+    model_thread = new_model_thread()
+    loader = model_thread.submit(threading.get_ident).result()
+    engine, error = model_thread.submit(load_engine, parse_args(
         ["--model", str(tiny_model_dir), "--compile", "on"])).result()
     assert error is None
     ran: dict[str, set[int]] = {}
@@ -60,7 +60,7 @@ async def test_the_model_is_loaded_warmed_and_served_on_one_thread(tiny_model_di
         return recorded
     for name in ("warmup", "compile_step", "complete"):
         setattr(engine, name, recording(name))
-    server = build_server(engine, None, model)
+    server = build_server(engine, None, model_thread)
     out = Collected()
     server.protocol.set_writer(out)
     reader = asyncio.StreamReader()
@@ -96,7 +96,7 @@ async def test_the_model_is_loaded_warmed_and_served_on_one_thread(tiny_model_di
     (compiler,) = ran["compile_step"]
     assert compiler != loader
     assert compiler not in {t.ident for t in threading.enumerate()}
-    model.shutdown()
+    model_thread.shutdown()
 
 
 async def test_on_own_thread_runs_on_a_thread_that_then_ends():
