@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -10,6 +11,27 @@ import time
 import pytest
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
+
+
+def frame(msg: dict) -> bytes:
+    """One JSON-RPC message as LSP frames it on the wire."""
+    body = json.dumps(msg).encode()
+    return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def session(text: str, *requests: dict) -> bytes:
+    """A whole client session, framed, to write at once: initialize, open `text` as
+    file:///t/s.py, `requests`, shutdown (id 99) and exit."""
+    return b"".join(frame(m) for m in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"capabilities": {}, "processId": None}},
+        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
+        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///t/s.py", "languageId": "python", "version": 1, "text": text}}},
+        *requests,
+        {"jsonrpc": "2.0", "id": 99, "method": "shutdown", "params": None},
+        {"jsonrpc": "2.0", "method": "exit", "params": None}))
+
 
 TEXT = ("class Node:\n    def __init__(self, value):\n        self.value = value\n\n"
         "    def get_value(self):\n        return self.va")
@@ -148,27 +170,10 @@ def test_demo_prints_a_completion(tiny_model_dir):
 def test_document_text_stays_out_of_the_log_at_the_default_level(tiny_model_dir):
     """pygls logs each JSON-RPC message at INFO; the server keeps that for DEBUG, so an
     editor's log never holds the user's code (and a pipe nobody reads never fills)."""
-    import json
-
     secret = "very_private_identifier_4711 = 1\n"
-
-    def frame(msg: dict) -> bytes:
-        body = json.dumps(msg).encode()
-        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-
-    messages = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"capabilities": {}, "processId": None}},
-        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
-        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
-            "uri": "file:///t/s.py", "languageId": "python", "version": 1, "text": secret}}},
-        {"jsonrpc": "2.0", "id": 2, "method": "shutdown", "params": None},
-        {"jsonrpc": "2.0", "method": "exit", "params": None},
-    ]
     r = subprocess.run([sys.executable, "-m", "server", "--model", str(tiny_model_dir)],
-                       input=b"".join(frame(m) for m in messages), capture_output=True,
-                       timeout=120)
-    assert b'"id": 2' in r.stdout or b'"id":2' in r.stdout       # it answered shutdown
+                       input=session(secret), capture_output=True, timeout=120)
+    assert b'"id": 99' in r.stdout or b'"id":99' in r.stdout     # it answered shutdown
     assert b"very_private_identifier_4711" not in r.stderr
     assert b"inlineCompletionProvider" not in r.stderr           # no message bodies at all
 
@@ -178,24 +183,8 @@ def test_stdin_from_a_file_or_a_pipe_is_served_alike(tiny_model_dir, tmp_path):
     redirected from a file cannot be, and is read through pygls's threads. Both answer
     every request of the same messages (all written at once: a completion would be
     cancelled by the shutdown behind it, so the status request stands in)."""
-    import json
-
-    def frame(msg: dict) -> bytes:
-        body = json.dumps(msg).encode()
-        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-
-    text = "def total(values):\n    return sum(val"
-    messages = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-         "params": {"capabilities": {}, "processId": None}},
-        {"jsonrpc": "2.0", "method": "initialized", "params": {}},
-        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
-            "uri": "file:///t/s.py", "languageId": "python", "version": 1, "text": text}}},
-        {"jsonrpc": "2.0", "id": 2, "method": "codecomplete/status", "params": {}},
-        {"jsonrpc": "2.0", "id": 3, "method": "shutdown", "params": None},
-        {"jsonrpc": "2.0", "method": "exit", "params": None},
-    ]
-    data = b"".join(frame(m) for m in messages)
+    data = session("def total(values):\n    return sum(val",
+                   {"jsonrpc": "2.0", "id": 2, "method": "codecomplete/status", "params": {}})
     (tmp_path / "in.bin").write_bytes(data)
     cmd = [sys.executable, "-m", "server", "--model", str(tiny_model_dir), "--compile", "none"]
     with open(tmp_path / "in.bin", "rb") as f:
@@ -207,7 +196,7 @@ def test_stdin_from_a_file_or_a_pipe_is_served_alike(tiny_model_dir, tmp_path):
         answers = [json.loads(part.split(b"\r\n\r\n", 1)[1])
                    for part in r.stdout.split(b"Content-Length: ")[1:]]
         ids = {a["id"]: a for a in answers if "id" in a}
-        assert {1, 2, 3} <= set(ids), r.stderr.decode()[-2000:]
+        assert {1, 2, 99} <= set(ids), r.stderr.decode()[-2000:]
         assert ids[2]["result"]["model"] == str(tiny_model_dir)
         assert r.returncode == 0
 
@@ -249,12 +238,7 @@ def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):
 def test_tcp_server_serves_the_next_client_after_one_disconnects(tiny_model_dir):
     """`--tcp` serves one client at a time until the process is stopped: a client that
     leaves without shutdown (an editor window closed) must not take the server down."""
-    import json
     import socket
-
-    def frame(msg: dict) -> bytes:
-        body = json.dumps(msg).encode()
-        return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
     def answer(sock: socket.socket, msg_id: int) -> dict:
         """Read framed messages until the response to `msg_id`."""

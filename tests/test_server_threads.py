@@ -12,11 +12,7 @@ from server.cli import load_engine, parse_args
 from server.lsp import build_server
 from server.threads import new_model_thread, on_own_thread
 from server.transport import read_messages
-
-
-def frame(msg: dict) -> bytes:
-    body = json.dumps(msg).encode()
-    return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+from tests.test_server_smoke import frame
 
 
 class Collected:
