@@ -135,7 +135,8 @@ LINE = "zq_frobnicate(widget_seventeen, qq=3)"
 REPEATED = "".join(f"def handler_{i}(event):\n    {LINE}\n\n" for i in range(5))
 
 
-def test_document_counts_hold_both_sides_of_the_cursor_and_nothing_between(tokenizer):
+def test_document_counts_hold_both_sides_of_the_cursor_and_nothing_between(tokenizer,
+                                                                           monkeypatch):
     doc = DocumentCounts()
     prefix, suffix = "alpha = beta_gamma(1)\nx = ", "\nalpha = beta_gamma(2)\n"
     lookup = doc.counts(tokenizer, prefix, suffix)
@@ -148,7 +149,12 @@ def test_document_counts_hold_both_sides_of_the_cursor_and_nothing_between(token
     assert doc._blocks is not kept                       # a new line: recounted
     # the two sides, tokenized in one parallel call, count what each side's own ids do
     above, below = REPEATED * 3 + "x = 1\n", "y = 2\n" + REPEATED * 2
+    batches = []
+    batch = tokenizer.encode_batch
+    monkeypatch.setattr(tokenizer, "encode_batch",
+                        lambda texts: batches.append(texts) or batch(texts))
     doc.counts(tokenizer, above + "z = ", "\n" + below)
+    assert batches == [[above, "\n" + below]]
     want = Counts([tokenizer.encode(above), tokenizer.encode("\n" + below)])
     for k, table in want.tables.items():
         got = doc._blocks.tables[k]
@@ -421,10 +427,10 @@ def test_updates_without_refresh_are_counted_at_settle_and_only_then():
     assert memory._snapshot is snapshot
 
 
-def test_aggregate_orders_and_counts_as_a_lexicographic_sort():
+def test_aggregate_orders_and_counts_as_a_lexicographic_sort(monkeypatch):
     """aggregate's two stable sorts (the next token by radix when it fits 16 bits) give
-    np.lexsort's table: distinct (hash, next) pairs by hash then next, with their counts;
-    also for a vocabulary past 2^15."""
+    np.lexsort's table, without calling np.lexsort: distinct (hash, next) pairs by hash
+    then next, with their counts; also for a vocabulary past 2^15."""
     import numpy as np
 
     from completion.cache_lm import aggregate
@@ -438,7 +444,9 @@ def test_aggregate_orders_and_counts_as_a_lexicographic_sort():
         k, t = keys[order], nxt[order]
         pairs = sorted(set(zip(k.tolist(), t.tolist(), strict=True)))
         want = [(a, b, int(((k == a) & (t == b)).sum())) for a, b in pairs]
-        table = aggregate(keys, nxt)
+        with monkeypatch.context() as m:
+            m.setattr(np, "lexsort", lambda *a, **k: pytest.fail("np.lexsort was called"))
+            table = aggregate(keys, nxt)
         got = list(zip(table.keys.tolist(), table.nxt.tolist(), table.cnt.tolist(),
                        strict=True))
         assert got == want
