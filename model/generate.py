@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -115,7 +115,8 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
              config: GenerationConfig | None = None, *, cache: KVCache | None = None,
              heal: bytes = b"", should_stop: Callable[[], bool] | None = None,
              stop_text: Callable[[str], int | None] | None = None,
-             mixer: Mixer | None = None) -> GenerationResult:
+             mixer: Mixer | None = None, lead: Sequence[int] = (),
+             prompt_logits: torch.Tensor | None = None) -> GenerationResult:
     """Continue `prompt_ids`.
 
     cache:       a batch-1 KVCache to reuse (longest shared prefix) and extend; with n == 1
@@ -127,6 +128,12 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
     mixer:       turns each step's logits [B, V] and the rows' generated ids (None for a
                  finished row) into the log-probabilities to decode from (the project
                  memory, completion/cache_lm.py); the bans and healing apply after it.
+    lead:        the tokens greedy decoding (n 1, no beams) is expected to write first
+                 (`walk_greedy`'s): they are drafts, checked in one forward pass and kept
+                 only where greedy decoding chooses them, so the text is greedy's own.
+    prompt_logits: the model's logits [V] at the prompt's end from an earlier pass
+                 (GenerationResult.prompt_logits), used when `cache` holds the prompt: the
+                 last position is not computed again.
     """
     cfg = config or GenerationConfig()
     if cache is None:
@@ -145,9 +152,14 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     t0 = time.perf_counter()
-    reused = cache.reuse(prompt_ids)
-    tail = torch.tensor([prompt_ids[reused:]], device=device)
-    logits = model(tail, cache, last_only=True)[:, -1].float()
+    if prompt_logits is not None and cache.tokens[:len(prompt_ids)] == prompt_ids:
+        reused = len(prompt_ids)
+        cache.truncate(reused)
+        logits = prompt_logits[None].float().clone()
+    else:
+        reused = cache.reuse(prompt_ids)
+        tail = torch.tensor([prompt_ids[reused:]], device=device)
+        logits = model(tail, cache, last_only=True)[:, -1].float()
     first = logits[0].clone()            # the steps below change `logits` in place
     t1 = time.perf_counter()
     if cfg.beams > 1:
@@ -156,6 +168,8 @@ def generate(model: Transformer, tok: Tokenizer, prompt_ids: list[int],
         return _result(rows, prompt_ids, reused, t0, t1, new_tokens, first)
 
     draft = getattr(mixer, "draft", None)
+    if lead:
+        draft = _leading(list(lead), draft)
     if draft is not None and cfg.drafts and cfg.n == 1 and cfg.temperature == 0:
         row, new_tokens, passes = _drafted_greedy(model, tok, cfg, cache, logits, heal, max_new,
                                                   should_stop, stop_text, mixer, draft)
@@ -201,17 +215,58 @@ def beam_room(max_new: int) -> int:
     return max_new + 1
 
 
+Draft = Callable[[list[int], int], list[int]]   # generated ids, room -> expected next ids
+
+
+def _leading(lead: list[int], then: Draft | None) -> Draft:
+    """Drafts that follow `lead` while the generated ids agree with it, then `then`'s."""
+    def draft(generated: list[int], n: int) -> list[int]:
+        k = len(generated)
+        if k < len(lead) and generated == lead[:k]:
+            return lead[k:k + n]
+        return then(generated, n) if then is not None else []
+    return draft
+
+
+def walk_greedy(after: Callable[[list[int]], torch.Tensor | None], tok: Tokenizer,
+                cfg: GenerationConfig, heal: bytes, max_new: int,
+                stop_text: Callable[[str], int | None] | None = None
+                ) -> tuple[Candidate | None, list[int]]:
+    """Greedy decoding read from distributions computed beforehand: `after(ids)` gives
+    the (blended) log-probabilities after the generated `ids`, or None where none was
+    computed (a scoring pass's, model/scoring.Scored.after). The same choices, bans,
+    healing and stops as `generate`'s greedy decoding, without a forward pass. Returns the
+    finished candidate, or None and the tokens chosen until a history had no distribution
+    (`generate`'s `lead` then continues from them)."""
+    row = _Row(heal)
+    for step in range(max_new):
+        logp = after(row.ids)
+        if logp is None:
+            return None, row.ids
+        logits = logp[None].float().clone()
+        _constrain(logits, [row], tok, cfg, step)
+        t = int(logits[0].argmax())
+        if t in tok.special_ids:
+            row.reason = STOP
+            break
+        row.add(t, tok.token_bytes(t))
+        _apply_stops(row, cfg.stop, stop_text)
+        if row.reason is not None:
+            break
+    return Candidate(row.text, row.ids, row.reason or LENGTH), row.ids
+
+
 def _drafted_greedy(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, cache: KVCache,
                     logits: torch.Tensor, heal: bytes, max_new: int,
                     should_stop: Callable[[], bool] | None,
-                    stop_text: Callable[[str], int | None] | None, mixer: Mixer,
-                    draft: Callable[[list[int], int], list[int]]) -> tuple[_Row, int, int]:
+                    stop_text: Callable[[str], int | None] | None, mixer: Mixer | None,
+                    draft: Draft) -> tuple[_Row, int, int]:
     """Greedy decoding that checks a draft of the next tokens (the project memory's
-    likeliest continuation) in one forward pass: each drafted token is kept while it is
-    what greedy decoding would choose there (the same blend, bans and healing, token by
-    token), and the first other choice is taken from the same pass. So the text is greedy's
-    own, in fewer passes where the user's code repeats. Returns the row, its tokens and the
-    forward passes made."""
+    likeliest continuation, or `generate`'s `lead`) in one forward pass: each drafted
+    token is kept while it is what greedy decoding would choose there (the same blend, bans
+    and healing, token by token), and the first other choice is taken from the same pass.
+    So the text is greedy's own, in fewer passes where the user's code repeats. Returns the
+    row, its tokens and the forward passes made."""
     row = _Row(heal)
     step = passes = 0
     chosen = None                   # greedy's choice where the last draft went wrong
@@ -253,9 +308,9 @@ def _drafted_greedy(model: Transformer, tok: Tokenizer, cfg: GenerationConfig, c
 
 
 def _greedy_pick(logits: torch.Tensor, row: _Row, tok: Tokenizer, cfg: GenerationConfig,
-                 step: int, mixer: Mixer) -> int:
+                 step: int, mixer: Mixer | None) -> int:
     """Greedy decoding's choice for one row: the blend, then the bans and healing."""
-    mixed = mixer(logits, [row.ids])
+    mixed = mixer(logits, [row.ids]) if mixer is not None else logits.float().clone()
     _constrain(mixed, [row], tok, cfg, step)
     return int(mixed[0].argmax())
 

@@ -8,6 +8,9 @@ ranking than per-token greedy choices for a small model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 
 from model.generate import Mixer
@@ -27,12 +30,46 @@ def word_end_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
     return mask
 
 
-@torch.inference_mode()
+@dataclass
+class Scored:
+    """Scores of continuations, and the (blended) distribution after every history the
+    scoring computed: the prompt itself, each continuation's proper prefixes, and (with
+    an end mask) each whole continuation."""
+
+    scores: list[float]
+    logp: torch.Tensor                        # [histories, V] log-probabilities
+    row_of: dict[tuple[int, ...], int]        # history (ids after the prompt) -> row
+
+    def after(self, history: Sequence[int]) -> torch.Tensor | None:
+        """The log-probabilities [V] of the next token after `history`, None where the
+        scoring did not compute them."""
+        row = self.row_of.get(tuple(history))
+        return None if row is None else self.logp[row]
+
+
+def blend(logits: torch.Tensor, histories: list[list[int]], mixer: Mixer | None
+          ) -> torch.Tensor:
+    """Log-probabilities [B, V] of the next token from the model's `logits` [B, V] after
+    each history (ids after the prompt), blended by `mixer` where there is one."""
+    return mixer(logits, histories) if mixer is not None else torch.log_softmax(logits, -1)
+
+
 def score_continuations(model: Transformer, prompt_ids: list[int],
                         continuations: list[list[int]], cache: KVCache,
                         end_mask: torch.Tensor | None = None,
                         mixer: Mixer | None = None,
                         prompt_logits: torch.Tensor | None = None) -> list[float]:
+    """Sum of log-probabilities of each continuation (see `score_histories`)."""
+    return score_histories(model, prompt_ids, continuations, cache, end_mask, mixer,
+                           prompt_logits).scores
+
+
+@torch.inference_mode()
+def score_histories(model: Transformer, prompt_ids: list[int],
+                    continuations: list[list[int]], cache: KVCache,
+                    end_mask: torch.Tensor | None = None,
+                    mixer: Mixer | None = None,
+                    prompt_logits: torch.Tensor | None = None) -> Scored:
     """Sum of log-probabilities of each continuation's tokens after the prompt, plus (with
     `end_mask`) the log-probability that the next token is one of the masked ones.
 
@@ -46,7 +83,9 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
 
     A distribution is computed (and blended) once per distinct history: every
     continuation's first token is scored from the same one, and names sharing their first
-    tokens share the next ones."""
+    tokens share the next ones. Those distributions are kept (`Scored.after`): greedy
+    decoding can read its choices from them while it follows a continuation
+    (model/generate.walk_greedy)."""
     if not continuations:
         raise ValueError("no continuations to score")
     device = model.embed_tokens.weight.device
@@ -85,8 +124,7 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
     # logits only where a history is new (the batch's padding and repeats are not)
     logits = torch.cat([first[None],
                         model.lm_head(hidden.reshape(-1, hidden.shape[-1])[taken]).float()])
-    logp = (mixer(logits, history) if mixer is not None
-            else torch.log_softmax(logits, -1))
+    logp = blend(logits, history, mixer)
     token_lp = logp[[i for _, i, _ in picks], [t for _, _, t in picks]].tolist() \
         if picks else []
     end_lp = torch.logsumexp(logp[[i for _, i in ends]][:, end_mask.to(device)], -1).tolist() \
@@ -96,4 +134,4 @@ def score_continuations(model: Transformer, prompt_ids: list[int],
         scores[r] += lp
     for (r, _), lp in zip(ends, end_lp, strict=True):
         scores[r] += lp
-    return scores
+    return Scored(scores, logp, row_of)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Iterator
 
 import torch
 
@@ -184,3 +186,139 @@ def test_scoring_computes_each_distribution_once(random_model, monkeypatch):
     assert sorted(blended) == sorted({(), (5,), (5, 6), (5, 6, 7), (5, 6, 8), (5, 9)})
     assert all(abs(g - w) < 1e-3 for g, w in zip(got, want, strict=True)), (got, want)
     assert cache.tokens == prompt
+
+
+@contextlib.contextmanager
+def counted_passes(model) -> Iterator[list[tuple[int, ...]]]:
+    """The shapes of the ids each forward pass of `model` gets meanwhile (scoring's pass,
+    Transformer.features, is not one)."""
+    calls: list[tuple[int, ...]] = []
+    forward = model.forward
+    model.forward = lambda ids, *a, **k: calls.append(tuple(ids.shape)) or forward(ids, *a, **k)
+    try:
+        yield calls
+    finally:
+        del model.forward
+
+
+def _partial_name_cursors(corpus: list[str], n: int) -> list[str]:
+    """Prefixes of real code that end two characters into a name used before."""
+    out = []
+    for text in corpus:
+        for m in re.finditer(r"(?<=[ (.\[])([A-Za-z_]\w{3,})", text):
+            if m.start() > 300 and text.count(m.group(1), 0, m.start()) and len(out) < n:
+                out.append(text[:m.start() + 2])
+                break
+    return out
+
+
+def test_greedy_read_from_scored_histories_is_generations(tiny, corpus):
+    """walk_greedy, reading each choice from a scoring pass's distributions, writes what
+    generate's greedy decoding writes (healing, stop at the name's end, the same ids), and
+    where the histories run out it hands over the tokens chosen so far: generation led by
+    them writes the same text, checking them in one pass, from the prompt's logits
+    without computing the prompt's end again."""
+    from completion.pipeline import prepare
+    from completion.settings import EngineSettings
+    from model.generate import GenerationConfig, generate, walk_greedy
+    from model.scoring import score_histories
+    from server.identifiers import name_end
+
+    tok, model = tiny.tokenizer, tiny.model
+    end = word_end_mask(tok, model.config.vocab_size)
+    cfg = GenerationConfig(max_new_tokens=8)
+    walked = led = 0
+    for prefix in _partial_name_cursors(corpus, 12):
+        p = prepare(tiny, prefix, "", EngineSettings(temperature=0))
+        cache = model.new_cache(1, tiny.context)
+        want = generate(model, tok, p.ids, cfg, cache=cache, heal=p.healed,
+                        stop_text=name_end).candidates[0]
+        g = want.token_ids
+        other = tok.encode(p.healed.decode() + "zzq")
+        # every history of the greedy text scored: the walk alone writes it
+        scored = score_histories(model, p.ids, [other, g], cache, end)
+        got, _ = walk_greedy(scored.after, tok, cfg, p.healed, 8, name_end)
+        assert got is not None and (got.text, got.token_ids, got.finish_reason) == \
+            (want.text, want.token_ids, want.finish_reason), prefix[-40:]
+        walked += 1
+        if len(g) < 3 or want.finish_reason != "stop":
+            continue
+        # histories up to its first token only: the walk stops after choosing the second
+        first = generate(model, tok, p.ids, GenerationConfig(max_new_tokens=0), cache=cache,
+                         heal=p.healed)
+        scored = score_histories(model, p.ids, [g[:1]], cache, end, None, first.prompt_logits)
+        got, lead = walk_greedy(scored.after, tok, cfg, p.healed, 8, name_end)
+        assert got is None and lead == g[:2]
+        with counted_passes(model) as calls:
+            again = generate(model, tok, p.ids, cfg, cache=cache, heal=p.healed,
+                             stop_text=name_end, lead=lead, prompt_logits=first.prompt_logits)
+        assert again.candidates[0].token_ids == g and again.text == want.text
+        assert len(calls) == again.timings["forward_passes"] < len(g) - 1   # no prompt pass
+        led += 1
+    assert walked == 12 and led >= 3, (walked, led)
+
+
+def _forward_passes(engine, doc: str, names: bool) -> tuple[list[str], int]:
+    """The answer's texts and the model's forward passes (the prompt's included, scoring
+    excluded) for a request from cold caches."""
+    engine._lru.clear()
+    engine._cache = engine._list_cache = None
+    with counted_passes(engine.loaded.model) as calls:
+        texts = [c.text for c in engine.complete(doc, "", names=names)]
+    return texts, len(calls)
+
+
+LIST_DOCS = [
+    "zeta_quantity_total = 0\nzeta_quota = 1\n"
+    + "log(zeta_quantity_total, flush=True)\n" * 6 + "log(zeta_q",
+    "class Node:\n    def __init__(self, value):\n        self.value = value\n"
+    "        self.values = [value]\n\n    def get_value(self):\n        return self.va",
+    "import os\n\nroot_folder = os.getcwd()\nroot_name = 'x'\nprint(ro",
+]
+
+
+def test_a_completion_list_reads_the_models_pick_from_the_names_scoring(tiny, monkeypatch):
+    """A completion list after a partly typed name ranks the same names as when the
+    model's own pick is written by decoding first, in fewer forward passes: where greedy
+    decoding follows one of the scored names, its choices are read from their scoring."""
+    from completion.settings import EngineSettings
+    from server import engine as engine_module
+    from server.engine import CompletionEngine
+
+    engine = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=20))
+    fast = [_forward_passes(engine, doc, True) for doc in LIST_DOCS]
+    monkeypatch.setattr(engine_module, "walk_greedy", lambda *a, **k: (None, []))
+    slow = [_forward_passes(engine, doc, True) for doc in LIST_DOCS]
+    assert [texts for texts, _ in fast] == [texts for texts, _ in slow]
+    assert all(texts for texts, _ in fast)
+    assert all(f <= s for (_, f), (_, s) in zip(fast, slow, strict=True)), (fast, slow)
+    assert sum(f for _, f in fast) < sum(s for _, s in slow), (fast, slow)
+    # The first document repeats its line, so the memory's blend makes greedy decoding
+    # follow the document's name: the pick costs no pass beyond the prompt's.
+    assert fast[0][1] == 1, fast
+
+
+def test_lists_have_a_shorter_prompt_in_a_cache_of_their_own(tiny):
+    """A completion list's prompt is at most LIST_CONTEXT_TOKENS (and the FIM sentinels)
+    and lives in its own KV cache: ghost text and a list at every keystroke, as VS Code
+    asks, each reuse their own prompt from the keystroke before."""
+    from completion.pipeline import prepare
+    from completion.settings import EngineSettings
+    from server.engine import LIST_CONTEXT_TOKENS, CompletionEngine
+
+    body = "".join(f"value_{i} = compute_value({i}, scale=2)\n" for i in range(120))
+    engine = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=8))
+    inline = prepare(tiny, body + "result = compute_va", "", engine.settings)
+    assert len(inline.ids) > LIST_CONTEXT_TOKENS + 100
+    engine.complete(body + "result = compute_va", "")
+    assert engine.complete(body + "result = compute_va", "", names=True)
+    listed = engine._list_cache.tokens
+    assert len(listed) <= LIST_CONTEXT_TOKENS + 8 + 8       # sentinels, the name's tokens
+    assert engine._cache.tokens[:len(inline.ids)] == inline.ids
+    before = engine.stats.reused_tokens
+    engine._last = None                      # not the typed-ahead rest of the suggestion
+    engine.complete(body + "result = compute_val", "")
+    assert engine.stats.reused_tokens - before > len(inline.ids) - 20
+    before = engine.stats.reused_tokens
+    engine.complete(body + "result = compute_val", "", names=True)
+    assert engine.stats.reused_tokens - before > LIST_CONTEXT_TOKENS - 20
