@@ -5,6 +5,7 @@ projections; `--quantize int8` on the right).
 
     python -m benchmarks.quantize [--model DIR] [--data data/local-16384] [--sizes 29M,110M]
         [--dtype auto|float32|bfloat16]     (auto: what the server picks on this CPU)
+        [--activations bf16|int8]           (int8: `--quantize int8-dynamic`'s layers)
 
 `--model` (default: the shipped one) is measured for speed and quality (bits/byte with every
 call through the int8 kernel, which the server uses only for decoding); `--sizes` adds
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="auto", help="the float arm's dtype (auto: the server's)")
+    ap.add_argument("--activations", choices=("bf16", "int8"), default="bf16",
+                    help="the int8 arm's activations (int8: --quantize int8-dynamic)")
     args = ap.parse_args(argv)
     path = args.model or default_model_dir()
     if path is None:
@@ -99,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     name = str(dtype).removeprefix("torch.")
     print(f"machine  {describe(lm.device)}")
     print(f"workload {args.prompt}-token prompt, {args.new} new tokens, greedy, batch 1, "
-          f"{name} model, int8 products with bf16 activations")
+          f"{name} model, int8 products with {args.activations} activations")
+    dynamic = args.activations == "int8"
     rows = []
     q = copy.deepcopy(lm.model)
     prepare_for_inference(lm.model)
-    n = int(prepare_for_inference(q, int8=True)["int8 layers"])
+    n = int(prepare_for_inference(q, int8=True, int8_activations=dynamic)["int8 layers"])
     base = speed(lm.model, args.prompt, args.new, args.repeats)
     fast = speed(q, args.prompt, args.new, args.repeats)
     line = [f"{path} ({lm.config.num_parameters() / 1e6:.1f}M, {n} linear layers)", *base, *fast]
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         m = Transformer(cfg).to(dtype).eval()
         m_q = copy.deepcopy(m)
         prepare_for_inference(m)
-        n = int(prepare_for_inference(m_q, int8=True)["int8 layers"])
+        n = int(prepare_for_inference(m_q, int8=True, int8_activations=dynamic)["int8 layers"])
         rows.append([f"untrained {size} ({cfg.num_parameters() / 1e6:.1f}M, {n} linear layers)",
                      *speed(m, args.prompt, args.new, args.repeats),
                      *speed(m_q, args.prompt, args.new, args.repeats)])

@@ -8,20 +8,24 @@ computed (the same sums, in another order at most), with `--quantize int8`
 
 - q/k/v and gate/up become one product each (Transformer.fuse): 25 products per token
   instead of 43, each paying PyTorch's fixed per-call overhead.
-- The output head is computed in whichever form of the same product measured fastest on
-  this machine, once at load, for one row (greedy decoding) and for a few (beams). BLAS
-  libraries differ wildly here: on a 2-core AMD EPYC, MKL's fp32 `x @ W.T` for one row
-  took 2.7 ms, the same product against a transposed copy of W 0.63 ms; for 4 rows
-  `(W @ x.T).T` 1.2 ms against 4.6 ms. Another CPU, bf16 or a GPU may rank them
-  otherwise, which is why they are measured rather than assumed. The transposed copy
-  costs the head's size in memory again; it is kept only when it wins and is at most
-  TRANSPOSED_MAX_BYTES.
+- The output head, and the blocks' float layers, are computed in whichever form of the
+  same product measured fastest on this machine, once at load per shape, for one row
+  (greedy decoding) and for a few (beams). BLAS libraries differ wildly here: on a 2-core
+  AMD EPYC, MKL's fp32 `x @ W.T` for one row took 2.7 ms, the same product against a
+  transposed copy of W 0.63 ms; for 4 rows `(W @ x.T).T` 1.2 ms against 4.6 ms. On an
+  Intel Xeon a bf16 row times a bf16 matrix is far faster as a matrix-vector product
+  (`torch.mv`) than as `F.linear`: 44 against 61 ms for all products of a token of a
+  Qwen2.5-Coder-0.5B-shaped model, where they are the whole decode step. Another CPU or a
+  GPU may rank them otherwise, which is why they are measured rather than assumed. The
+  transposed copy costs the weight's size in memory again; only the head may keep one,
+  when it wins and is at most TRANSPOSED_MAX_BYTES.
 
 Training never calls this: a fused model's state dict has other keys.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.quantize import quantize_int8
+from model.quantize import int8_activations_available, quantize_int8
 from model.transformer import Transformer
 
 TRANSPOSED_MAX_BYTES = 256 * 2**20
@@ -48,27 +52,38 @@ def _transposed(x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None) -> to
     return x @ wt
 
 
-FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
-    "linear": _linear, "weight_first": _weight_first, "transposed": _transposed}
+def _vector(x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None) -> torch.Tensor:
+    return torch.mv(w, x[0])[None]          # one row only
 
 
-class MeasuredHead(nn.Module):
-    """The output head (no bias) as the product form that measured fastest, per row count.
+Form = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+FORMS: dict[str, Form] = {"linear": _linear, "weight_first": _weight_first,
+                          "transposed": _transposed, "vector": _vector}
+ONE_ROW_ONLY = ("vector",)
 
-    `weight` stays the model's own tensor (tied to the embeddings when they are), so
-    nothing is copied unless the transposed form is chosen."""
 
-    def __init__(self, weight: torch.Tensor, one: str, few: str,
-                 transposed: torch.Tensor | None):
+class MeasuredLinear(nn.Module):
+    """A linear layer as the product form that measured fastest, for one row and for up
+    to `few_max` rows (more rows: `F.linear`, the matrix-matrix product prefill is).
+
+    `weight` stays the model's own tensor (the head's tied to the embeddings when they
+    are), so nothing is copied unless the transposed form is chosen."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, one: str, few: str,
+                 transposed: torch.Tensor | None, few_max: int):
         super().__init__()
-        self.weight = weight
-        self.one, self.few = one, few
+        self.weight, self.bias = weight, bias
+        self.one, self.few, self.few_max = one, few, few_max
         self.transposed = transposed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        form = FORMS[self.one if rows.shape[0] == 1 else self.few]
-        return form(rows, self.weight, self.transposed).reshape(*x.shape[:-1], -1)
+        n = rows.shape[0]
+        form = FORMS[self.one if n == 1 else self.few if n <= self.few_max else "linear"]
+        y = form(rows, self.weight, self.transposed)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], -1)
 
 
 def _seconds(form: Callable, x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None,
@@ -83,22 +98,53 @@ def _seconds(form: Callable, x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor 
 
 
 @torch.inference_mode()
-def measured_head(weight: torch.Tensor) -> MeasuredHead:
-    """Time each form of the head's product for 1 and FEW_ROWS rows; the fastest wins,
-    the transposed copy only if it wins by a fifth and is small enough to keep."""
+def fastest_forms(weight: torch.Tensor, transposed_ok: bool
+                  ) -> tuple[str, str, torch.Tensor | None]:
+    """Time each form of a product with `weight` for 1 and FEW_ROWS rows: the fastest of
+    each and the transposed copy when one of them uses it (allowed with `transposed_ok`
+    for a weight small enough to keep, and chosen only if it wins by a fifth)."""
     w = weight.detach()
-    wt = w.T.contiguous() if w.numel() * w.element_size() <= TRANSPOSED_MAX_BYTES else None
+    wt = w.T.contiguous() if transposed_ok \
+        and w.numel() * w.element_size() <= TRANSPOSED_MAX_BYTES else None
     choice = {}
     for rows in (1, FEW_ROWS):
         x = torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device)
         times = {name: _seconds(form, x, w, wt) for name, form in FORMS.items()
-                 if name != "transposed" or wt is not None}
+                 if (name != "transposed" or wt is not None)
+                 and (rows == 1 or name not in ONE_ROW_ONLY)}
         plain = min((t, n) for n, t in times.items() if n != "transposed")
         best = min((t, n) for n, t in times.items())
         choice[rows] = best[1] if best[1] != "transposed" or best[0] < 0.8 * plain[0] \
             else plain[1]
     keep = wt if "transposed" in choice.values() else None
-    return MeasuredHead(weight, choice[1], choice[FEW_ROWS], keep)
+    return choice[1], choice[FEW_ROWS], keep
+
+
+def measured_head(weight: torch.Tensor) -> MeasuredLinear:
+    """The output head (no bias) in its fastest forms, the few-rows one for any number of
+    rows above one (scoring's dozens of rows included)."""
+    one, few, keep = fastest_forms(weight, transposed_ok=True)
+    return MeasuredLinear(weight, None, one, few, keep, few_max=sys.maxsize)
+
+
+def measure_layers(model: Transformer) -> int:
+    """Replace the blocks' plain linear layers by MeasuredLinear, the forms measured once
+    per weight shape and dtype (layers alike share the choice); returns how many."""
+    chosen: dict[tuple, tuple[str, str]] = {}
+    replaced = 0
+    for block in model.layers:
+        for parent in block.modules():
+            for name, child in list(parent.named_children()):
+                if type(child) is not nn.Linear:
+                    continue
+                w = child.weight
+                key = (tuple(w.shape), w.dtype, w.device)
+                if key not in chosen:
+                    chosen[key] = fastest_forms(w, transposed_ok=False)[:2]
+                one, few = chosen[key]
+                setattr(parent, name, MeasuredLinear(w, child.bias, one, few, None, FEW_ROWS))
+                replaced += 1
+    return replaced
 
 
 def int8_by_default(device: torch.device) -> bool:
@@ -110,16 +156,24 @@ def int8_by_default(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm")
 
 
-def prepare_for_inference(model: Transformer, int8: bool = False) -> dict[str, str]:
+def prepare_for_inference(model: Transformer, int8: bool = False,
+                          int8_activations: bool = False) -> dict[str, str]:
     """Fuse the projections, quantize them when `int8` (`--quantize int8`,
-    model/quantize.py) and, on a CPU, pick the output head's product form (see the
-    module's docstring); returns what was chosen, for the log."""
+    model/quantize.py; with `int8_activations`, `--quantize int8-dynamic`, their small
+    calls' activations too where oneDNN's kernel runs) and, on a CPU, pick the float
+    products' forms (see the module's docstring); returns what was chosen, for the log."""
     model.eval()
     qkv = sum(block.self_attn.fuse() for block in model.layers)
     gate_up = sum(block.mlp.fuse() for block in model.layers)
     report = {"fused layers": f"q/k/v {qkv}, gate/up {gate_up}"}
+    if int8 and int8_activations:
+        why = int8_activations_available()
+        report["int8 activations"] = why or "yes"
+        int8_activations = why is None
     if int8:
-        report["int8 layers"] = str(quantize_int8(model))
+        report["int8 layers"] = str(quantize_int8(model, int8_activations))
+    elif model.embed_tokens.weight.device.type == "cpu":
+        report["measured layers"] = str(measure_layers(model))
     head = model.lm_head
     if isinstance(head, nn.Linear) and head.bias is None \
             and head.weight.device.type == "cpu":

@@ -20,9 +20,22 @@ a prefill's matrix products. So those calls are padded with zero rows to a multi
 ROW_BUCKET (a few dozen shapes in all, each built once) and the padding is cut off the
 result; rows do not mix in a matrix product, so the real rows' results are unchanged.
 fp32 products (MKL) build nothing per shape and are not padded.
+
+`--quantize int8-dynamic` quantizes the activations too, per call (one scale for the
+rows of a call, symmetric, 8 bits), and multiplies int8 by int8 with oneDNN's kernel, as
+llama.cpp's q8_0 does per block of 32: the kernel that converts each int8 weight to bf16
+reads weights at about half the speed. For a model whose decoding is the reading of
+its weights (a Qwen2.5-Coder-0.5B shape on 2 Intel cores: all the products of a token 43
+ms with bf16 activations, 21-28 ms with int8 ones) that is the difference; the activations'
+rounding costs some accuracy (docs/models.md has both measured). The oneDNN call is a
+custom operator (`codecomplete::int8_linear`) holding its packed weight by key, so the
+compiled decode step calls it as it is rather than lowering it.
 """
 
 from __future__ import annotations
+
+import itertools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +47,49 @@ ROWS = 8       # calls with more rows (tokens x batch) than this use the bf16 we
 ROW_BUCKET = 32   # ... padded to a multiple of this many rows unless fp32 (docstring)
 
 
+# oneDNN's packed int8 weights by key: an opaque tensor that a compiled graph must not
+# trace, so the operator below gets the key (an Int8Linear's) and looks it up.
+_PACKED: dict[int, torch.Tensor] = {}
+_KEYS = itertools.count()
+_ZERO_POINT = torch.tensor(128, dtype=torch.int32)     # uint8 activations around 128
+
+
+@torch.library.custom_op("codecomplete::int8_linear", mutates_args=())
+def int8_linear(xq: torch.Tensor, x_scale: torch.Tensor, key: int, w_scales: torch.Tensor,
+                w_zeros: torch.Tensor) -> torch.Tensor:
+    """bf16 rows of (xq - 128) * x_scale times the packed int8 weight `key` (scaled per
+    output row), by oneDNN's int8 kernel."""
+    return torch.ops.onednn.qlinear_pointwise.tensor(
+        xq, x_scale, _ZERO_POINT, _PACKED[key], w_scales, w_zeros, None, 1.0, 0,
+        torch.bfloat16, "none", [], "")
+
+
+@int8_linear.register_fake
+def _(xq: torch.Tensor, x_scale: torch.Tensor, key: int, w_scales: torch.Tensor,
+      w_zeros: torch.Tensor) -> torch.Tensor:
+    return xq.new_empty(xq.shape[0], w_scales.shape[0], dtype=torch.bfloat16)
+
+
+def int8_activations_available() -> str | None:
+    """Why `--quantize int8-dynamic` cannot run here (no oneDNN int8 kernel in this
+    PyTorch or for this CPU), or None when it can."""
+    try:
+        layer = Int8Linear(nn.Linear(32, 8, bias=False), activations_int8=True)
+        layer(torch.randn(1, 32))
+    except Exception as e:                 # any failure: the weight-only kernel instead
+        return f"oneDNN's int8 kernel failed here ({type(e).__name__})"
+    return None
+
+
 class Int8Linear(nn.Module):
     """y = x W^T (+ b) with W kept as int8 rows times a per-row scale (symmetric) for small
     calls, and as the original weight for large ones."""
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.bfloat16,
+                 activations_int8: bool = False):
         """`dtype`: the kernel's activation and scale type (bf16 or fp16). The layer's own
-        weight, in its own dtype, is kept (not copied) for calls of many rows."""
+        weight, in its own dtype, is kept (not copied) for calls of many rows. With
+        `activations_int8` small calls quantize their rows too (the module docstring)."""
         super().__init__()
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
@@ -51,6 +100,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("full", linear.weight.detach())
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach())
+        self.key: int | None = None
+        if activations_int8:
+            self.key = next(_KEYS)
+            _PACKED[self.key] = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            weakref.finalize(self, _PACKED.pop, self.key, None)
+            self.register_buffer("w_scales", scale.float())
+            self.register_buffer("w_zeros", torch.zeros(self.out_features, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -63,6 +119,13 @@ class Int8Linear(nn.Module):
             if pad:
                 rows = F.pad(rows, (0, 0, 0, pad))
             y = F.linear(rows, self.full, self.bias)[:n]
+        elif self.key is not None:
+            xf = rows.float()
+            x_scale = xf.abs().amax().clamp(min=1e-12) / 127
+            xq = torch.round(xf / x_scale).add(128).to(torch.uint8)
+            y = int8_linear(xq, x_scale, self.key, self.w_scales, self.w_zeros)
+            if self.bias is not None:
+                y = y + self.bias
         else:
             y = torch._weight_int8pack_mm(rows.to(self.scales.dtype), self.weight, self.scales)
             if self.bias is not None:
@@ -70,10 +133,11 @@ class Int8Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
-def quantize_int8(model: Transformer) -> int:
+def quantize_int8(model: Transformer, activations_int8: bool = False) -> int:
     """Replace the blocks' linear layers and the output head by Int8Linear in place (CPU
-    only); returns how many were replaced. The model is for inference afterwards: int8
-    weights cannot be trained or saved as a model directory."""
+    only), quantizing small calls' activations too with `activations_int8`; returns how
+    many were replaced. The model is for inference afterwards: int8 weights cannot be
+    trained or saved as a model directory."""
     device = model.embed_tokens.weight.device
     if device.type != "cpu":
         raise ValueError("int8 weight-only quantization is for CPU inference; the model is "
@@ -86,10 +150,10 @@ def quantize_int8(model: Transformer) -> int:
         for parent in block.modules():
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child, dtype))
+                    setattr(parent, name, Int8Linear(child, dtype, activations_int8))
                     replaced += 1
     if isinstance(model.lm_head, nn.Linear):
-        model.lm_head = Int8Linear(model.lm_head, dtype)
+        model.lm_head = Int8Linear(model.lm_head, dtype, activations_int8)
         replaced += 1
     return replaced
 

@@ -30,11 +30,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top-p", dest="top_p", type=float, default=EngineSettings.top_p)
     ap.add_argument("--max-tokens", dest="max_tokens", type=int,
                     default=EngineSettings.max_tokens)
-    ap.add_argument("--quantize", choices=("auto", "none", "int8"), default="auto",
+    ap.add_argument("--quantize", choices=("auto", "none", "int8", "int8-dynamic"),
+                    default="auto",
                     help="int8: weight-only int8 for decoding on CPU (decode 1.4x faster "
                          "for the shipped model, 1.5-2.1x for 30-300M models; prefill keeps "
-                         "the float weights; see docs/models.md); auto (the default): int8 "
-                         "on CPU, none on a GPU")
+                         "the float weights; see docs/models.md); int8-dynamic: the "
+                         "activations of decoding quantized too (for large models, whose "
+                         "decoding reads weights: faster again, a little less accurate); "
+                         "auto (the default): int8 on CPU, none on a GPU")
     ap.add_argument("--compile", choices=("auto", "on", "none"), default="auto",
                     help="compile the one-token decode step in the background after start-up "
                          "(decode ~2x faster on CPU; ~25-45 s the first time on 2 cores, a "
@@ -52,9 +55,10 @@ def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str 
                       "with scripts/demo.sh (python -m training.standin --out DIR).")
     try:
         loaded = load_model_dir(path, device=args.device, dtype=args.dtype)
-        int8 = args.quantize == "int8" or (args.quantize == "auto"
-                                           and int8_by_default(loaded.device))
-        chosen = prepare_for_inference(loaded.model, int8=int8)
+        int8 = args.quantize in ("int8", "int8-dynamic") or (
+            args.quantize == "auto" and int8_by_default(loaded.device))
+        chosen = prepare_for_inference(loaded.model, int8=int8,
+                                       int8_activations=args.quantize == "int8-dynamic")
         logging.getLogger("codecomplete").info("inference: %s", chosen)
     except (ModelDirError, ValueError) as e:
         return None, f"codecomplete could not load its model: {e}"

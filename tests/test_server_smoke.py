@@ -202,15 +202,19 @@ def test_stdin_from_a_file_or_a_pipe_is_served_alike(tiny_model_dir, tmp_path):
 
 
 def test_quantize_flag_puts_int8_layers_in_the_served_model(tiny_model_dir):
-    from model.quantize import Int8Linear
+    from model.quantize import Int8Linear, int8_activations_available
     from server.cli import load_engine, parse_args
 
-    for flag, per_layer, head in (("none", 0, 0), ("int8", 4, 1)):   # q/k/v, gate/up fused
+    dynamic = int8_activations_available() is None
+    for flag, per_layer, head in (("none", 0, 0), ("int8", 4, 1),    # q/k/v, gate/up fused
+                                  ("int8-dynamic", 4, 1)):
         engine, error = load_engine(parse_args(["--model", str(tiny_model_dir),
                                                 "--quantize", flag]))
         assert error is None
         layers = [m for m in engine.loaded.model.modules() if isinstance(m, Int8Linear)]
         assert len(layers) == per_layer * engine.loaded.config.num_hidden_layers + head
+        assert all((m.key is not None) == (flag == "int8-dynamic" and dynamic)
+                   for m in layers)
 
 
 def test_latency_benchmark_reports_what_it_measured(tiny_model_dir, tmp_path):

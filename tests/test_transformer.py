@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from model.config import ModelConfig
@@ -209,12 +210,14 @@ def test_the_served_model_computes_what_the_trained_one_does(random_model, tiny)
 def test_every_form_of_the_output_head_is_the_same_product():
     import torch.nn.functional as F
 
-    from model.inference import FORMS, measured_head
+    from model.inference import FORMS, ONE_ROW_ONLY, measured_head
 
     w = torch.randn(300, 48, generator=torch.Generator().manual_seed(6))
     for rows in (1, 4, 7):
         x = torch.randn(rows, 48)
         for name, form in FORMS.items():
+            if rows > 1 and name in ONE_ROW_ONLY:
+                continue
             torch.testing.assert_close(form(x, w, w.T.contiguous()), F.linear(x, w),
                                        atol=1e-5, rtol=1e-5, msg=name)
     head = measured_head(w)
@@ -223,6 +226,99 @@ def test_every_form_of_the_output_head_is_the_same_product():
     for rows in (1, 3, 20):
         x = torch.randn(2, rows, 48)
         torch.testing.assert_close(head(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_measured_layers_are_the_blocks_own_products(random_model):
+    """model/inference.py measure_layers: every plain linear layer of the blocks becomes a
+    MeasuredLinear on the same weight and bias (not copied), giving F.linear's product for
+    one row, a few rows and a prefill's many, with each form chosen once per shape."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from model.inference import FORMS, ONE_ROW_ONLY, MeasuredLinear, measure_layers
+
+    for dtype in (torch.float32, torch.bfloat16):
+        model = copy.deepcopy(random_model).to(dtype)
+        model.layers[0].self_attn.fuse()
+        qkv = model.layers[0].self_attn.qkv_proj
+        qkv.bias = torch.nn.Parameter(torch.randn(qkv.out_features, dtype=dtype))
+        weight = qkv.weight
+        n = measure_layers(model)
+        assert n == 5 + 7 * (len(model.layers) - 1)       # layer 0: q/k/v fused into 1
+        assert not any(type(m) is torch.nn.Linear for m in model.layers.modules())
+        layer = model.layers[0].self_attn.qkv_proj
+        assert isinstance(layer, MeasuredLinear) and layer.weight is weight
+        assert layer.one in FORMS and layer.few in FORMS and layer.few not in ONE_ROW_ONLY
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        for rows in (1, 4, 20):
+            x = torch.randn(rows, layer.weight.shape[1], dtype=dtype)
+            want = F.linear(x.float(), weight.float(), layer.bias.float())
+            torch.testing.assert_close(layer(x).float(), want, atol=tol, rtol=tol)
+    ids = torch.randint(0, 1024, (1, 24), generator=torch.Generator().manual_seed(8))
+    model = copy.deepcopy(random_model)
+    measure_layers(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), random_model(ids), atol=1e-5, rtol=1e-4)
+
+
+def test_int8_dynamic_layers_multiply_rounded_rows_by_rounded_weights(random_model):
+    """`--quantize int8-dynamic`: a small call's rows are rounded to 8 bits (one scale per
+    call) and multiplied by the int8 weight in oneDNN's kernel: the product of the two
+    rounded operands, whose logits stay close to bf16's; many rows keep the float weight."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from model import quantize
+    from model.inference import prepare_for_inference
+    from model.quantize import Int8Linear, dequantized
+
+    if quantize.int8_activations_available() is not None:
+        pytest.skip(quantize.int8_activations_available())
+    bf16 = copy.deepcopy(random_model).to(torch.bfloat16)
+    q = copy.deepcopy(bf16)
+    report = prepare_for_inference(q, int8=True, int8_activations=True)
+    assert report["int8 activations"] == "yes"
+    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.key in quantize._PACKED for m in layers)
+    layer = q.layers[0].mlp.down_proj
+    x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+    step = x.float().abs().max() / 127
+    rounded = torch.round(x.float() / step) * step
+    want = F.linear(rounded, dequantized(layer))
+    got = layer(x).float()
+    torch.testing.assert_close(got, want, atol=0.02 * want.abs().max().item(), rtol=0.02)
+    weight_only = F.linear(x.float(), dequantized(layer))
+    assert (got - want).abs().mean() < (got - weight_only).abs().mean()   # rows were rounded
+    many = torch.randn(quantize.ROWS + 1, layer.in_features, dtype=torch.bfloat16)
+    torch.testing.assert_close(layer(many), F.linear(many, layer.full), atol=0, rtol=0)
+    ids = torch.randint(0, 1024, (1, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = bf16(ids).float(), q(ids).float()
+    assert (a - b).abs().max() < 0.25 * a.abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
+    keys = {m.key for m in layers}
+    del q, layers, layer
+    import gc
+    gc.collect()
+    assert not keys & set(quantize._PACKED)         # packed weights go with their layers
+
+
+def test_int8_dynamic_falls_back_to_weight_only_where_its_kernel_fails(random_model,
+                                                                         monkeypatch):
+    import copy
+
+    from model import inference
+    from model.quantize import Int8Linear
+
+    monkeypatch.setattr(inference, "int8_activations_available",
+                        lambda: "oneDNN's int8 kernel failed here (RuntimeError)")
+    q = copy.deepcopy(random_model).to(torch.bfloat16)
+    report = inference.prepare_for_inference(q, int8=True, int8_activations=True)
+    assert report["int8 activations"].startswith("oneDNN's int8 kernel failed")
+    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.key is None for m in layers)
 
 
 def test_branches_attend_as_if_each_row_held_the_whole_sequence(random_model):
