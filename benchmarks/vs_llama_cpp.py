@@ -10,10 +10,11 @@ tokenization does not differ; docs/models.md says what llama.cpp's own costs), d
 greedily, one prompt at a time: a request is the prefill of the prompt plus `--new` tokens.
 Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
 machine and in bf16, each with and without `--quantize int8`'s layers (the server's default
-on a CPU), and with the compiled decode step (model/decode_step.py) the server uses once
-its warm-up compiled it; llama.cpp runs the bf16 file and its own q8_0 quantization of it
-(the int8 arms' counterpart). Prints medians, how many prompts give our fp32 model's
-greedy tokens, the ratios to llama.cpp, and the machine.
+on a CPU), with `--quantize int8-dynamic`'s where this CPU runs them, and with the compiled
+decode step (model/decode_step.py) the server uses once its warm-up compiled it; llama.cpp
+runs the bf16 file and its own q8_0 quantization of it (the int8 arms' counterpart).
+Prints medians, how many prompts give our fp32 model's greedy tokens, the ratios to
+llama.cpp, and the machine.
 
 `--shape qwen2.5-coder-0.5b` measures the shape users bring instead of the shipped model:
 a randomly initialised model with Qwen2.5-Coder-0.5B's dimensions (24 layers of 896, 14
@@ -44,6 +45,7 @@ from model.decode_step import compile_by_default, compile_decoding
 from model.device import dtype_name
 from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
+from model.quantize import int8_activations_available
 
 # Qwen2.5-Coder-0.5B's config.json (the published one), as the Llama our exporter writes.
 SHAPES = {"qwen2.5-coder-0.5b": dict(
@@ -139,9 +141,11 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     from training.evaluate import validation_texts
     from training.gguf_export import export_gguf
 
-    def served(dtype: str, int8: bool, compiled: bool = False) -> LoadedModel:
+    def served(dtype: str, int8: bool, compiled: bool = False, dynamic: bool = False
+               ) -> LoadedModel:
         loaded = load_model_dir(path, device="cpu", dtype=dtype)
-        prepare_for_inference(loaded.model, int8=int8)     # as the server runs it
+        prepare_for_inference(loaded.model, int8=int8,      # as the server runs it
+                              int8_activations=dynamic)
         if compiled:                                       # as the server does after warm-up
             step = compile_decoding(loaded.model, loaded.context)
             if not step.ready:
@@ -164,6 +168,11 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     if compiled:
         models[f"ours {here} + compiled step"] = served(here, False, True).model
     models[served_name] = served(here, default_int8, compiled).model
+    if int8_activations_available() is None:
+        models[f"ours {here} + int8-dynamic decode"] = served(here, True, False, True).model
+        if compiled:
+            models[f"ours {here} + int8-dynamic decode + compiled step"] = \
+                served(here, True, True, True).model
     if here != "bfloat16":
         models |= {"ours bf16": served("bf16", False).model,
                    "ours bf16 + int8 decode": served("bf16", True).model}

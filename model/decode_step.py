@@ -51,6 +51,23 @@ def available() -> str | None:
     return None
 
 
+def _use_our_kernel_cache() -> None:
+    """Point inductor's cache of compiled kernels at ours (model/paths.py) rather than its
+    default in /tmp, which a reboot empties, unless the user chose a folder. Importing
+    torch._dynamo (building any model does) already writes that default into the
+    environment, so a value equal to it is replaced too; inductor reads the variable
+    afresh for every kernel it caches."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None:
+        try:
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        except ImportError:                       # another torch: keep what is set
+            return
+        if os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+            return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+
+
 def compile_by_default(device: torch.device) -> bool:
     """Whether the server compiles the decode step when not told (`--compile auto`): on a
     CPU, where it measured ~2x faster per token (docs/models.md). No GPU was at hand to
@@ -205,9 +222,7 @@ class DecodeStep:
         if why is not None:
             self.failed = why
             return 0.0
-        # Inductor's cache of compiled kernels: in ours (model/paths.py) rather than its
-        # default in /tmp, which a reboot empties; a folder the user chose is kept.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+        _use_our_kernel_cache()
         try:
             fn = torch.compile(self.step, fullgraph=True, dynamic=False)
             branch_fn = torch.compile(self.branch_step, fullgraph=True, dynamic=False) \

@@ -43,8 +43,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(decode ~2x faster on CPU; ~25-45 s the first time on 2 cores, a "
                          "few once cached; requests meanwhile use the eager model; see "
                          "docs/server.md); auto (the default): on a CPU")
+    ap.add_argument("--precompile", action="store_true",
+                    help="compile the decode step as the server would with these options, "
+                         "filling the on-disk cache its start-up compile then reads (a few "
+                         "seconds instead of ~25-45), and exit (scripts/setup.sh runs it)")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
+
+
+def precompile(args: argparse.Namespace) -> int:
+    """`--precompile`: load and compile as the server would and say how it went; exit 1
+    when the compile failed (the server still works then, decoding eagerly)."""
+    engine, error = load_engine(args)
+    if engine is None:
+        print(error, file=sys.stderr)
+        return 1
+    if engine.compile_step() is None:
+        print("decode step: not compiled with these options on this device (--compile)")
+        return 0
+    print(f"decode step: {engine.decode}")
+    return 0 if engine.decode.startswith("compiled") else 1
 
 
 def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str | None]:
@@ -81,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         # pygls logs every JSON-RPC message at INFO, document text included: keep that
         # (and the volume: an editor's log, or a pipe nobody reads, fills up) for DEBUG.
         logging.getLogger("pygls").setLevel(logging.WARNING)
+    if args.precompile:
+        return precompile(args)
     model_thread = new_model_thread()   # loads, warms up and serves it (server/threads.py)
     engine, error = model_thread.submit(load_engine, args).result()
     if error:

@@ -229,3 +229,26 @@ def test_the_engine_compiles_after_warm_up_and_answers_the_same(tiny_model_dir):
     for doc in docs:
         assert [c.text for c in fast.complete(doc, "\n")] == \
             [c.text for c in plain.complete(doc, "\n")], doc
+
+
+def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tmp_path):
+    """`server --precompile` (scripts/setup.sh runs it): compiles as the server would and
+    leaves inductor's compiled kernels in codecomplete's cache folder, where a server's
+    start-up compile finds them."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["CODECOMPLETE_CACHE"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+                        "--precompile", "--log-level", "WARNING"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("decode step: compiled ("), r.stdout
+    kernels = list((tmp_path / "cache" / "inductor").rglob("*.so"))
+    assert kernels, "no compiled kernels in the cache"
+    broken = subprocess.run([sys.executable, "-m", "server", "--model",
+                             str(tmp_path / "missing"), "--precompile"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert broken.returncode == 1 and "missing" in broken.stderr
