@@ -12,7 +12,9 @@ Ours runs as the server runs it (model/inference.py) in the dtype the server pic
 machine and in bf16, each with and without `--quantize int8`'s layers (the server's default
 on a CPU), with `--quantize int8-dynamic`'s where this CPU runs them, and with the compiled
 decode step (model/decode_step.py) the server uses once its warm-up compiled it; llama.cpp
-runs the bf16 file and its own q8_0 quantization of it (the int8 arms' counterpart).
+runs the file in the dtype the model was saved in (bf16 for the shipped model and the
+shape below) and its own q8_0 quantization of it (the int8 arms' counterpart). Each arm's
+model is built when it is measured and dropped after it.
 Prints medians, how many prompts give our fp32 model's greedy tokens, the ratios to
 llama.cpp, and the machine.
 
@@ -28,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +49,7 @@ from model.decode_step import compile_by_default, compile_decoding
 from model.device import dtype_name
 from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
-from model.quantize import int8_activations_available
+from model.quantize import int8_activations_pay
 
 # Qwen2.5-Coder-0.5B's config.json (the published one), as the Llama our exporter writes.
 SHAPES = {"qwen2.5-coder-0.5b": dict(
@@ -139,7 +143,7 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     from llama_cpp import Llama
 
     from training.evaluate import validation_texts
-    from training.gguf_export import export_gguf
+    from training.gguf_export import export_gguf, stored_dtype
 
     def served(dtype: str, int8: bool, compiled: bool = False, dynamic: bool = False
                ) -> LoadedModel:
@@ -159,41 +163,54 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
     exact = load_model_dir(path, device="cpu", dtype="fp32").model
     reference = [ours(exact, p, args.new)[0] for p in prompts]
+    del exact
     default_int8 = int8_by_default(lm.device)       # --quantize auto, as the server starts
     compiled = compile_by_default(lm.device)        # --compile auto, after the warm-up
     served_name = (f"ours {here}{' + int8 decode' if default_int8 else ''}"
                    f"{' + compiled step' if compiled else ''} (server default here)")
-    models = {f"ours {here}": lm.model,
-              f"ours {here} + int8 decode": served(here, True).model}
+    # each arm's model is made when it is measured and dropped after: a 0.5B model is
+    # 1-2 GB, and ten of them at once would not fit a small machine
+    arms: dict[str, Callable[[], torch.nn.Module]] = {
+        f"ours {here}": lambda: lm.model,
+        f"ours {here} + int8 decode": lambda: served(here, True).model}
     if compiled:
-        models[f"ours {here} + compiled step"] = served(here, False, True).model
-    models[served_name] = served(here, default_int8, compiled).model
-    if int8_activations_available() is None:
-        models[f"ours {here} + int8-dynamic decode"] = served(here, True, False, True).model
+        arms[f"ours {here} + compiled step"] = lambda: served(here, False, True).model
+    arms[served_name] = lambda: served(here, default_int8, compiled).model
+    if int8_activations_pay() is None:
+        arms[f"ours {here} + int8-dynamic decode"] = \
+            lambda: served(here, True, False, True).model
         if compiled:
-            models[f"ours {here} + int8-dynamic decode + compiled step"] = \
-                served(here, True, True, True).model
+            arms[f"ours {here} + int8-dynamic decode + compiled step"] = \
+                lambda: served(here, True, True, True).model
     if here != "bfloat16":
-        models |= {"ours bf16": served("bf16", False).model,
-                   "ours bf16 + int8 decode": served("bf16", True).model}
+        arms |= {"ours bf16": lambda: served("bf16", False).model,
+                 "ours bf16 + int8 decode": lambda: served("bf16", True).model}
     threads = torch.get_num_threads()
     gguf = export_gguf(path, tmp / "model.gguf")
     q8 = quantize_q8_0(gguf, tmp / "model-q8_0.gguf")
-    engines = {name: (lambda p, m=model: ours(m, p, args.new))
-               for name, model in models.items()}
-    for name, file in (("llama.cpp bf16", gguf), ("llama.cpp q8_0", q8)):
-        llm = Llama(model_path=str(file), n_ctx=lm.context, n_batch=lm.context,
-                    logits_all=True, n_threads=threads, verbose=False)
-        engines[name] = lambda p, llm=llm: theirs(llm, p, args.new)
-    rows = []
-    for name, run in engines.items():
+    kind = f"llama.cpp {dtype_name(stored_dtype(path)).replace('bfloat16', 'bf16')}"
+
+    def measure(name: str, run: Callable) -> tuple:
         run(prompts[0])                              # warm-up
         results = [run(p) for p in prompts]
         same = sum(r[0] == ref for r, ref in zip(results, reference, strict=True))
         pre = statistics.median(r[1] for r in results)
         dec = statistics.median(r[2] for r in results)
         req = statistics.median(r[1] + r[2] for r in results)
-        rows.append((name, pre * 1e3 / args.prompt, dec * 1e3 / args.new, req * 1e3, same))
+        return name, pre * 1e3 / args.prompt, dec * 1e3 / args.new, req * 1e3, same
+
+    rows = []
+    for name, make in arms.items():
+        model = make()
+        rows.append(measure(name, lambda p, m=model: ours(m, p, args.new)))
+        del model
+        gc.collect()
+    for name, file in ((kind, gguf), ("llama.cpp q8_0", q8)):
+        llm = Llama(model_path=str(file), n_ctx=lm.context, n_batch=lm.context,
+                    logits_all=True, n_threads=threads, verbose=False)
+        rows.append(measure(name, lambda p, llm=llm: theirs(llm, p, args.new)))
+        del llm
+        gc.collect()
     print(f"machine  {describe(lm.device)}; llama.cpp and PyTorch on {threads} threads")
     print(f"model    {args.shape + ' (random weights)' if args.shape else path} "
           f"({lm.config.num_parameters() / 1e6:.1f}M parameters)")
@@ -205,11 +222,11 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     print("|---|---|---|---|---|")
     for name, pre, dec, req, same in rows:
         print(f"| {name} | {pre:.3f} | {dec:.2f} | {req:.1f} | {same}/{len(prompts)} |")
-    bf16_row, q8_row = rows[-2], rows[-1]
+    float_row, q8_row = rows[-2], rows[-1]
     print()
     for name, _, dec, req, _ in rows[:-2]:
-        # the int8 arms against llama.cpp's int8 (q8_0), the others against its bf16
-        them = q8_row if "int8" in name else bf16_row
+        # the int8 arms against llama.cpp's int8 (q8_0), the others against its float file
+        them = q8_row if "int8" in name else float_row
         print(f"{name}: request {req / them[3]:.2f}x {them[0]}'s, "
               f"decode {dec / them[2]:.2f}x")
     return 0

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.quantize import int8_activations_available, quantize_int8
+from model.quantize import int8_activations_pay, quantize_int8
 from model.transformer import Transformer
 
 TRANSPOSED_MAX_BYTES = 256 * 2**20
@@ -160,14 +160,15 @@ def prepare_for_inference(model: Transformer, int8: bool = False,
                           int8_activations: bool = False) -> dict[str, str]:
     """Fuse the projections, quantize them when `int8` (`--quantize int8`,
     model/quantize.py; with `int8_activations`, `--quantize int8-dynamic`, their small
-    calls' activations too where oneDNN's kernel runs) and, on a CPU, pick the float
-    products' forms (see the module's docstring); returns what was chosen, for the log."""
+    calls' activations too where oneDNN's kernel runs and measured faster) and, on a CPU,
+    pick the float products' forms (see the module's docstring); returns what was chosen,
+    for the log."""
     model.eval()
     qkv = sum(block.self_attn.fuse() for block in model.layers)
     gate_up = sum(block.mlp.fuse() for block in model.layers)
     report = {"fused layers": f"q/k/v {qkv}, gate/up {gate_up}"}
     if int8 and int8_activations:
-        why = int8_activations_available()
+        why = int8_activations_pay()
         report["int8 activations"] = why or "yes"
         int8_activations = why is None
     if int8:

@@ -78,3 +78,13 @@ def test_gguf_export_holds_the_weights_tokens_and_fim_ids(tiny_model_dir, tmp_pa
                                atol=1e-2, rtol=1e-2)
     with pytest.raises(FileExistsError, match="already exists"):
         export_gguf(tiny_model_dir, out)
+    # weights keep the dtype they were saved in, whatever this CPU computes in
+    assert tensors["blk.1.attn_k.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    from model.checkpoint import ModelMeta, save_model_dir
+
+    save_model_dir(tmp_path / "bf16", lm.model, tok, ModelMeta(context_size=1024),
+                   dtype=torch.bfloat16)
+    halved = gguf.GGUFReader(str(export_gguf(tmp_path / "bf16", tmp_path / "bf16.gguf")))
+    kinds = {t.name: t.tensor_type for t in halved.tensors}
+    assert kinds["blk.1.attn_k.weight"] == gguf.GGMLQuantizationType.BF16
+    assert kinds["token_embd.weight"] == gguf.GGMLQuantizationType.BF16

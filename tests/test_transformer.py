@@ -271,15 +271,13 @@ def test_int8_dynamic_layers_multiply_rounded_rows_by_rounded_weights(random_mod
     import torch.nn.functional as F
 
     from model import quantize
-    from model.inference import prepare_for_inference
     from model.quantize import Int8Linear, dequantized
 
     if quantize.int8_activations_available() is not None:
         pytest.skip(quantize.int8_activations_available())
     bf16 = copy.deepcopy(random_model).to(torch.bfloat16)
     q = copy.deepcopy(bf16)
-    report = prepare_for_inference(q, int8=True, int8_activations=True)
-    assert report["int8 activations"] == "yes"
+    quantize.quantize_int8(q, activations_int8=True)
     layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
     assert layers and all(m.key in quantize._PACKED for m in layers)
     layer = q.layers[0].mlp.down_proj
@@ -305,20 +303,24 @@ def test_int8_dynamic_layers_multiply_rounded_rows_by_rounded_weights(random_mod
     assert not keys & set(quantize._PACKED)         # packed weights go with their layers
 
 
-def test_int8_dynamic_falls_back_to_weight_only_where_its_kernel_fails(random_model,
-                                                                         monkeypatch):
+def test_int8_dynamic_is_used_only_where_it_runs_and_pays(random_model, monkeypatch):
+    """prepare_for_inference takes int8-dynamic's layers only where int8_activations_pay
+    (its kernel runs and measured faster than weight-only int8) says so, and otherwise
+    reports why and keeps weight-only int8."""
     import copy
 
-    from model import inference
+    from model import inference, quantize
     from model.quantize import Int8Linear
 
-    monkeypatch.setattr(inference, "int8_activations_available",
-                        lambda: "oneDNN's int8 kernel failed here (RuntimeError)")
-    q = copy.deepcopy(random_model).to(torch.bfloat16)
-    report = inference.prepare_for_inference(q, int8=True, int8_activations=True)
-    assert report["int8 activations"].startswith("oneDNN's int8 kernel failed")
-    layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
-    assert layers and all(m.key is None for m in layers)
+    why = quantize.int8_activations_pay()
+    assert why is None or "slower" in why or "failed" in why
+    for verdict in ("oneDNN's int8 kernel failed here (RuntimeError)", why):
+        monkeypatch.setattr(inference, "int8_activations_pay", lambda v=verdict: v)
+        q = copy.deepcopy(random_model).to(torch.bfloat16)
+        report = inference.prepare_for_inference(q, int8=True, int8_activations=True)
+        assert report["int8 activations"] == (verdict or "yes")
+        layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
+        assert layers and all((m.key is not None) == (verdict is None) for m in layers)
 
 
 def test_branches_attend_as_if_each_row_held_the_whole_sequence(random_model):

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import LoadedModel, ModelDirError, load_model_dir
+from model.families import read_tensors, weight_files
 
 PRE_TOKENIZER = "starcoder"
 # llama.cpp's regexes for that name (llama-vocab.cpp), applied one after the other.
@@ -54,13 +55,22 @@ def _array(t: torch.Tensor) -> tuple[np.ndarray, object]:
     return t.float().numpy(), gguf.GGMLQuantizationType.F32
 
 
+def stored_dtype(model_dir: Path) -> torch.dtype:
+    """The float dtype the directory's weights were saved in (its first float tensor's):
+    the file keeps it, whatever this machine would compute in."""
+    for _, t, _ in read_tensors(weight_files(model_dir)):
+        if t.is_floating_point():
+            return t.dtype
+    raise ModelDirError(f"{model_dir} holds no floating-point weights.")
+
+
 def export_gguf(model_dir: Path, out: Path) -> Path:
     """Write `out` (a new file; refuses to overwrite) from the model directory."""
     import gguf
 
     if out.exists():
         raise FileExistsError(f"{out} already exists; give a new file name.")
-    lm = load_model_dir(model_dir, device="cpu", dtype="auto")
+    lm = load_model_dir(model_dir, device="cpu", dtype=stored_dtype(Path(model_dir)))
     c = lm.config
     if (c.model_type != "llama" or c.learned_positions or c.layer_norm or not c.gated_mlp
             or c.hidden_act != "silu" or c.attention_bias or c.attention_out_bias
