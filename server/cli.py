@@ -53,7 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def precompile(args: argparse.Namespace) -> int:
     """`--precompile`: load and compile as the server would and say how it went; exit 1
-    when the compile failed (the server still works then, decoding eagerly)."""
+    when the compile failed (the server still works then, decoding eagerly). A compiled
+    step that measured no faster than the eager one is not a failure: its kernels are
+    cached all the same."""
     engine, error = load_engine(args)
     if engine is None:
         print(error, file=sys.stderr)
@@ -62,7 +64,7 @@ def precompile(args: argparse.Namespace) -> int:
         print("decode step: not compiled with these options on this device (--compile)")
         return 0
     print(f"decode step: {engine.decode}")
-    return 0 if engine.decode.startswith("compiled") else 1
+    return 1 if "compiling the decode step failed" in engine.decode else 0
 
 
 def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str | None]:

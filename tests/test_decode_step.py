@@ -255,3 +255,30 @@ def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tm
                              str(tmp_path / "missing"), "--precompile"],
                             capture_output=True, text=True, timeout=120, env=env)
     assert broken.returncode == 1 and "missing" in broken.stderr
+
+
+def test_a_compiled_step_no_faster_than_eager_is_turned_off(tiny, monkeypatch):
+    """DecodeStep.keep_if_faster (compile_decoding calls it): the compiled step is kept
+    only when it measured faster than the eager forward; the measuring steps are not
+    counted as the requests' compiled steps."""
+    import time
+
+    model = served(tiny.model)
+    step = DecodeStep(model, tiny.context)
+    step.compile()
+    assert step.ready, step.failed
+    fast, slow = step.keep_if_faster()
+    assert step.ready == (fast < slow) and fast > 0 and slow > 0
+    assert step.steps == 0
+    real = step._fn
+
+    def slowed(*args):
+        time.sleep(0.05)
+        return real(*args)
+    step.ready, step._fn = True, slowed
+    fast, slow = step.keep_if_faster()
+    assert fast >= 0.05 > slow
+    assert not step.ready and "no faster than the eager one" in step.failed
+    one = torch.tensor([[5]])
+    with torch.inference_mode():
+        assert step(one, model.new_cache(1, tiny.context)) is None     # eager from now on
