@@ -261,7 +261,7 @@ class DecodeStep:
         """Time a one-token step compiled and eager (the model's own forward, best of
         `trials` each, taken in turns) and turn the compiled steps off when they are not
         the faster: for the shipped model they take half the time, but where the products
-        are the whole step (a 0.5B model on a CPU) inductor's code measured slower than
+        are the whole step (a 0.5B model on a CPU) inductor's code measured no faster than
         eager PyTorch's (docs/models.md). Returns the two times in seconds."""
         eager_cache = self.model.new_cache(1, self.capacity)
         fast_cache = self.model.new_cache(1, self.capacity)
@@ -275,12 +275,12 @@ class DecodeStep:
             x = torch.zeros(1, 1, dtype=torch.long, device=device)
             steps = min(trials + 1, self.capacity - eager_cache.length)
             for _ in range(steps):                      # the first of each: a warm-up
-                t0 = time.perf_counter()
+                t0 = _clock(device)
                 self(x, fast_cache)
-                times[True].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                times[True].append(_clock(device) - t0)
+                t0 = _clock(device)
                 self.model.lm_head(self.model.features(x, eager_cache))   # not decode_step
-                times[False].append(time.perf_counter() - t0)
+                times[False].append(_clock(device) - t0)
         self.steps = counted                            # status counts requests' steps
         if len(times[True]) < 2:                        # no room to measure: keep it
             return 0.0, 0.0
@@ -346,6 +346,13 @@ class DecodeStep:
         cache.advance(input_ids[0].tolist())
         self.steps += 1
         return logits
+
+
+def _clock(device: torch.device) -> float:
+    """perf_counter once the device's queued work is done (a GPU's calls return early)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _twice(call: Callable[[int], object]) -> None:
