@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,3 +65,15 @@ def select_dtype(device: torch.device, preference: str = "auto") -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def best_seconds(call: Callable[[], object], repeats: int = 5) -> float:
+    """The fastest of `repeats` timed calls after one untimed one (which pays for kernel
+    selection and allocation): how load-time choices between kernels are measured."""
+    call()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return best

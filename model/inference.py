@@ -26,14 +26,14 @@ Training never calls this: a fused model's state dict has other keys.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.quantize import int8_activations_pay, quantize_int8
+from model.device import best_seconds
+from model.quantize import int8_activations_pay, quantize_int8, replace_block_linears
 from model.transformer import Transformer
 
 TRANSPOSED_MAX_BYTES = 256 * 2**20
@@ -86,17 +86,6 @@ class MeasuredLinear(nn.Module):
         return y.reshape(*x.shape[:-1], -1)
 
 
-def _seconds(form: Callable, x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None,
-             repeats: int = 5) -> float:
-    form(x, w, wt)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        form(x, w, wt)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 @torch.inference_mode()
 def fastest_forms(weight: torch.Tensor, transposed_ok: bool
                   ) -> tuple[str, str, torch.Tensor | None]:
@@ -109,7 +98,8 @@ def fastest_forms(weight: torch.Tensor, transposed_ok: bool
     choice = {}
     for rows in (1, FEW_ROWS):
         x = torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device)
-        times = {name: _seconds(form, x, w, wt) for name, form in FORMS.items()
+        times = {name: best_seconds(lambda f=form, x=x: f(x, w, wt))
+                 for name, form in FORMS.items()
                  if (name != "transposed" or wt is not None)
                  and (rows == 1 or name not in ONE_ROW_ONLY)}
         plain = min((t, n) for n, t in times.items() if n != "transposed")
@@ -131,20 +121,14 @@ def measure_layers(model: Transformer) -> int:
     """Replace the blocks' plain linear layers by MeasuredLinear, the forms measured once
     per weight shape and dtype (layers alike share the choice); returns how many."""
     chosen: dict[tuple, tuple[str, str]] = {}
-    replaced = 0
-    for block in model.layers:
-        for parent in block.modules():
-            for name, child in list(parent.named_children()):
-                if type(child) is not nn.Linear:
-                    continue
-                w = child.weight
-                key = (tuple(w.shape), w.dtype, w.device)
-                if key not in chosen:
-                    chosen[key] = fastest_forms(w, transposed_ok=False)[:2]
-                one, few = chosen[key]
-                setattr(parent, name, MeasuredLinear(w, child.bias, one, few, None, FEW_ROWS))
-                replaced += 1
-    return replaced
+
+    def measured(linear: nn.Linear) -> MeasuredLinear:
+        w = linear.weight
+        key = (tuple(w.shape), w.dtype, w.device)
+        if key not in chosen:
+            chosen[key] = fastest_forms(w, transposed_ok=False)[:2]
+        return MeasuredLinear(w, linear.bias, *chosen[key], None, FEW_ROWS)
+    return replace_block_linears(model, measured)
 
 
 def int8_by_default(device: torch.device) -> bool:

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import functools
 import itertools
-import time
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.device import best_seconds
 from model.transformer import Transformer
 
 ROWS = 8       # calls with more rows (tokens x batch) than this use the bf16 weight
@@ -98,13 +99,7 @@ def int8_activations_pay() -> str | None:
     with torch.inference_mode():
         for dynamic in (False, True):
             layer = Int8Linear(linear, activations_int8=dynamic)
-            layer(x)
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                layer(x)
-                times.append(time.perf_counter() - t0)
-            best[dynamic] = min(times)
+            best[dynamic] = best_seconds(lambda layer=layer: layer(x))
     if best[True] >= best[False]:
         return (f"oneDNN's int8 kernel measured slower here than weight-only int8 "
                 f"({best[True] * 1e3:.2f} against {best[False] * 1e3:.2f} ms for a "
@@ -164,6 +159,20 @@ class Int8Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
+def replace_block_linears(model: Transformer,
+                          make: Callable[[nn.Linear], nn.Module]) -> int:
+    """Replace every nn.Linear inside the model's blocks by `make(linear)`, in place;
+    returns how many (the output head is not in a block)."""
+    replaced = 0
+    for block in model.layers:
+        for parent in block.modules():
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, make(child))
+                    replaced += 1
+    return replaced
+
+
 def quantize_int8(model: Transformer, activations_int8: bool = False) -> int:
     """Replace the blocks' linear layers and the output head by Int8Linear in place (CPU
     only), quantizing small calls' activations too with `activations_int8`; returns how
@@ -176,13 +185,8 @@ def quantize_int8(model: Transformer, activations_int8: bool = False) -> int:
     dtype = model.embed_tokens.weight.dtype
     if dtype == torch.float32:
         dtype = torch.bfloat16
-    replaced = 0
-    for block in model.layers:
-        for parent in block.modules():
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(child, dtype, activations_int8))
-                    replaced += 1
+    replaced = replace_block_linears(
+        model, lambda linear: Int8Linear(linear, dtype, activations_int8))
     if isinstance(model.lm_head, nn.Linear):
         model.lm_head = Int8Linear(model.lm_head, dtype, activations_int8)
         replaced += 1
