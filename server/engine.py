@@ -204,7 +204,7 @@ class CompletionEngine:
         step = compile_decoding(self.loaded.model, self.loaded.context, LINE_BEAMS, room,
                                 verify=DRAFT_PASS)
         seconds = time.perf_counter() - t0
-        self.decode = (f"compiled ({seconds:.1f} s)" if step.ready
+        self.decode = (f"compiled ({seconds:.1f} s, {step.wrapper} wrapper)" if step.ready
                        else f"eager: {step.failed}")
         return seconds
 

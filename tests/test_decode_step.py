@@ -282,3 +282,46 @@ def test_a_compiled_step_no_faster_than_eager_is_turned_off(tiny, monkeypatch):
     one = torch.tensor([[5]])
     with torch.inference_mode():
         assert step(one, model.new_cache(1, tiny.context)) is None     # eager from now on
+
+
+def test_two_models_compiled_in_one_process_each_decode_their_own(tiny):
+    """Calls skip the guards that do not tell graphs apart (model/decode_step.py), and two
+    models' steps are graphs of the same code: each must still run its own model's weights,
+    not the first compiled one's."""
+    models = [served(tiny.model), served(tiny.model)]
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.mul_(-1.5)
+    steps = [DecodeStep(m, tiny.context) for m in models]
+    for step in steps:
+        step.compile()
+        assert step.ready, step.failed
+    ids = tiny.tokenizer.encode(TEXTS[1])
+    outs = [teacher_forced(m, s, ids[:20], ids[20:28])[:2]
+            for m, s in zip(models, steps, strict=True)]
+    for eager, fast in outs:
+        torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(outs[0][0], outs[1][0], atol=1e-2)   # they differ
+
+
+def test_the_cpp_wrapper_that_fails_to_build_falls_back_to_python(tiny, monkeypatch):
+    """On a CPU the step's wrapper is generated in C++; when that cannot be built the step
+    is compiled again with the Python one rather than left eager."""
+    model = served(tiny.model)
+    step = DecodeStep(model, tiny.context)
+    step.compile()
+    assert step.ready and step.wrapper == "C++", step.failed
+    real = torch.compile
+
+    def no_cpp(fn, **kw):
+        if (kw.get("options") or {}).get("cpp_wrapper"):
+            raise RuntimeError("no C++ wrapper here")
+        return real(fn, **kw)
+    monkeypatch.setattr(torch, "compile", no_cpp)
+    model = served(tiny.model)
+    step = DecodeStep(model, tiny.context)
+    step.compile()
+    assert step.ready and step.wrapper == "Python", step.failed
+    ids = tiny.tokenizer.encode(TEXTS[0])
+    eager, fast, _, _ = teacher_forced(model, step, ids[:16], ids[16:24])
+    torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
