@@ -27,7 +27,9 @@ from completion.cache_lm import DocumentCounts, Memory
 from completion.pipeline import generate_candidates, memory_mixer, prepare
 from completion.settings import EngineSettings
 from model.checkpoint import load_model_dir
-from model.inference import prepare_for_inference
+from model.decode_step import compile_by_default, compile_decoding
+from model.generate import DRAFT_PASS
+from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
 from training.data import held_out_repos
 from training.evaluate import body_sites, repo_memory
@@ -41,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     lm = load_model_dir(args.model, device="cpu")
-    prepare_for_inference(lm.model)
+    # as the server runs it here: int8 and the compiled steps (a draft's check included)
+    # where it would use them, since what a check costs against a step decides the gain
+    int8 = int8_by_default(lm.device)
+    prepare_for_inference(lm.model, int8=int8)
+    served = "int8" if int8 else "float"
+    if compile_by_default(lm.device):
+        step = compile_decoding(lm.model, lm.context, verify=DRAFT_PASS)
+        served += ", compiled steps" if step.ready else f", eager ({step.failed})"
     tok = lm.tokenizer
     repos = held_out_repos(args.data)
     rng = random.Random(args.seed)
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             texts.append(r.candidates[0].text)
         same += texts[0] == texts[1]
     print(f"drafts, {len(cases)} function bodies from held-out packages, greedy with the "
-          f"project memory, {args.model}; {describe()}")
+          f"project memory, {args.model} ({served}); {describe()}")
     for drafts, name in ((False, "token by token"), (True, "drafts verified")):
         rs = rows[drafts]
         tokens = sum(r[0] for r in rs)

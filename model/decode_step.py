@@ -173,7 +173,7 @@ class DecodeStep:
         over the positions up to its own (a draft shorter than W is padded at the end,
         where nothing before it looks)."""
         c = self.model.config
-        Hkv, D = c.num_key_value_heads, c.head_dim
+        H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         positions = pos + offsets
         hidden = slots.unsqueeze(0) > positions.unsqueeze(1)        # [W, capacity]
         W = tokens.shape[1]
@@ -182,11 +182,13 @@ class DecodeStep:
                       ) -> torch.Tensor:
             ks[i].index_copy_(2, positions, k)
             vs[i].index_copy_(2, positions, v)
-            qg = q.reshape(1, Hkv, -1, W, D).float()                  # [1, Hkv, G, W, D]
-            s = (qg @ ks[i].float().unsqueeze(2).transpose(-1, -2)) * (D ** -0.5)
-            s = s.masked_fill(hidden, float("-inf"))
-            out = F.softmax(s, dim=-1) @ vs[i].float().unsqueeze(2)   # [1, Hkv, G, W, D]
-            return out.reshape(1, -1, W, D)
+            # a K/V head's query heads and positions as the rows of one plain product (a
+            # product broadcast over the heads took 5x as long on a 2-core AMD EPYC)
+            qg = q.reshape(1, Hkv, H // Hkv * W, D).float()
+            s = (qg @ ks[i].float().transpose(-1, -2)) * (D ** -0.5)  # [1, Hkv, G*W, cap]
+            s = s.view(1, Hkv, H // Hkv, W, -1).masked_fill(hidden, float("-inf"))
+            p = F.softmax(s, dim=-1).view(1, Hkv, H // Hkv * W, -1)
+            return (p @ vs[i].float()).reshape(1, H, W, D)
         return self._layers(tokens, positions, attention)
 
     def branch_step(self, tokens: torch.Tensor, pos: torch.Tensor, own: torch.Tensor,
