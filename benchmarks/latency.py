@@ -302,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['cold_prompt_tokens']:.0f} prompt tokens per cold prompt in all")
     print(f"{'':<28}{'n':>6}{'p50':>9}{'p95':>9}{'p99':>9}   (ms)")
     kinds = [(f"cold: {kind}", values, "") for kind, values in sorted(r["cold"].items())]
-    for name, values, bars in [("typing (answered requests)", r["typing"], "50 / 150"),
+    for name, values, bars in [("typing (answered requests)", r["typing"], "50 / 80"),
                                ("cold (fresh file)",
-                                [v for vs in r["cold"].values() for v in vs], "200 / 400"),
+                                [v for vs in r["cold"].values() for v in vs], "120 / 300"),
                                *kinds,
                                *([(f"cold while indexing ({r['walk_seconds']:.1f} s walk)",
                                    r["while_indexing"], "")] if args.while_indexing else []),
