@@ -121,22 +121,25 @@ class Int8Linear(nn.Module):
         weight, in its own dtype, is kept (not copied) for calls of many rows. With
         `activations_int8` small calls quantize their rows too (the module docstring)."""
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        scale, weight = _rounded(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127)
-                             .to(torch.int8).contiguous())
-        self.register_buffer("scales", scale.to(dtype))
         self.register_buffer("full", linear.weight.detach())
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach())
         self.key: int | None = None
         if activations_int8:
+            # only oneDNN's packed copy is multiplied by: no second int8 copy is kept (for
+            # a 0.5B model that was ~0.5 GB), `dequantized` rounds `full` again instead
+            self.register_buffer("weight", None)
+            self.register_buffer("scales", None)
             self.key = next(_KEYS)
-            _PACKED[self.key] = torch.ops.onednn.qlinear_prepack(self.weight, None)
+            _PACKED[self.key] = torch.ops.onednn.qlinear_prepack(weight, None)
             weakref.finalize(self, _PACKED.pop, self.key, None)
-            self.register_buffer("w_scales", scale.float())
+            self.register_buffer("w_scales", scale)
             self.register_buffer("w_zeros", torch.zeros(self.out_features, dtype=torch.long))
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("scales", scale.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -197,8 +200,18 @@ def quantize_int8(model: Transformer, activations_int8: bool = False) -> int:
     return replaced
 
 
+def _rounded(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight's per-row scales (fp32) and its int8 rows: symmetric, 127 steps a side."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    return scale, torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+
+
 def dequantized(layer: Int8Linear) -> torch.Tensor:
     """The float weight an Int8Linear multiplies by (for tests and error reports)."""
+    if layer.key is not None:                  # int8-dynamic keeps no int8 copy of its own
+        scale, weight = _rounded(layer.full)
+        return weight.float() * scale[:, None]
     return layer.weight.float() * layer.scales.float()[:, None]
 
 

@@ -280,6 +280,8 @@ def test_int8_dynamic_layers_multiply_rounded_rows_by_rounded_weights(random_mod
     quantize.quantize_int8(q, activations_int8=True)
     layers = [m for m in q.modules() if isinstance(m, Int8Linear)]
     assert layers and all(m.key in quantize._PACKED for m in layers)
+    # no int8 copy beside oneDNN's packed one (the float weight stays for prefill)
+    assert all(m.weight is None and m.scales is None for m in layers)
     layer = q.layers[0].mlp.down_proj
     x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
     step = x.float().abs().max() / 127
