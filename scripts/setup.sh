@@ -64,7 +64,7 @@ pip_install -e ".${EXTRAS:+[$EXTRAS]}" \
 # Compiling once here fills that cache, so the first server start is as quick as the rest.
 # CODECOMPLETE_PRECOMPILE=0 skips it.
 if [ "${CODECOMPLETE_PRECOMPILE:-1}" != 0 ]; then
-  echo "Compiling the decode step for this machine (once; about a minute on 2 cores)..." >&2
+  echo "Compiling the decode step for this machine (once; one to two minutes on 2 cores)..." >&2
   .venv/bin/python -m server --precompile --log-level WARNING >> .venv/setup.log 2>&1 \
     || echo "note: the decode step was not precompiled (.venv/setup.log says why); the" \
             "server compiles it in the background instead." >&2
