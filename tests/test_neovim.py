@@ -219,12 +219,14 @@ def test_typing_what_is_shown_keeps_the_rest_at_once(nvim):
 
 
 def test_candidates_cycle_with_the_next_and_previous_keys(nvim):
+    """Sampled candidates (a random seed) that the filters and the deduplication leave
+    at least two of: 8 samples, since with 4 one clean-clone CI run kept only one."""
     vim, tmp = nvim
     open_python(vim, tmp / "node.py", BODY_LINE)
     vim.exec_lua("""
         local c = vim.lsp.get_clients({name = 'codecomplete'})[1]
         c:notify('workspace/didChangeConfiguration', { settings = { codecomplete = {
-            candidates = 4, temperature = 1.5, seed = vim.NIL, max_tokens = 8 } } })
+            candidates = 8, temperature = 1.5, seed = vim.NIL, max_tokens = 8 } } })
     """)
     vim.command("normal! G")
     vim.input("A")

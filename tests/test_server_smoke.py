@@ -114,6 +114,14 @@ async def test_the_server_compiles_its_decode_step_and_answers_the_same(tiny_mod
                 context=types.InlineCompletionContext(
                     trigger_kind=types.InlineCompletionTriggerKind.Invoked)))
             out.append(r.items[0].insert_text if r.items else "")
+            # the buffers left are counted into the project memory on the workspace's
+            # thread after an answer: the next request must see the same memory in both
+            # servers, not whatever the thread had finished by then
+            deadline = time.monotonic() + 60
+            while (await client.protocol.send_request_async(
+                    "codecomplete/status", {})).workspace_indexing \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         return out
 
     client, shown = await start(tiny_model_dir, "--compile", "on")
