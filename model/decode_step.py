@@ -391,14 +391,15 @@ def _twice(call: Callable[[int], object]) -> None:
 
 
 def compile_decoding(model: Transformer, capacity: int, beams: int = 0, room: int = 0,
-                     verify: int = 0) -> DecodeStep:
+                     verify: int = 0, keep_slower: bool = False) -> DecodeStep:
     """Compile `model`'s one-token step for caches of `capacity` positions (with `beams`,
     beam search's step over `room` own positions; with `verify`, the check of a draft of
     up to that many tokens) and make the model use it (Transformer.decode_step) once it
-    works; `failed` says why not."""
+    works and measures faster than the eager step, or whatever it measures with
+    `keep_slower` (`server --compile on`); `failed` says why not."""
     step = DecodeStep(model, capacity, beams, room, verify)
     step.compile()
-    if step.ready:
+    if step.ready and not keep_slower:
         step.keep_if_faster()
     if step.ready:
         model.decode_step = step

@@ -40,9 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "auto (the default): int8 on CPU, none on a GPU")
     ap.add_argument("--compile", choices=("auto", "on", "none"), default="auto",
                     help="compile the one-token decode step in the background after start-up "
-                         "(decode ~2x faster on CPU; ~25-45 s the first time on 2 cores, a "
+                         "(decode ~2x faster on CPU; ~25-75 s the first time on 2 cores, a "
                          "few once cached; requests meanwhile use the eager model; see "
-                         "docs/server.md); auto (the default): on a CPU")
+                         "docs/server.md); auto (the default): on a CPU, kept only where it "
+                         "measures faster than eager; on: anywhere, and kept")
     ap.add_argument("--precompile", action="store_true",
                     help="compile the decode step as the server would with these options, "
                          "filling the on-disk cache its start-up compile then reads (a few "
@@ -90,7 +91,8 @@ def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str 
         logging.getLogger("codecomplete").warning(problem)
     compile_decode = args.compile == "on" or (args.compile == "auto"
                                               and compile_by_default(loaded.device))
-    return CompletionEngine(loaded, settings, compile_decode), None
+    return CompletionEngine(loaded, settings, compile_decode,
+                            keep_compiled=args.compile == "on"), None
 
 
 def main(argv: list[str] | None = None) -> int:

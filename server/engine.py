@@ -123,11 +123,13 @@ class CompletionEngine:
     """Serialises generation on one model and owns the reusable KV cache."""
 
     def __init__(self, loaded: LoadedModel, settings: EngineSettings | None = None,
-                 compile_decode: bool = False):
+                 compile_decode: bool = False, keep_compiled: bool = False):
         """`compile_decode`: compile the one-token decode step after the warm-up
-        (model/decode_step.py; `server --compile`)."""
+        (model/decode_step.py; `server --compile`); `keep_compiled` (`--compile on`, the
+        user's explicit choice): use it even where it measures no faster than eager."""
         self.loaded = loaded
         self.compile_decode = compile_decode
+        self.keep_compiled = keep_compiled
         # how tokens are decoded, for the status request (compile_step changes it)
         self.decode = "compile pending" if compile_decode else "eager"
         self.settings = settings or EngineSettings()
@@ -202,7 +204,7 @@ class CompletionEngine:
         # rows with room for the most a request writes), and the checks of drafts
         room = branch_room(beam_room(new_tokens(self.settings, healed=True)))
         step = compile_decoding(self.loaded.model, self.loaded.context, LINE_BEAMS, room,
-                                verify=DRAFT_PASS)
+                                verify=DRAFT_PASS, keep_slower=self.keep_compiled)
         seconds = time.perf_counter() - t0
         self.decode = (f"compiled ({seconds:.1f} s, {step.wrapper} wrapper)" if step.ready
                        else f"eager: {step.failed}")

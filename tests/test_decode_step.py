@@ -222,7 +222,10 @@ def test_the_engine_compiles_after_warm_up_and_answers_the_same(tiny_model_dir):
     lm = load_model_dir(tiny_model_dir, device="cpu", dtype="float32")
     prepare_for_inference(lm.model)
     prepare_for_inference(plain.loaded.model)
-    fast = CompletionEngine(lm, EngineSettings(temperature=0), compile_decode=True)
+    # kept whatever it measures (`--compile on`): for a model this small the compiled and
+    # the eager step can measure alike, and this test is about what the compiled one says
+    fast = CompletionEngine(lm, EngineSettings(temperature=0), compile_decode=True,
+                            keep_compiled=True)
     assert fast.describe()["decode"] == "compile pending" and plain.compile_step() is None
     assert plain.describe()["decode"] == "eager"
     fast.warmup()
@@ -325,3 +328,24 @@ def test_the_cpp_wrapper_that_fails_to_build_falls_back_to_python(tiny, monkeypa
     ids = tiny.tokenizer.encode(TEXTS[0])
     eager, fast, _, _ = teacher_forced(model, step, ids[:16], ids[16:24])
     torch.testing.assert_close(fast, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_compile_on_keeps_a_step_that_measured_no_faster(tiny, monkeypatch):
+    """`server --compile on` (keep_slower) keeps the compiled step where `auto` would turn
+    it off for measuring no faster than eager (a step slowed here on purpose)."""
+    import time
+
+    real = torch.compile
+
+    def slowed(fn, **kw):
+        compiled = real(fn, **kw)
+
+        def call(*args):
+            time.sleep(0.02)
+            return compiled(*args)
+        return call
+    monkeypatch.setattr(torch, "compile", slowed)
+    for keep in (False, True):
+        model = served(tiny.model)
+        step = compile_decoding(model, tiny.context, keep_slower=keep)
+        assert step.ready == keep and (model.decode_step is step) == keep, step.failed
