@@ -251,7 +251,10 @@ def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tm
                         "--precompile", "--log-level", "WARNING"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.startswith("decode step: compiled ("), r.stdout
+    # compiled, and kept or (a model this small can measure alike) not: either way it
+    # compiled, which is what fills the cache
+    assert r.stdout.startswith(("decode step: compiled (", "decode step: eager: the "
+                                "compiled step measured no faster")), r.stdout
     kernels = list((tmp_path / "cache" / "inductor").rglob("*.so"))
     assert kernels, "no compiled kernels in the cache"
     broken = subprocess.run([sys.executable, "-m", "server", "--model",
