@@ -166,6 +166,12 @@ def test_int8_keeps_an_fp32_models_own_weights_for_prefill(random_model):
     assert head(one).dtype == torch.float32
     torch.testing.assert_close(head(one), F.linear(one, dequantized(head)),
                                atol=0.05, rtol=0.02)
+    # a draft's check (DRAFT_PASS tokens in one pass) is a decode call: int8, not fp32
+    from model.generate import DRAFT_PASS
+    check = torch.randn(DRAFT_PASS, layer.in_features)
+    assert not torch.equal(layer(check), F.linear(check, up))
+    torch.testing.assert_close(layer(check), F.linear(check, dequantized(layer)),
+                               atol=0.05, rtol=0.02)
 
 
 def test_the_served_model_computes_what_the_trained_one_does(random_model, tiny):
