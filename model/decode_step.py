@@ -47,6 +47,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from model.device import clock
 from model.kv_cache import BranchCache, KVCache
 from model.paths import cache_dir
 from model.transformer import Transformer
@@ -98,7 +99,8 @@ class DecodeStep:
         self.capacity = capacity
         self.beams, self.room = beams, room
         self.verify = verify
-        self.ready = False
+        self.ready = False                         # in use: compiled, and kept
+        self.compiled = False                      # its graphs built and ran (in use or not)
         self.failed: str | None = None
         self.steps = 0                             # forward passes made by compiled steps
         self.checks = 0                            # ... of which drafts' checks
@@ -244,7 +246,7 @@ class DecodeStep:
             if self.failed is None or n == len(tries) - 1:
                 break
             log.info("%s; compiling it again with inductor's Python wrapper", self.failed)
-        self.ready = self.failed is None
+        self.ready = self.compiled = self.failed is None
         return time.perf_counter() - t0
 
     def _compile(self, options: dict) -> str | None:
@@ -300,12 +302,12 @@ class DecodeStep:
             x = torch.zeros(1, 1, dtype=torch.long, device=device)
             steps = min(trials + 1, self.capacity - eager_cache.length)
             for _ in range(steps):                      # the first of each: a warm-up
-                t0 = _clock(device)
+                t0 = clock(device)
                 self(x, fast_cache)
-                times[True].append(_clock(device) - t0)
-                t0 = _clock(device)
+                times[True].append(clock(device) - t0)
+                t0 = clock(device)
                 self.model.lm_head(self.model.features(x, eager_cache))   # not decode_step
-                times[False].append(_clock(device) - t0)
+                times[False].append(clock(device) - t0)
         self.steps = counted                            # status counts requests' steps
         if len(times[True]) < 2:                        # no room to measure: keep it
             return 0.0, 0.0
@@ -372,13 +374,6 @@ class DecodeStep:
         cache.advance(input_ids[0].tolist())
         self.steps += 1
         return logits
-
-
-def _clock(device: torch.device) -> float:
-    """perf_counter once the device's queued work is done (a GPU's calls return early)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _twice(call: Callable[[int], object]) -> None:

@@ -67,13 +67,23 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def best_seconds(call: Callable[[], object], repeats: int = 5) -> float:
+def clock(device: torch.device | None = None) -> float:
+    """perf_counter once `device`'s queued work is done: a GPU's calls return before their
+    work is, so an unsynchronised clock would time the launches (CPU calls are done)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def best_seconds(call: Callable[[], object], repeats: int = 5,
+                 device: torch.device | None = None) -> float:
     """The fastest of `repeats` timed calls after one untimed one (which pays for kernel
-    selection and allocation): how load-time choices between kernels are measured."""
+    selection and allocation): how load-time choices between kernels are measured. Pass
+    the `device` the call works on when it may be a GPU (see `clock`)."""
     call()
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock(device)
         call()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock(device) - t0)
     return best

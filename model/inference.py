@@ -98,7 +98,7 @@ def fastest_forms(weight: torch.Tensor, transposed_ok: bool
     choice = {}
     for rows in (1, FEW_ROWS):
         x = torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device)
-        times = {name: best_seconds(lambda f=form, x=x: f(x, w, wt))
+        times = {name: best_seconds(lambda f=form, x=x: f(x, w, wt), device=w.device)
                  for name, form in FORMS.items()
                  if (name != "transposed" or wt is not None)
                  and (rows == 1 or name not in ONE_ROW_ONLY)}

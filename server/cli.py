@@ -65,7 +65,7 @@ def precompile(args: argparse.Namespace) -> int:
         print("decode step: not compiled with these options on this device (--compile)")
         return 0
     print(f"decode step: {engine.decode}")
-    return 1 if "compiling the decode step failed" in engine.decode else 0
+    return 1 if engine.compile_error else 0
 
 
 def load_engine(args: argparse.Namespace) -> tuple[CompletionEngine | None, str | None]:

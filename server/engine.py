@@ -132,6 +132,7 @@ class CompletionEngine:
         self.keep_compiled = keep_compiled
         # how tokens are decoded, for the status request (compile_step changes it)
         self.decode = "compile pending" if compile_decode else "eager"
+        self.compile_error: str | None = None  # why compile_step could not build the step
         self.settings = settings or EngineSettings()
         self.stats = EngineStats()
         self._lock = threading.Lock()          # the model and its KV cache (held while
@@ -208,6 +209,9 @@ class CompletionEngine:
         seconds = time.perf_counter() - t0
         self.decode = (f"compiled ({seconds:.1f} s, {step.wrapper} wrapper)" if step.ready
                        else f"eager: {step.failed}")
+        # built but turned off for measuring no faster is not an error (its kernels are
+        # cached all the same); not built at all is
+        self.compile_error = None if step.compiled else step.failed
         return seconds
 
     def build_prompt(self, prefix: str, suffix: str, context: list[int] | None = None

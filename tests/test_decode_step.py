@@ -263,6 +263,29 @@ def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tm
     assert broken.returncode == 1 and "missing" in broken.stderr
 
 
+def test_precompile_exits_1_only_when_the_step_could_not_be_built(tiny_model_dir, monkeypatch,
+                                                                 capsys):
+    """`--precompile`'s exit status comes from whether the graphs were built, kept in use
+    or not (a step turned off for measuring no faster still cached its kernels), not from
+    the wording of the status line."""
+    from server.cli import parse_args, precompile
+
+    args = parse_args(["--model", str(tiny_model_dir), "--compile", "auto"])
+    monkeypatch.setattr(DecodeStep, "_compile",
+                        lambda self, options: "compiling the graphs broke (no compiler)")
+    assert precompile(args) == 1
+    assert "no compiler" in capsys.readouterr().out
+
+    def turned_off(self, trials=5):
+        self.ready = False
+        self.failed = "the compiled step was slower"
+        return 0.0, 0.0
+    monkeypatch.setattr(DecodeStep, "_compile", lambda self, options: None)
+    monkeypatch.setattr(DecodeStep, "keep_if_faster", turned_off)
+    assert precompile(args) == 0
+    assert "was slower" in capsys.readouterr().out
+
+
 def test_a_compiled_step_no_faster_than_eager_is_turned_off(tiny, monkeypatch):
     """DecodeStep.keep_if_faster (compile_decoding calls it): the compiled step is kept
     only when it measured faster than the eager forward; the measuring steps are not
