@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+import torch
+
 from completion.settings import EngineSettings, update_settings
 from model.checkpoint import ModelDirError, load_model_dir
 from model.decode_step import compile_by_default
@@ -48,8 +50,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="compile the decode step as the server would with these options, "
                          "filling the on-disk cache its start-up compile then reads (a few "
                          "seconds instead of ~25-45), and exit (scripts/setup.sh runs it)")
+    ap.add_argument("--threads", type=thread_count, default=None,
+                    help="CPU threads for the model (default: PyTorch's, one per core). "
+                         "On a machine whose other programs keep a core busy, fewer "
+                         "threads answer sooner: on 2 cores with one kept busy, cold "
+                         "requests took 241 ms at the median with 1 thread against 403 "
+                         "with 2 (docs/server.md)")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
+
+
+def thread_count(text: str) -> int:
+    """`--threads`: a whole number of at least 1, or argparse's one-line error naming it."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of threads (>= 1)")
+    return n
 
 
 def precompile(args: argparse.Namespace) -> int:
@@ -103,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         # pygls logs every JSON-RPC message at INFO, document text included: keep that
         # (and the volume: an editor's log, or a pipe nobody reads, fills up) for DEBUG.
         logging.getLogger("pygls").setLevel(logging.WARNING)
+    if args.threads:
+        # before any of the model's work: its threads' OpenMP teams take this size, and
+        # so do the compiled kernels (inductor builds them for the count; --precompile
+        # must be given the same to fill the cache the server then reads)
+        torch.set_num_threads(args.threads)
     if args.precompile:
         return precompile(args)
     model_thread = new_model_thread()   # loads, warms up and serves it (server/threads.py)

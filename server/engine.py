@@ -161,6 +161,7 @@ class CompletionEngine:
             "model": str(self.loaded.path),
             "device": str(self.loaded.device),
             "dtype": dtype_name(self.loaded.dtype),
+            "threads": torch.get_num_threads(),        # the model's (`--threads`)
             "parameters": self.loaded.config.num_parameters(),
             "requests": stats.requests,
             "latency_p50_ms": pct(0.5),

@@ -93,6 +93,31 @@ async def test_inline_and_classic_completion_over_stdio(tiny_model_dir, extra):
         await stop(client)
 
 
+async def test_threads_sets_the_models_thread_count(tiny_model_dir):
+    """`--threads 1`: the model runs on one CPU thread (the status request says so, from
+    the server's own process) and still answers; a count below 1 is refused in one line
+    naming it, before anything loads."""
+    client, shown = await start(tiny_model_dir, "--threads", "1")
+    try:
+        uri = "file:///t/node.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            types.TextDocumentItem(uri=uri, language_id="python", version=1, text=TEXT)))
+        inline = await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri),
+                position=types.Position(line=5, character=len("        return self.va")),
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+        assert inline.items and inline.items[0].insert_text.startswith("lue")
+        status = await client.protocol.send_request_async("codecomplete/status", {})
+        assert status.threads == 1 and not shown
+    finally:
+        await stop(client)
+    bad = subprocess.run([sys.executable, "-m", "server", "--model", str(tiny_model_dir),
+                          "--threads", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "'0' is not a whole number of threads" in bad.stderr
+
+
 async def test_the_server_compiles_its_decode_step_and_answers_the_same(tiny_model_dir):
     """`--compile on`: the status says "compiling" then "compiled"; requests during the
     compile are answered (by the eager model), and those after it (other cursors: the
