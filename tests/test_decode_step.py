@@ -72,6 +72,51 @@ def test_the_compiled_step_computes_the_eager_one(tiny):
                 assert got == want, (text[:cut], beams)
 
 
+def test_the_compiled_steps_read_only_the_written_span_of_the_cache(tiny):
+    """The graphs attend over the positions written so far rounded up to SPAN, not over
+    the cache's whole capacity: NaN planted past that span changes nothing (attending
+    over it, masked or not, would give NaN: 0 * NaN). One graph serves every span up to
+    the cache's end without recompiling, and the very last position is the eager
+    model's."""
+    from model.decode_step import SPAN
+
+    model = served(tiny.model)
+    capacity = 4 * SPAN
+    step = DecodeStep(model, capacity, verify=DRAFT_PASS)
+    step.compile()
+    assert step.ready, step.failed
+    ids = (tiny.tokenizer.encode(TEXTS[0] + TEXTS[1]) * 8)[:capacity]
+    eager_cache, fast_cache = model.new_cache(1, capacity), model.new_cache(1, capacity)
+    with torch.inference_mode():
+        for cache in (eager_cache, fast_cache):
+            model.decode_step = None
+            model(torch.tensor([ids[:5]]), cache)
+        for k, v in zip(fast_cache.k, fast_cache.v, strict=True):
+            k[:, :, SPAN:] = float("nan")
+            v[:, :, SPAN:] = float("nan")
+        draft = torch.tensor([ids[5:5 + DRAFT_PASS]])       # a draft's check: positions 5-13
+        model.decode_step = None
+        want = model(draft, eager_cache)
+        model.decode_step = step
+        got = step(draft, fast_cache)
+        assert got is not None and step.checks == 1
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        for n in range(5 + DRAFT_PASS, capacity - 1):      # every span, one token a step
+            if n == SPAN:                                  # past the first: real values
+                for k, v in zip(fast_cache.k, fast_cache.v, strict=True):
+                    k[:, :, SPAN:] = 0
+                    v[:, :, SPAN:] = 0
+            x = torch.tensor([[ids[n]]])
+            model.decode_step = None
+            want = model(x, eager_cache)
+            model.decode_step = step
+            got = step(x, fast_cache)
+            assert got is not None, n
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        assert step.ready, step.failed                    # no recompile stopped it
+        assert step(torch.tensor([[ids[-1]]]), fast_cache) is None     # the last: eager
+
+
 def test_the_compiled_beam_step_computes_the_eager_one(tiny):
     """Beam rows over a branch of the prompt's cache: the same logits and own keys as the
     eager branch step, and beam search writes the same text with it."""
