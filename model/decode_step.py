@@ -61,6 +61,7 @@ log = logging.getLogger("codecomplete")
 # model after a prompt of 300 / 440 / 700 tokens 1.84 / 1.91 / 1.99 ms against 2.39 / 2.12 /
 # 2.13 over the whole 1,024, a draft's 9-token check 6.4 / 6.1 / 6.4 against 8.3 / 7.4 / 8.1.
 SPAN = 32
+GRAPHS_PER_FUNCTION = 64   # compiled graphs of each step function a process may hold (_compile)
 
 
 def available() -> str | None:
@@ -263,48 +264,61 @@ class DecodeStep:
         return time.perf_counter() - t0
 
     def _compile(self, options: dict) -> str | None:
-        """Compile the steps with inductor `options` and run them on scratch caches: None
-        when they work (they are then the ones used), else why not, in one sentence.
-        Each graph is traced with the length it attends over marked dynamic, then run
-        at the cache's far end too, where a graph that had fixed that length would have
-        to compile again (which fails here, as it would on a request's time)."""
+        """Compile the steps with inductor `options` (`_build`): None when they work
+        (they are then the ones used), else why not, in one sentence."""
         try:
-            def compiled(fn: Callable) -> Callable:
-                return torch.compile(fn, fullgraph=True, dynamic=None, options=options)
-            fn = compiled(self.step)
-            branch_fn = compiled(self.branch_step) if self.beams else None
-            verify_fn = compiled(self.verify_step) if self.verify > 1 else None
-            cache = self.model.new_cache(1, self.capacity)
-            device = self._slots.device
-
-            def at(n: int, width: int = 1, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-                """Scratch tokens and position n, made in _twice's inference mode (as
-                generate()'s are: the graph's guards tell the two kinds apart)."""
-                return (torch.zeros(rows, width, dtype=torch.long, device=device),
-                        torch.tensor([n], device=device))
-            last = self.capacity - max(2, self.verify + 1, self.room)
-            _twice(lambda n: fn(*at(n), cache.k, cache.v, self._attended(n + 1, n == 0)),
-                   last)
-            if verify_fn is not None:
-                _twice(lambda n: verify_fn(*at(n, self.verify), cache.k, cache.v,
-                                           self._attended(n + self.verify, n == 0),
-                                           self._offsets), last)
-            if branch_fn is not None:
-                for n, prefix in enumerate((2, last)):
-                    cache.truncate(0)
-                    cache.advance([0] * prefix)
-                    branch = cache.branch(self.beams, self.room)
-                    if branch.k[0].shape[2] != self.room:
-                        raise ValueError(f"a branch of {self.room} positions does not fit "
-                                         f"a cache of {self.capacity}")
-                    _twice(lambda i, branch=branch, n=n: self._call_branch(
-                        branch_fn, at(i, rows=self.beams)[0], branch, i, mark=n == 0),
-                        first_compiles=n == 0)
+            # Only the attended length is dynamic (marked): shapes that differ from an
+            # earlier DecodeStep's (another capacity, model) get a graph of their own, not
+            # one made dynamic in them. And dynamo counts every DecodeStep's graphs of
+            # these functions against one recompile limit (8): nothing in them tells
+            # instances apart by identity, and a step not yet garbage-collected keeps its
+            # entry, so a process that builds several (tests, benchmarks, a model loaded
+            # again) met that limit.
+            with torch._dynamo.config.patch(recompile_limit=GRAPHS_PER_FUNCTION,
+                                            automatic_dynamic_shapes=False):
+                fns = self._build(options)
         except Exception as e:                     # any failure: stay eager
             return (f"compiling the decode step failed ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else 'no message'})")
-        self._fn, self._branch_fn, self._verify_fn = fn, branch_fn, verify_fn
+        self._fn, self._branch_fn, self._verify_fn = fns
         return None
+
+    def _build(self, options: dict) -> tuple[Callable, Callable | None, Callable | None]:
+        """The compiled step, beam step and check, run on scratch caches. Each graph is
+        traced with the length it attends over marked dynamic, then run at the cache's far
+        end too, where a graph that had fixed that length would have to compile again
+        (which fails here, as it would on a request's time)."""
+        def compiled(fn: Callable) -> Callable:
+            return torch.compile(fn, fullgraph=True, dynamic=None, options=options)
+        fn = compiled(self.step)
+        branch_fn = compiled(self.branch_step) if self.beams else None
+        verify_fn = compiled(self.verify_step) if self.verify > 1 else None
+        cache = self.model.new_cache(1, self.capacity)
+        device = self._slots.device
+
+        def at(n: int, width: int = 1, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+            """Scratch tokens and position n, made in _twice's inference mode (as
+            generate()'s are: the graph's guards tell the two kinds apart)."""
+            return (torch.zeros(rows, width, dtype=torch.long, device=device),
+                    torch.tensor([n], device=device))
+        last = self.capacity - max(2, self.verify + 1, self.room)
+        _twice(lambda n: fn(*at(n), cache.k, cache.v, self._attended(n + 1, n == 0)), last)
+        if verify_fn is not None:
+            _twice(lambda n: verify_fn(*at(n, self.verify), cache.k, cache.v,
+                                       self._attended(n + self.verify, n == 0),
+                                       self._offsets), last)
+        if branch_fn is not None:
+            for n, prefix in enumerate((2, last)):
+                cache.truncate(0)
+                cache.advance([0] * prefix)
+                branch = cache.branch(self.beams, self.room)
+                if branch.k[0].shape[2] != self.room:
+                    raise ValueError(f"a branch of {self.room} positions does not fit "
+                                     f"a cache of {self.capacity}")
+                _twice(lambda i, branch=branch, n=n: self._call_branch(
+                    branch_fn, at(i, rows=self.beams)[0], branch, i, mark=n == 0),
+                    first_compiles=n == 0)
+        return fn, branch_fn, verify_fn
 
     def _attended(self, end: int, mark: bool = False) -> torch.Tensor:
         """The slot numbers of the cache's first `end` positions rounded up to SPAN: a

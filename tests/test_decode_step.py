@@ -117,6 +117,19 @@ def test_the_compiled_steps_read_only_the_written_span_of_the_cache(tiny):
         assert step(torch.tensor([[ids[-1]]]), fast_cache) is None     # the last: eager
 
 
+def test_steps_alive_together_are_not_held_to_dynamos_recompile_limit(tiny):
+    """Dynamo counts every DecodeStep's graph of `step` against one recompile limit per
+    process (nothing tells instances apart by identity); the full suite once met it with
+    8 steps not yet garbage-collected, and the ninth server of the process decoded
+    eagerly. Here the limit is 2 and three steps, all kept, each compile."""
+    model = served(tiny.model)
+    steps = [DecodeStep(model, capacity) for capacity in (64, 96, 128)]
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for step in steps:
+            step.compile()
+            assert step.ready, step.failed
+
+
 def test_the_compiled_beam_step_computes_the_eager_one(tiny):
     """Beam rows over a branch of the prompt's cache: the same logits and own keys as the
     eager branch step, and beam search writes the same text with it."""
