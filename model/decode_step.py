@@ -170,9 +170,9 @@ class DecodeStep:
             ks[i].index_copy_(2, pos, k)
             vs[i].index_copy_(2, pos, v)
             # the query heads of one K/V head as rows of one product, in float32 as the
-            # eager attention computes one query on a CPU (model/attention.py); plain
-            # 3-d products over the first n positions: a 4-d one reshapes its operands,
-            # which for a part of the buffer depends on whether n is all of it
+            # eager attention computes one query on a CPU (model/attention.py); 3-d
+            # products over the first n positions, sliced here so that the buffers
+            # passed in keep static shapes and strides (views passed in had dynamic ones)
             qg = q.reshape(Hkv, -1, D).float()
             s = torch.bmm(qg, ks[i][0, :, :n].float().transpose(1, 2)) * (D ** -0.5)
             s = s.masked_fill(hidden, float("-inf"))
