@@ -308,16 +308,19 @@ class DecodeStep:
                                        self._attended(n + self.verify, n == 0),
                                        self._offsets), last)
         if branch_fn is not None:
-            for n, prefix in enumerate((2, last)):
+            def rows_after(prefix: int) -> Callable[[int], object]:
+                """A call of the beam step at own position n of a branch after `prefix`
+                positions (the length its graph attends over: marked at n = 0)."""
                 cache.truncate(0)
                 cache.advance([0] * prefix)
                 branch = cache.branch(self.beams, self.room)
                 if branch.k[0].shape[2] != self.room:
                     raise ValueError(f"a branch of {self.room} positions does not fit "
                                      f"a cache of {self.capacity}")
-                _twice(lambda i, branch=branch, n=n: self._call_branch(
-                    branch_fn, at(i, rows=self.beams)[0], branch, i, mark=n == 0),
-                    first_compiles=n == 0)
+                return lambda n: self._call_branch(branch_fn, at(n, rows=self.beams)[0],
+                                                   branch, n, mark=n == 0)
+            _twice(rows_after(2))
+            _reused(rows_after(last))              # a prompt near the cache's end
         return fn, branch_fn, verify_fn
 
     def _attended(self, end: int, mark: bool = False) -> torch.Tensor:
@@ -425,16 +428,21 @@ class DecodeStep:
         return logits
 
 
-def _twice(call: Callable[[int], object], far: int | None = None,
-           first_compiles: bool = True) -> None:
+def _twice(call: Callable[[int], object], far: int | None = None) -> None:
     """Run a compiled step at positions 0 and 1 of a scratch cache, as generate() runs it
-    (in inference mode): the first call compiles (unless not `first_compiles`), the
-    second must reuse the graph, and so must a call at position `far`."""
+    (in inference mode): the first call compiles, the second must reuse the graph, and so
+    must a call at position `far`."""
     with torch.inference_mode():
-        for i, n in enumerate((0, 1) if far is None else (0, 1, far)):
-            first = i == 0 and first_compiles
-            with torch.compiler.set_stance("default" if first else "fail_on_recompile"):
-                call(n)
+        call(0)
+    _reused(call, 1)
+    if far is not None:
+        _reused(call, far)
+
+
+def _reused(call: Callable[[int], object], n: int = 0) -> None:
+    """`call(n)` in inference mode, failing if it would compile a graph again."""
+    with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
+        call(n)
 
 
 def compile_decoding(model: Transformer, capacity: int, beams: int = 0, room: int = 0,
