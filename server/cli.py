@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precompile", action="store_true",
                     help="compile the decode step as the server would with these options, "
                          "filling the on-disk cache its start-up compile then reads (a few "
-                         "seconds instead of ~25-45), and exit (scripts/setup.sh runs it)")
+                         "seconds instead of ~25-75), and exit (scripts/setup.sh runs it)")
     ap.add_argument("--threads", type=thread_count, default=None,
                     help="CPU threads for the model (default: PyTorch's, one per core). "
                          "On a machine whose other programs keep a core busy, fewer "
