@@ -6,6 +6,9 @@ projections; `--quantize int8` on the right).
     python -m benchmarks.quantize [--model DIR] [--data data/local-16384] [--sizes 29M,110M]
         [--dtype auto|float32|bfloat16]     (auto: what the server picks on this CPU)
         [--activations bf16|int8]           (int8: `--quantize int8-dynamic`'s layers)
+        [--kernel native|pytorch]           (weight-only int8's small calls: model/native.py's
+                                             int8 x int8 kernel, as served where it builds,
+                                             or PyTorch's int8-weight kernel)
 
 `--model` (default: the shipped one) is measured for speed and quality (bits/byte with every
 call through the int8 kernel, which the server uses only for decoding); `--sizes` adds
@@ -28,13 +31,14 @@ import torch
 
 from benchmarks.generate import timed
 from benchmarks.machine import describe
-from model import quantize
+from model import native, quantize
 from model.checkpoint import load_model_dir
 from model.config import ModelConfig
 from model.device import select_dtype
 from model.generate import GenerationConfig, generate
 from model.inference import prepare_for_inference
 from model.paths import default_model_dir
+from model.quantize import int8_kernel, use_native
 from model.transformer import Transformer
 
 SHAPES = {   # hidden, intermediate, layers, heads, kv heads (vocab 16384, tied)
@@ -92,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="the float arm's dtype (auto: the server's)")
     ap.add_argument("--activations", choices=("bf16", "int8"), default="bf16",
                     help="the int8 arm's activations (int8: --quantize int8-dynamic)")
+    ap.add_argument("--kernel", choices=("native", "pytorch"), default="native",
+                    help="weight-only int8's kernel for small calls (native: model/native.py)")
     args = ap.parse_args(argv)
     path = args.model or default_model_dir()
     if path is None:
@@ -104,10 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workload {args.prompt}-token prompt, {args.new} new tokens, greedy, batch 1, "
           f"{name} model, int8 products with {args.activations} activations")
     dynamic = args.activations == "int8"
+    native_kernel = not dynamic and args.kernel == "native"
+    if native_kernel:
+        why = native.load(build_if_missing=True)          # as the server's warm-up does
+        if why is not None:
+            print(f"note: no native int8 kernel: {why}", file=sys.stderr)
+
+    def quantized(model: torch.nn.Module) -> int:
+        n = int(prepare_for_inference(model, int8=True, int8_activations=dynamic)["int8 layers"])
+        use_native(model, on=native_kernel)
+        return n
     rows = []
     q = copy.deepcopy(lm.model)
     prepare_for_inference(lm.model)
-    n = int(prepare_for_inference(q, int8=True, int8_activations=dynamic)["int8 layers"])
+    n = quantized(q)
+    print(f"int8 kernel {int8_kernel(q)}")
     base = speed(lm.model, args.prompt, args.new, args.repeats)
     fast = speed(q, args.prompt, args.new, args.repeats)
     line = [f"{path} ({lm.config.num_parameters() / 1e6:.1f}M, {n} linear layers)", *base, *fast]
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         m = Transformer(cfg).to(dtype).eval()
         m_q = copy.deepcopy(m)
         prepare_for_inference(m)
-        n = int(prepare_for_inference(m_q, int8=True, int8_activations=dynamic)["int8 layers"])
+        n = quantized(m_q)
         rows.append([f"untrained {size} ({cfg.num_parameters() / 1e6:.1f}M, {n} linear layers)",
                      *speed(m, args.prompt, args.new, args.repeats),
                      *speed(m_q, args.prompt, args.new, args.repeats)])

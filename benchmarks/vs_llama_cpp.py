@@ -47,12 +47,13 @@ import numpy as np
 import torch
 
 from benchmarks.machine import describe
+from model import native
 from model.checkpoint import LoadedModel, load_model_dir
 from model.decode_step import compile_by_default, compile_decoding
 from model.device import dtype_name
 from model.inference import int8_by_default, prepare_for_inference
 from model.paths import default_model_dir
-from model.quantize import int8_activations_pay
+from model.quantize import int8_activations_pay, use_native
 
 # Qwen2.5-Coder-0.5B's config.json (the published one), as the Llama our exporter writes.
 SHAPES = {"qwen2.5-coder-0.5b": dict(
@@ -151,17 +152,22 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     from training.evaluate import validation_texts
     from training.gguf_export import export_gguf, stored_dtype
 
-    def served(dtype: str, int8: bool, compiled: bool = False, dynamic: bool = False
-               ) -> LoadedModel:
+    def served(dtype: str, int8: bool, compiled: bool = False, dynamic: bool = False,
+               pytorch_int8: bool = False) -> LoadedModel:
         loaded = load_model_dir(path, device="cpu", dtype=dtype)
         prepare_for_inference(loaded.model, int8=int8,      # as the server runs it
                               int8_activations=dynamic)
+        if pytorch_int8:                                   # PyTorch's kernel, not ours
+            use_native(loaded.model, on=False)
         if compiled:                                       # as the server does after warm-up
             step = compile_decoding(loaded.model, loaded.context)
             if not step.ready:
                 print(f"note: no compiled decode step: {step.failed}", file=sys.stderr)
         return loaded
 
+    why = native.load(build_if_missing=True)       # as the server's warm-up does
+    if why is not None:
+        print(f"note: no native int8 kernel: {why}", file=sys.stderr)
     lm = served("auto", False)                       # the dtype the server picks here
     here = dtype_name(lm.dtype)
     texts = [t for t in validation_texts(args.data) if len(t) > 8 * args.prompt]
@@ -182,6 +188,10 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     if compiled:
         arms[f"ours {here} + compiled step"] = lambda: served(here, False, True).model
     arms[served_name] = lambda: served(here, default_int8, compiled).model
+    if default_int8 and native.loaded():
+        arms[f"ours {here} + int8 decode, PyTorch's kernel"
+             f"{' + compiled step' if compiled else ''}"] = \
+            lambda: served(here, True, compiled, pytorch_int8=True).model
     if int8_activations_pay() is None:
         arms[f"ours {here} + int8-dynamic decode"] = \
             lambda: served(here, True, False, True).model

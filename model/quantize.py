@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import native
 from model.device import best_seconds
 from model.transformer import Transformer
 
@@ -140,6 +141,9 @@ class Int8Linear(nn.Module):
         else:
             self.register_buffer("weight", weight)
             self.register_buffer("scales", scale.to(dtype))
+            self.register_buffer("row_scales", scale)       # fp32, for the native kernel
+        # model/native.py's int8 x int8 kernel for small calls (set by use_native)
+        self.q8 = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -152,6 +156,10 @@ class Int8Linear(nn.Module):
             if pad:
                 rows = F.pad(rows, (0, 0, 0, pad))
             y = F.linear(rows, self.full, self.bias)[:n]
+        elif self.q8:
+            y = native.q8_gemv(rows.float(), self.weight, self.row_scales)
+            if self.bias is not None:
+                y = y + self.bias
         elif self.key is not None:
             xf = rows.float()
             x_scale = xf.abs().amax().clamp(min=1e-12) / 127
@@ -164,6 +172,33 @@ class Int8Linear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
+def use_native(model: Transformer, on: bool = True) -> int:
+    """Let the model's weight-only Int8Linear layers multiply small calls with the native
+    kernel (model/native.py, which must be loaded), or with PyTorch's again when not `on`
+    (benchmarks compare the two); returns how many layers changed kernel."""
+    if on and not native.loaded():
+        return 0
+    switched = 0
+    for layer in model.modules():
+        if isinstance(layer, Int8Linear) and layer.key is None \
+                and layer.in_features % native.BLOCK == 0 and layer.q8 != on:
+            layer.q8 = on
+            switched += 1
+    return switched
+
+
+def int8_kernel(model: Transformer) -> str | None:
+    """Which kernel multiplies the model's int8 weights in decoding (None: no int8)."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    if not layers:
+        return None
+    if any(m.key is not None for m in layers):
+        return "oneDNN int8 x int8 (int8-dynamic)"
+    if any(m.q8 for m in layers):
+        return "native int8 x int8 (model/native.py)"
+    return f"PyTorch int8 weight-only ({native.why_not()})"
 
 
 def replace_block_linears(model: Transformer,
@@ -197,6 +232,8 @@ def quantize_int8(model: Transformer, activations_int8: bool = False) -> int:
     if isinstance(model.lm_head, nn.Linear):
         model.lm_head = Int8Linear(model.lm_head, dtype, activations_int8)
         replaced += 1
+    if not activations_int8 and native.load() is None:    # built already: used at once
+        use_native(model)
     return replaced
 
 

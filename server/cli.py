@@ -80,6 +80,9 @@ def precompile(args: argparse.Namespace) -> int:
     if engine is None:
         print(error, file=sys.stderr)
         return 1
+    engine.native_kernel()
+    if engine.int8_kernel:
+        print(f"int8 kernel: {engine.int8_kernel}")
     if engine.compile_step() is None:
         print("decode step: not compiled with these options on this device (--compile)")
         return 0

@@ -34,6 +34,7 @@ from completion.postprocess import POST_CACHE, PRE_CACHE, CompletionContext
 from completion.settings import EngineSettings, context_budget
 from completion.syntax import COMMENT, STRING, cursor_region
 from completion.words import inside_word
+from model import native
 from model.checkpoint import LoadedModel
 from model.decode_step import compile_decoding
 from model.device import dtype_name
@@ -49,6 +50,7 @@ from model.generate import (
     walk_greedy,
 )
 from model.kv_cache import KVCache, branch_room
+from model.quantize import Int8Linear, int8_kernel, use_native
 from model.scoring import Scored, blend, score_histories, word_end_mask
 from server import identifiers
 from server.interpreter import SERVER, Interpreter
@@ -133,6 +135,9 @@ class CompletionEngine:
         # how tokens are decoded, for the status request (compile_step changes it)
         self.decode = "compile pending" if compile_decode else "eager"
         self.compile_error: str | None = None  # why compile_step could not build the step
+        # which kernel multiplies int8 weights (for the status request; native_kernel
+        # may change it)
+        self.int8_kernel: str | None = int8_kernel(loaded.model)
         self.settings = settings or EngineSettings()
         self.stats = EngineStats()
         self._lock = threading.Lock()          # the model and its KV cache (held while
@@ -174,6 +179,7 @@ class CompletionEngine:
             "last_context_tokens": stats.context_tokens,
             "last_prompt_tokens": stats.last_prompt_tokens,
             "decode": self.decode,
+            "int8_kernel": self.int8_kernel,
             "decode_steps_compiled": getattr(self.loaded.model.decode_step, "steps", 0),
             "memory": self.settings.memory,
             "memory_used_rate": round(self.memory_stats.matched / self.memory_stats.tokens, 3)
@@ -193,6 +199,23 @@ class CompletionEngine:
             generate(self.loaded.model, tok, ids, GenerationConfig(max_new_tokens=4),
                      cache=self.loaded.model.new_cache(1, self.loaded.context), heal=healed)
         return time.perf_counter() - t0
+
+    def native_kernel(self) -> str | None:
+        """Build and load the native int8 kernel where the model decodes with int8 weights
+        and it is not loaded yet (model/native.py: ~15 s on 2 cores, once per machine;
+        `--precompile` builds it too), then switch the model's layers to it under the model
+        lock. Runs before `compile_step`, so that the compiled step calls it. Returns why the
+        kernel is not in use, or None."""
+        model = self.loaded.model
+        if not any(isinstance(m, Int8Linear) for m in model.modules()):
+            self.int8_kernel = None
+            return None
+        why = native.load(build_if_missing=True)
+        if why is None:
+            with self._lock:
+                use_native(model)
+        self.int8_kernel = int8_kernel(model)
+        return why
 
     def compile_step(self) -> float | None:
         """Compile the decode step when `compile_decode` (seconds; None when not asked).

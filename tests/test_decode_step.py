@@ -296,9 +296,9 @@ def test_the_engine_compiles_after_warm_up_and_answers_the_same(tiny_model_dir):
 
 
 def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tmp_path):
-    """`server --precompile` (scripts/setup.sh runs it): compiles as the server would and
-    leaves inductor's compiled kernels in codecomplete's cache folder, where a server's
-    start-up compile finds them."""
+    """`server --precompile` (scripts/setup.sh runs it): builds the native int8 kernel and
+    compiles as the server would, and leaves both in codecomplete's cache folder, where a
+    server's start-up finds them."""
     import os
     import subprocess
     import sys
@@ -311,10 +311,14 @@ def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tm
     assert r.returncode == 0, r.stderr[-2000:]
     # compiled, and kept or (a model this small can measure alike) not: either way it
     # compiled, which is what fills the cache
-    assert r.stdout.startswith(("decode step: compiled (", "decode step: eager: the "
-                                "compiled step measured no faster")), r.stdout
+    kernel, decode = r.stdout.strip().splitlines()
+    assert decode.startswith(("decode step: compiled (", "decode step: eager: the "
+                              "compiled step measured no faster")), r.stdout
     kernels = list((tmp_path / "cache" / "inductor").rglob("*.so"))
     assert kernels, "no compiled kernels in the cache"
+    # and the native int8 kernel (model/native.py) the compiled step calls
+    assert kernel == "int8 kernel: native int8 x int8 (model/native.py)", r.stdout
+    assert list((tmp_path / "cache" / "kernels").glob("q8_gemv-*.so"))
     broken = subprocess.run([sys.executable, "-m", "server", "--model",
                              str(tmp_path / "missing"), "--precompile"],
                             capture_output=True, text=True, timeout=120, env=env)
