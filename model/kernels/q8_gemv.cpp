@@ -22,28 +22,45 @@ namespace {
 constexpr int64_t BLOCK = 32;    // activations share one scale per this many values
 constexpr int64_t GROUP = 4;     // output rows computed together (independent sums)
 
-// Each row of x [M, K] as int8 q [M, K] with one scale per block of 32 (s [M, K / 32]).
+// Each row of x [M, K] as int8 q [M, K] with one scale per block of 32 (s [M, K / 32]):
+// the scale is the block's largest magnitude over 127, values rounded to nearest (even).
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* s) {
   const int64_t blocks = K / BLOCK;
+  const __m256 sign_bit = _mm256_set1_ps(-0.f);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t b = 0; b < blocks; ++b) {
       const float* xb = x + m * K + b * BLOCK;
-      float amax = 0.f;
-      for (int64_t i = 0; i < BLOCK; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float scale = amax / 127.f;
-      const float inverse = scale > 0.f ? 1.f / scale : 0.f;
+      __m256 v[4];
+      __m256 amax = _mm256_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(xb + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[i]));
+      }
+      __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+      m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+      const float scale = _mm_cvtss_f32(m4) / 127.f;
+      const __m256 inverse = _mm256_set1_ps(scale > 0.f ? 1.f / scale : 0.f);
       s[m * blocks + b] = scale;
-      for (int64_t i = 0; i < BLOCK; ++i)
-        q[m * K + b * BLOCK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inverse));
+      __m256i i32[4];
+      for (int i = 0; i < 4; ++i)     // cvtps rounds to nearest even, as nearbyint
+        i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inverse));
+      // 32 int32 -> 32 int8; the packs interleave 128-bit lanes, the permute undoes it
+      const __m256i i16 = _mm256_packs_epi32(i32[0], i32[1]);
+      const __m256i i16b = _mm256_packs_epi32(i32[2], i32[3]);
+      const __m256i i8 = _mm256_packs_epi16(i16, i16b);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + m * K + b * BLOCK),
+                          _mm256_permutevar8x32_epi32(i8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     }
   }
 }
 
-// One block's contribution to a row's sum: int8 weights w times int8 activations x, summed
-// in int32 lanes (|w| * sign(x, w): vpmaddubsw needs one unsigned operand), times the
-// activations' scale.
-inline __m256 block_dot(__m256i w, __m256i x, __m256 scale, __m256 acc) {
-  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+// One block's contribution to a row's sum: int8 weights w times int8 activations, given
+// as |x| (vpmaddubsw needs one unsigned operand; computed once per block for all rows)
+// and x's signs, which move onto w. Pairs are summed in int16 (at most 2 * 127 * 127),
+// then in int32 lanes, and scaled by the activations' block scale into float.
+inline __m256 block_dot(__m256i w, __m256i x_abs, __m256i x, __m256 scale, __m256 acc) {
+  const __m256i pairs = _mm256_maddubs_epi16(x_abs, _mm256_sign_epi8(w, x));
   const __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
   return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
 }
@@ -58,16 +75,20 @@ at::Tensor q8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   TORCH_CHECK(K % BLOCK == 0, "q8_gemv: the inner size must be a multiple of 32");
   const at::Tensor xc = x.contiguous(), wc = w.contiguous(), sc = w_scale.contiguous();
   at::Tensor out = at::empty({M, N}, x.options());
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> xs(M * blocks);
+  // the rounded rows, in buffers each thread keeps (no allocation per call)
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> xs;
+  xq.resize(M * K);
+  xs.resize(M * blocks);
   quantize_rows(xc.data_ptr<float>(), M, K, xq.data(), xs.data());
   const int8_t* W = wc.data_ptr<int8_t>();
   const float* WS = sc.data_ptr<float>();
   const int8_t* XQ = xq.data();
   const float* XS = xs.data();
   float* O = out.data_ptr<float>();
-  // a task is at least ~64k multiply-adds: fewer cost more in threading than they save
-  const int64_t grain = std::max<int64_t>(1, 65536 / (K * GROUP));
+  // a task is at least ~64k multiply-adds: smaller ones cost more to hand to a second
+  // thread than they save
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / (M * K * GROUP));
   at::parallel_for(0, (N + GROUP - 1) / GROUP, grain, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n = g * GROUP, rows = std::min<int64_t>(GROUP, N - n);
@@ -78,12 +99,13 @@ at::Tensor q8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t b = 0; b < blocks; ++b) {
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + b * BLOCK));
+          const __m256i xa = _mm256_sign_epi8(xv, xv);
           const __m256 d = _mm256_set1_ps(XS[m * blocks + b]);
           const int64_t at = b * BLOCK;
-          a0 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[0] + at)), xv, d, a0);
-          a1 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[1] + at)), xv, d, a1);
-          a2 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[2] + at)), xv, d, a2);
-          a3 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[3] + at)), xv, d, a3);
+          a0 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[0] + at)), xa, xv, d, a0);
+          a1 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[1] + at)), xa, xv, d, a1);
+          a2 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[2] + at)), xa, xv, d, a2);
+          a3 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[3] + at)), xa, xv, d, a3);
         }
         // the four rows' horizontal sums at once
         const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
