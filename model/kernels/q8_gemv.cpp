@@ -6,6 +6,9 @@
 // 32 values (as llama.cpp's q8_0 does), and multiplies 32 int8 pairs per AVX2 instruction
 // (vpmaddubsw), the products summed in int32 within a block and in float across blocks.
 // Weights are int8 with one float scale per output row (model/quantize.py's rounding).
+// The weights of a model larger than the CPU's caches stream from memory once a token:
+// prefetching the rows two groups ahead read a 0.5B model's at 19-21 GB/s against 15-16
+// without (2-core AMD EPYC, interleaved runs), and cost ~5% where they fit in L3.
 // Built and loaded by model/native.py; see there for when it is used.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -102,6 +105,11 @@ at::Tensor q8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
           const __m256i xa = _mm256_sign_epi8(xv, xv);
           const __m256 d = _mm256_set1_ps(XS[m * blocks + b]);
           const int64_t at = b * BLOCK;
+          if ((b & 1) == 0 && g + 2 < g1) {   // the rows 2 groups on, a cache line a row
+            const int8_t* ahead = wr[0] + 2 * GROUP * K + at;
+            for (int64_t r = 0; r < GROUP; ++r)
+              _mm_prefetch(reinterpret_cast<const char*>(ahead + r * K), _MM_HINT_T0);
+          }
           a0 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[0] + at)), xa, xv, d, a0);
           a1 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[1] + at)), xa, xv, d, a1);
           a2 = block_dot(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[2] + at)), xa, xv, d, a2);
