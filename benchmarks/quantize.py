@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     name = str(dtype).removeprefix("torch.")
     print(f"machine  {describe(lm.device)}")
     print(f"workload {args.prompt}-token prompt, {args.new} new tokens, greedy, batch 1, "
-          f"{name} model, int8 products with {args.activations} activations")
+          f"{name} model, int8 products by the kernel below")
     dynamic = args.activations == "int8"
     native_kernel = not dynamic and args.kernel == "native"
     if native_kernel:

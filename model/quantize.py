@@ -198,7 +198,7 @@ def int8_kernel(model: Transformer) -> str | None:
         return "oneDNN int8 x int8 (int8-dynamic)"
     if any(m.q8 for m in layers):
         return "native int8 x int8 (model/native.py)"
-    return f"PyTorch int8 weight-only ({native.why_not()})"
+    return f"PyTorch int8 weight-only ({native.why_not() or 'the native kernel is turned off'})"
 
 
 def replace_block_linears(model: Transformer,

@@ -207,9 +207,8 @@ class CompletionEngine:
         lock. Runs before `compile_step`, so that the compiled step calls it. Returns why the
         kernel is not in use, or None."""
         model = self.loaded.model
-        if not any(isinstance(m, Int8Linear) for m in model.modules()):
-            self.int8_kernel = None
-            return None
+        if not any(isinstance(m, Int8Linear) and m.key is None for m in model.modules()):
+            return None                     # no int8, or int8-dynamic's own kernel
         why = native.load(build_if_missing=True)
         if why is None:
             with self._lock:

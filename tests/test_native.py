@@ -1,8 +1,9 @@
 """model/native.py: the int8 x int8 kernel, built here with the machine's compiler.
 
-Where this machine cannot build it (no compiler, no AVX2), the tests that need it fail
-rather than skip: CI's machine can, and a kernel that silently stopped building would
-cost every user its speed. A machine where it cannot is covered by the fallback tests.
+On a machine the kernel is not for (not x86-64 Linux, no AVX2, no C++ compiler:
+`native.unsupported()`), the tests that need it skip, saying why; everywhere else a kernel
+that does not build or load fails them, since it would cost every user its speed. The
+fallback to PyTorch's kernel is tested everywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from model.quantize import Int8Linear, _rounded, int8_kernel, quantize_int8, use
 
 @pytest.fixture(scope="module")
 def kernel():
+    if native.unsupported() is not None:
+        pytest.skip(f"the native kernel is not for this machine: {native.unsupported()}")
     why = native.load(build_if_missing=True)
     assert why is None, f"the native kernel did not build or load here: {why}"
     return native.q8_gemv
@@ -133,3 +136,23 @@ def test_without_a_compiler_int8_keeps_pytorchs_kernel_and_says_why(tmp_path, ti
     assert answered == "answered"
     assert not (tmp_path / "cache" / "kernels").exists() or \
         not list((tmp_path / "cache" / "kernels").glob("*.so"))
+
+
+def test_the_engine_switches_its_int8_layers_to_the_kernel(kernel, tiny_model_dir):
+    """A server whose kernel was built at setup uses it from the start; one that builds it
+    in its warm-up (`native_kernel`) switches every weight-only int8 layer to it, and its
+    status says which kernel runs."""
+    from server.cli import load_engine, parse_args
+
+    engine, error = load_engine(parse_args(["--model", str(tiny_model_dir), "--quantize",
+                                            "int8", "--compile", "none"]))
+    assert error is None
+    layers = [m for m in engine.loaded.model.modules() if isinstance(m, Int8Linear)]
+    assert layers and all(m.q8 for m in layers)
+    assert engine.describe()["int8_kernel"].startswith("native")
+    use_native(engine.loaded.model, on=False)          # as before a first start's build
+    assert engine.native_kernel() is None
+    assert all(m.q8 for m in layers)
+    assert engine.describe()["int8_kernel"].startswith("native")
+    none, _ = load_engine(parse_args(["--model", str(tiny_model_dir), "--quantize", "none"]))
+    assert none.native_kernel() is None and none.describe()["int8_kernel"] is None
