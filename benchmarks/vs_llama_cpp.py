@@ -11,7 +11,8 @@ greedily, one prompt at a time: a request is the prefill of the prompt plus `--n
 Ours runs as the server runs it (model/inference.py) in the dtype the server picks on this
 machine and in bf16, each with and without `--quantize int8`'s layers (the server's default
 on a CPU), with `--quantize int8-dynamic`'s where this CPU runs them, and with the compiled
-decode step (model/decode_step.py) the server uses once its warm-up compiled it; llama.cpp
+decode step (model/decode_step.py) the server uses once its warm-up compiled it, the
+served arm once more with PyTorch's int8 kernel instead of ours (model/native.py); llama.cpp
 runs the file in the dtype the model was saved in (bf16 for the shipped model and the
 shape below) and its own q8_0 quantization of it (the int8 arms' counterpart). Each arm's
 model is built when it is measured and dropped after it.
