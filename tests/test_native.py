@@ -62,6 +62,13 @@ def test_the_kernel_computes_int8_blocks_times_int8_rows(kernel, m, n, k):
         assert torch.equal(kernel(x[i:i + 1], w, scale)[0], got[i])
 
 
+def test_empty_calls_give_empty_or_zero_results(kernel):
+    assert kernel(torch.zeros(0, 64), torch.zeros(3, 64, dtype=torch.int8),
+                  torch.ones(3)).shape == (0, 3)
+    assert torch.equal(kernel(torch.ones(2, 0), torch.zeros(3, 0, dtype=torch.int8),
+                              torch.ones(3)), torch.zeros(2, 3))
+
+
 def test_the_kernel_refuses_shapes_it_cannot_compute(kernel):
     w = torch.zeros(4, 40, dtype=torch.int8)
     with pytest.raises(RuntimeError, match="multiple of 32"):

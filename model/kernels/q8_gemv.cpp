@@ -78,6 +78,7 @@ at::Tensor q8_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w
   TORCH_CHECK(K % BLOCK == 0, "q8_gemv: the inner size must be a multiple of 32");
   const at::Tensor xc = x.contiguous(), wc = w.contiguous(), sc = w_scale.contiguous();
   at::Tensor out = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0 || K == 0) return out.zero_();
   // the rounded rows, in buffers each thread keeps (no allocation per call)
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> xs;
