@@ -63,6 +63,8 @@ def unsupported() -> str | None:
         return f"the CPU has no AVX2 (PyTorch reports {capability})"
     if compiler() is None:
         return "no C++ compiler found (install g++, or set CXX)"
+    if not SOURCE.is_file():
+        return f"the kernel's source {SOURCE} is missing from this installation"
     return None
 
 
@@ -93,8 +95,11 @@ def library_path() -> Path:
 
 def build(path: Path) -> str | None:
     """Compile the kernel to `path` (written whole or not at all); why not, or None."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = make_temp_dir(".build-", path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = make_temp_dir(".build-", path.parent)
+    except OSError as e:
+        return f"cannot write the kernel to {path.parent} ({type(e).__name__})"
     try:
         out = work / path.name
         try:

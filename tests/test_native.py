@@ -163,3 +163,14 @@ def test_the_engine_switches_its_int8_layers_to_the_kernel(kernel, tiny_model_di
     assert engine.describe()["int8_kernel"].startswith("native")
     none, _ = load_engine(parse_args(["--model", str(tiny_model_dir), "--quantize", "none"]))
     assert none.native_kernel() is None and none.describe()["int8_kernel"] is None
+
+
+def test_an_unwritable_cache_folder_is_a_reason_not_an_error(tmp_path, monkeypatch):
+    """The kernel's folder cannot be made (a file is in the way): build says why and
+    raises nothing, so the server's warm-up goes on to compile its step."""
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file, not a folder")
+    monkeypatch.setenv("CODECOMPLETE_CACHE", str(blocker))
+    why = native.build(native.library_path())
+    assert why is not None and why.startswith("cannot write the kernel to")
+    assert blocker.read_text() == "a file, not a folder"
