@@ -135,9 +135,6 @@ class CompletionEngine:
         # how tokens are decoded, for the status request (compile_step changes it)
         self.decode = "compile pending" if compile_decode else "eager"
         self.compile_error: str | None = None  # why compile_step could not build the step
-        # which kernel multiplies int8 weights (for the status request; native_kernel
-        # may change it)
-        self.int8_kernel: str | None = int8_kernel(loaded.model)
         self.settings = settings or EngineSettings()
         self.stats = EngineStats()
         self._lock = threading.Lock()          # the model and its KV cache (held while
@@ -213,8 +210,13 @@ class CompletionEngine:
         if why is None:
             with self._lock:
                 use_native(model)
-        self.int8_kernel = int8_kernel(model)
         return why
+
+    @property
+    def int8_kernel(self) -> str | None:
+        """Which kernel multiplies the model's int8 weights, read from its layers (for
+        the status request); None without int8."""
+        return int8_kernel(self.loaded.model)
 
     def compile_step(self) -> float | None:
         """Compile the decode step when `compile_decode` (seconds; None when not asked).
