@@ -15,6 +15,8 @@ import re
 import torch
 import torch.nn.functional as F
 
+from model import native
+
 # scaled_dot_product_attention shares K/V heads itself from torch 2.5 (enable_gqa); before,
 # they are repeated to the query heads' count first (a copy per layer and step). Compared as
 # numbers: "2.13.0+cpu" >= "2.5" is False as plain strings (torch's TorchVersion happens to
@@ -26,6 +28,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q [B, H, T, D] over k, v [B, Hkv, L, D] (L >= T): query i is position L-T+i and sees
     keys 0..L-T+i. Returns [B, H, T, D]."""
     T, L = q.shape[2], k.shape[2]
+    if T == 1 and q.shape[0] == 1 and not q.requires_grad and native.attends(k) \
+            and k.stride(-1) == 1 and v.stride() == k.stride():
+        # one token over the cache: the native kernel, 2-4x faster than any form below
+        B, H, _, D = q.shape
+        out = native.decode_attention(q.reshape(k.shape[1], -1, D).float(), k[0], v[0],
+                                      torch.tensor([L - 1]))
+        return out.reshape(B, H, T, D).to(q.dtype)
     gqa = {}
     if k.shape[1] != q.shape[1]:
         if _SDPA_GQA:

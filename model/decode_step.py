@@ -48,6 +48,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from model import native
 from model.device import clock
 from model.kv_cache import BranchCache, KVCache
 from model.paths import cache_dir
@@ -169,6 +170,9 @@ class DecodeStep:
                       ) -> torch.Tensor:
             ks[i].index_copy_(2, pos, k)
             vs[i].index_copy_(2, pos, v)
+            if native.attends(ks[i]):              # decided when the graph is traced
+                return native.decode_attention(q.reshape(Hkv, -1, D).float(), ks[i][0],
+                                               vs[i][0], pos)
             # the query heads of one K/V head as rows of one product, in float32 as the
             # eager attention computes one query on a CPU (model/attention.py); 3-d
             # products over the first n positions, sliced here so that the buffers

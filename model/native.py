@@ -1,6 +1,10 @@
-"""The native int8 kernel (model/kernels/q8_gemv.cpp): built on the user's machine, once.
+"""The native kernels (model/kernels/): built on the user's machine, once.
 
-Why a kernel of our own: decoding multiplies one row (or a few) of activations by every
+Two CPU kernels that PyTorch has no fast form of for decoding's shapes, built into one
+library: `q8_gemv` (int8 x int8 products, q8_gemv.cpp) and `decode_attention` (one
+token's attention over the KV cache, decode_attention.cpp: its reasons are in that file).
+
+Why an int8 kernel of our own: decoding multiplies one row (or a few) of activations by every
 weight matrix, and with int8 weights PyTorch's kernel converts each weight to a float
 before multiplying. llama.cpp's q8_0 instead quantizes the activations to int8 as well
 and multiplies int8 pairs, 32 per AVX2 instruction; on a 2-core AMD EPYC the kernel here
@@ -8,13 +12,14 @@ does the shipped model's products 2-2.5x faster than PyTorch's and reads a 0.5B 
 136 MB output head at 17 GB/s against 10 (docs/models.md has the numbers). The
 activations' rounding (one scale per 32 values, as q8_0) is measured there too.
 
-How: the C++ source ships with the package and is compiled with the machine's C++
-compiler against the installed PyTorch (~15 s on 2 cores) into codecomplete's cache
-folder, under a name that changes with the source, PyTorch's version and the compiler,
-then loaded as a PyTorch operator (`torch.ops.codecomplete_native.q8_gemv`), which a
-compiled decode step calls as it is. Where it cannot be built (no compiler, a CPU without
+How: the C++ sources ship with the package and are compiled with the machine's C++
+compiler against the installed PyTorch (~25 s on 2 cores) into codecomplete's cache
+folder, under a name that changes with the sources, PyTorch's version and the compiler,
+then loaded as PyTorch operators (`torch.ops.codecomplete_native.*`), which a compiled
+decode step calls as they are. Where they cannot be built (no compiler, a CPU without
 AVX2, not Linux, a failed build) or CODECOMPLETE_NATIVE=0 says not to, `why_not` says
-why and model/quantize.py keeps PyTorch's kernel: nothing else changes.
+why and model/quantize.py and model/decode_step.py keep PyTorch's operations: nothing
+else changes.
 """
 
 from __future__ import annotations
@@ -34,14 +39,15 @@ import torch
 from model.atomic import make_temp_dir
 from model.paths import cache_dir
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "q8_gemv.cpp"
-DISABLE_ENV = "CODECOMPLETE_NATIVE"      # "0": never build or load the kernel
+SOURCES = tuple(Path(__file__).resolve().parent / "kernels" / name
+                for name in ("q8_gemv.cpp", "decode_attention.cpp"))
+DISABLE_ENV = "CODECOMPLETE_NATIVE"      # "0": never build or load the kernels
 BUILD_TIMEOUT_S = 600
 BLOCK = 32                               # the kernel's inner sizes must be a multiple
 
 _lock = threading.Lock()
 _loaded = False
-_why: str | None = "not loaded yet"       # why the kernel is not loaded
+_why: str | None = "not loaded yet"       # why the kernels are not loaded
 
 
 def compiler() -> str | None:
@@ -53,7 +59,7 @@ def compiler() -> str | None:
 
 
 def unsupported() -> str | None:
-    """Why this machine cannot run the kernel at all, or None."""
+    """Why this machine cannot run the kernels at all, or None."""
     if os.environ.get(DISABLE_ENV, "1") == "0":
         return f"{DISABLE_ENV}=0"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
@@ -63,8 +69,9 @@ def unsupported() -> str | None:
         return f"the CPU has no AVX2 (PyTorch reports {capability})"
     if compiler() is None:
         return "no C++ compiler found (install g++, or set CXX)"
-    if not SOURCE.is_file():
-        return f"the kernel's source {SOURCE} is missing from this installation"
+    missing = [str(p) for p in SOURCES if not p.is_file()]
+    if missing:
+        return f"the kernels' source {missing[0]} is missing from this installation"
     return None
 
 
@@ -80,7 +87,7 @@ def _flags() -> list[str]:
 
 
 def library_path() -> Path:
-    """Where the built kernel lives: named for everything that makes a build differ."""
+    """Where the built kernels live: named for everything that makes a build differ."""
     cxx = compiler() or ""
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
@@ -88,28 +95,28 @@ def library_path() -> Path:
     except (OSError, subprocess.SubprocessError):
         version = ""
     key = hashlib.sha256("\n".join(
-        [SOURCE.read_text(), torch.__version__, sys.version, version, *_flags()]).encode()
-    ).hexdigest()[:16]
-    return cache_dir() / "kernels" / f"q8_gemv-{key}.so"
+        [*(p.read_text() for p in SOURCES), torch.__version__, sys.version, version,
+         *_flags()]).encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / f"native-{key}.so"
 
 
 def build(path: Path) -> str | None:
-    """Compile the kernel to `path` (written whole or not at all); why not, or None."""
+    """Compile the kernels to `path` (written whole or not at all); why not, or None."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         work = make_temp_dir(".build-", path.parent)
     except OSError as e:
-        return f"cannot write the kernel to {path.parent} ({type(e).__name__})"
+        return f"cannot write the kernels to {path.parent} ({type(e).__name__})"
     try:
         out = work / path.name
         try:
-            r = subprocess.run([compiler(), str(SOURCE), "-o", str(out), *_flags()],
+            r = subprocess.run([compiler(), *map(str, SOURCES), "-o", str(out), *_flags()],
                                capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as e:
-            return f"compiling {SOURCE.name} failed ({type(e).__name__})"
+            return f"compiling the kernels failed ({type(e).__name__})"
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no message"])[-1]
-            return f"compiling {SOURCE.name} failed: {last[:300]}"
+            return f"compiling the kernels failed: {last[:300]}"
         os.replace(out, path)
         return None
     finally:
@@ -117,8 +124,8 @@ def build(path: Path) -> str | None:
 
 
 def load(build_if_missing: bool = False) -> str | None:
-    """Load the kernel, building it first when `build_if_missing` and no build of it is
-    cached; returns why it is not loaded, or None when `q8_gemv` can be called. A cached
+    """Load the kernels, building them first when `build_if_missing` and no build of them
+    is cached; returns why they are not loaded, or None when they can be called. A cached
     file that does not load (a truncated copy) is rebuilt when building is allowed."""
     global _loaded, _why
     with _lock:
@@ -143,7 +150,7 @@ def _open(path: Path) -> str | None:
     try:
         torch.ops.load_library(str(path))
     except (OSError, RuntimeError) as e:
-        return f"the kernel {path} did not load ({type(e).__name__})"
+        return f"the kernels {path} did not load ({type(e).__name__})"
     _register_fake()
     return None
 
@@ -153,19 +160,39 @@ def loaded() -> bool:
 
 
 def why_not() -> str | None:
-    """Why the kernel is not loaded (None when it is)."""
+    """Why the kernels are not loaded (None when it is)."""
     return _why if not _loaded else None
 
 
 def _register_fake() -> None:
-    """The operator's output shape, for tracing it into a compiled graph."""
+    """The operators' output shapes, for tracing them into a compiled graph."""
     with contextlib.suppress(RuntimeError):      # registered already in this process
         @torch.library.register_fake("codecomplete_native::q8_gemv")
         def _(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
             return x.new_empty(x.shape[0], w.shape[0])
+    with contextlib.suppress(RuntimeError):
+        @torch.library.register_fake("codecomplete_native::decode_attention")
+        def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+              ) -> torch.Tensor:
+            return q.new_empty(q.shape)
 
 
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     """x [M, K] float32 times int8 w [N, K] with float32 row scales: [M, N] float32 (the
     kernel must be loaded)."""
     return torch.ops.codecomplete_native.q8_gemv(x, w, w_scale)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
+                     ) -> torch.Tensor:
+    """One position's attention: q [Hkv, G, D] float32 (the G query heads of each K/V
+    head) over k, v [Hkv, capacity, D] (float32 or bfloat16, the cache's buffers) at
+    positions 0..pos (`pos`: one int64); returns [Hkv, G, D] float32 (the kernels must be
+    loaded)."""
+    return torch.ops.codecomplete_native.decode_attention(q, k, v, pos)
+
+
+def attends(k: torch.Tensor) -> bool:
+    """Whether `decode_attention` is loaded and takes a cache like `k` [..., D]."""
+    return _loaded and k.device.type == "cpu" and k.shape[-1] % 8 == 0 \
+        and k.shape[-1] <= 256 and k.dtype in (torch.float32, torch.bfloat16)

@@ -83,6 +83,7 @@ def precompile(args: argparse.Namespace) -> int:
     engine.native_kernel()
     if engine.int8_kernel:
         print(f"int8 kernel: {engine.int8_kernel}")
+    print(f"attention kernel: {engine.attention_kernel}")
     if engine.compile_step() is None:
         print("decode step: not compiled with these options on this device (--compile)")
         return 0

@@ -177,6 +177,7 @@ class CompletionEngine:
             "last_prompt_tokens": stats.last_prompt_tokens,
             "decode": self.decode,
             "int8_kernel": self.int8_kernel,
+            "attention_kernel": self.attention_kernel,
             "decode_steps_compiled": getattr(self.loaded.model.decode_step, "steps", 0),
             "memory": self.settings.memory,
             "memory_used_rate": round(self.memory_stats.matched / self.memory_stats.tokens, 3)
@@ -198,19 +199,31 @@ class CompletionEngine:
         return time.perf_counter() - t0
 
     def native_kernel(self) -> str | None:
-        """Build and load the native int8 kernel where the model decodes with int8 weights
-        and it is not loaded yet (model/native.py: ~15 s on 2 cores, once per machine;
-        `--precompile` builds it too), then switch the model's layers to it under the model
-        lock. Runs before `compile_step`, so that the compiled step calls it. Returns why the
-        kernel is not in use, or None."""
+        """Build and load the native kernels where the model runs on a CPU and they are not
+        loaded yet (model/native.py: ~25 s on 2 cores, once per machine; `--precompile`
+        builds them too): one token's attention over the cache, for every model, and the
+        int8 products, to which the layers of a model with int8 weights are switched
+        under the model lock. Runs before `compile_step`, so that the compiled step calls
+        them. Returns why they are not in use, or None."""
         model = self.loaded.model
-        if not any(isinstance(m, Int8Linear) and m.key is None for m in model.modules()):
-            return None                     # no int8, or int8-dynamic's own kernel
+        if model.embed_tokens.weight.device.type != "cpu":
+            return None                     # CUDA keeps PyTorch's kernels
         why = native.load(build_if_missing=True)
-        if why is None:
+        if why is None and any(isinstance(m, Int8Linear) and m.key is None
+                               for m in model.modules()):
             with self._lock:
                 use_native(model)
         return why
+
+    @property
+    def attention_kernel(self) -> str:
+        """What attends from a decoded token over the cache (for the status request)."""
+        k = self.loaded.model.embed_tokens.weight
+        if native.attends(torch.empty(0, self.loaded.config.head_dim, dtype=k.dtype,
+                                      device=k.device)):
+            return "native (model/native.py)"
+        why = "on CUDA" if k.device.type != "cpu" else native.why_not() or "not available"
+        return f"PyTorch ({why})"
 
     @property
     def int8_kernel(self) -> str | None:

@@ -196,7 +196,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None,
     async def warm(ls: CodecompleteServer) -> None:
         """Warm the model up off the event loop, on the model's thread (requests that
         come meanwhile wait for it, which is no slower than a cold first request), then
-        build the native int8 kernel where it is missing and compile, each on a thread of
+        build the native kernels where they are missing and compile, each on a thread of
         its own while requests are served."""
         try:
             loop = asyncio.get_running_loop()
@@ -205,6 +205,7 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None,
             await on_own_thread(ls.engine.native_kernel, "codecomplete-kernel")
             if ls.engine.int8_kernel:
                 log.info("int8 kernel: %s", ls.engine.int8_kernel)
+            log.info("attention kernel: %s", ls.engine.attention_kernel)
             seconds = await on_own_thread(ls.engine.compile_step, "codecomplete-compile")
             if seconds is not None:
                 log.info("decode step after %.1f s: %s", seconds, ls.engine.decode)

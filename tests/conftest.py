@@ -68,6 +68,19 @@ def tiny(tiny_model_dir):
     return load_model_dir(tiny_model_dir, device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def native_kernels() -> None:
+    """model/native.py's kernels, built here (once a session) and loaded; the tests that
+    use them skip where they are not for this machine (`native.unsupported()`: not x86-64
+    Linux, no AVX2, no C++ compiler), and fail where they are but do not build or load."""
+    from model import native
+
+    if native.unsupported() is not None:
+        pytest.skip(f"the native kernels are not for this machine: {native.unsupported()}")
+    why = native.load(build_if_missing=True)
+    assert why is None, f"the native kernels did not build or load here: {why}"
+
+
 @pytest.fixture
 def random_model():
     """An untrained fp32 model with GQA, for exactness tests that need no training."""

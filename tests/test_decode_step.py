@@ -296,7 +296,7 @@ def test_the_engine_compiles_after_warm_up_and_answers_the_same(tiny_model_dir):
 
 
 def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tmp_path):
-    """`server --precompile` (scripts/setup.sh runs it): builds the native int8 kernel and
+    """`server --precompile` (scripts/setup.sh runs it): builds the native kernels and
     compiles as the server would, and leaves both in codecomplete's cache folder, where a
     server's start-up finds them."""
     import os
@@ -311,7 +311,7 @@ def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tm
     assert r.returncode == 0, r.stderr[-2000:]
     # compiled, and kept or (a model this small can measure alike) not: either way it
     # compiled, which is what fills the cache
-    kernel, decode = r.stdout.strip().splitlines()
+    kernel, attention, decode = r.stdout.strip().splitlines()
     assert decode.startswith(("decode step: compiled (", "decode step: eager: the "
                               "compiled step measured no faster")), r.stdout
     kernels = list((tmp_path / "cache" / "inductor").rglob("*.so"))
@@ -322,9 +322,11 @@ def test_precompile_fills_the_cache_the_servers_compile_reads(tiny_model_dir, tm
 
     if unsupported() is None:
         assert kernel == "int8 kernel: native int8 x int8 (model/native.py)", r.stdout
-        assert list((tmp_path / "cache" / "kernels").glob("q8_gemv-*.so"))
+        assert attention == "attention kernel: native (model/native.py)", r.stdout
+        assert list((tmp_path / "cache" / "kernels").glob("native-*.so"))
     else:
         assert kernel == f"int8 kernel: PyTorch int8 weight-only ({unsupported()})"
+        assert attention == f"attention kernel: PyTorch ({unsupported()})"
     broken = subprocess.run([sys.executable, "-m", "server", "--model",
                              str(tmp_path / "missing"), "--precompile"],
                             capture_output=True, text=True, timeout=120, env=env)

@@ -1,4 +1,5 @@
-"""model/native.py: the int8 x int8 kernel, built here with the machine's compiler.
+"""model/native.py: the int8 x int8 kernel, built here with the machine's compiler (the
+attention kernel built with it: tests/test_decode_attention.py).
 
 On a machine the kernel is not for (not x86-64 Linux, no AVX2, no C++ compiler:
 `native.unsupported()`), the tests that need it skip, saying why; everywhere else a kernel
@@ -20,11 +21,7 @@ from model.quantize import Int8Linear, _rounded, int8_kernel, quantize_int8, use
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    if native.unsupported() is not None:
-        pytest.skip(f"the native kernel is not for this machine: {native.unsupported()}")
-    why = native.load(build_if_missing=True)
-    assert why is None, f"the native kernel did not build or load here: {why}"
+def kernel(native_kernels):
     return native.q8_gemv
 
 
@@ -129,17 +126,19 @@ def test_a_cached_kernel_that_does_not_load_is_rebuilt(tmp_path, kernel):
 def test_without_a_compiler_int8_keeps_pytorchs_kernel_and_says_why(tmp_path, tiny_model_dir):
     """No C++ compiler (CXX names none): nothing is built, the int8 layers keep PyTorch's
     kernel, the model still answers, and the reason is what the status shows."""
-    why, status, answered = printed(
+    why, status, attention, answered = printed(
         "from server.cli import load_engine, parse_args\n"
         f"engine, error = load_engine(parse_args(['--model', {str(tiny_model_dir)!r}, "
         "'--quantize', 'int8']))\n"
         "print(engine.native_kernel())\n"
         "print(engine.describe()['int8_kernel'])\n"
+        "print(engine.describe()['attention_kernel'])\n"
         "engine.complete('def f(x):\\n    return x', '\\n')\n"
         "print('answered')\n",
-        CODECOMPLETE_CACHE=str(tmp_path / "cache"), CXX="no-such-compiler")[-3:]
+        CODECOMPLETE_CACHE=str(tmp_path / "cache"), CXX="no-such-compiler")[-4:]
     assert why.startswith("no C++ compiler found")
     assert status.startswith("PyTorch int8 weight-only (no C++ compiler found")
+    assert attention.startswith("PyTorch (no C++ compiler found")
     assert answered == "answered"
     assert not (tmp_path / "cache" / "kernels").exists() or \
         not list((tmp_path / "cache" / "kernels").glob("*.so"))
@@ -172,5 +171,5 @@ def test_an_unwritable_cache_folder_is_a_reason_not_an_error(tmp_path, monkeypat
     blocker.write_text("a file, not a folder")
     monkeypatch.setenv("CODECOMPLETE_CACHE", str(blocker))
     why = native.build(native.library_path())
-    assert why is not None and why.startswith("cannot write the kernel to")
+    assert why is not None and why.startswith("cannot write the kernels to")
     assert blocker.read_text() == "a file, not a folder"
