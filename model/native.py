@@ -1,8 +1,9 @@
 """The native kernels (model/kernels/): built on the user's machine, once.
 
-Two CPU kernels that PyTorch has no fast form of for decoding's shapes, built into one
-library: `q8_gemv` (int8 x int8 products, q8_gemv.cpp) and `decode_attention` (one
-token's attention over the KV cache, decode_attention.cpp: its reasons are in that file).
+CPU kernels that PyTorch has no fast form of for decoding's shapes, built into one
+library: `q8_gemv` (int8 x int8 products, q8_gemv.cpp), and `decode_attention` and
+`branch_attention` (decoded tokens' attention over the KV cache, plain and shared by
+beams; decode_attention.cpp, whose header says why).
 
 Why an int8 kernel of our own: decoding multiplies one row (or a few) of activations by every
 weight matrix, and with int8 weights PyTorch's kernel converts each weight to a float
@@ -175,6 +176,11 @@ def _register_fake() -> None:
         def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
               ) -> torch.Tensor:
             return q.new_empty(q.shape)
+    with contextlib.suppress(RuntimeError):
+        @torch.library.register_fake("codecomplete_native::branch_attention")
+        def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: torch.Tensor,
+              own_k: torch.Tensor, own_v: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+            return q.new_empty(q.shape)
 
 
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
@@ -185,11 +191,21 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Te
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
                      ) -> torch.Tensor:
-    """One position's attention: q [Hkv, G, D] float32 (the G query heads of each K/V
-    head) over k, v [Hkv, capacity, D] (float32 or bfloat16, the cache's buffers) at
-    positions 0..pos (`pos`: one int64); returns [Hkv, G, D] float32 (the kernels must be
-    loaded)."""
+    """Decoded tokens' attention over a cache: q [Hkv, R, D] float32 (the query rows of
+    each K/V head: its query heads, times a draft's positions) over k, v [Hkv, capacity, D]
+    (float32 or bfloat16, the cache's buffers), row r seeing positions 0..pos[r % P] (`pos`
+    [P] int64); returns [Hkv, R, D] float32 (the kernels must be loaded)."""
     return torch.ops.codecomplete_native.decode_attention(q, k, v, pos)
+
+
+def branch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: torch.Tensor,
+                     own_k: torch.Tensor, own_v: torch.Tensor, own: torch.Tensor
+                     ) -> torch.Tensor:
+    """Attention of rows continuing one shared prefix (beams, scored names; see
+    attention.attend_shared): q [B, Hkv, R, D] float32 sees the first `prefix` ([1] int64)
+    positions of k, v [Hkv, capacity, D] and its row's own positions 0..own[r % P] of
+    own_k, own_v [B, Hkv, room, D]; returns [B, Hkv, R, D] float32."""
+    return torch.ops.codecomplete_native.branch_attention(q, k, v, prefix, own_k, own_v, own)
 
 
 def attends(k: torch.Tensor) -> bool:

@@ -59,13 +59,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 pip_install -e ".${EXTRAS:+[$EXTRAS]}" \
   || { tail -20 .venv/setup.log >&2; echo "installing codecomplete failed" >&2; exit 1; }
-# The server builds its int8 kernel (model/native.py, ~15 s) and compiles its decode step
+# The server builds its native kernels (model/native.py, ~25 s) and compiles its decode step
 # (model/decode_step.py, ~25-75 s) in the background at start-up the first time on 2 cores,
 # and takes a few seconds once they are in ~/.cache/codecomplete. Doing both once here
 # fills that cache, so the first server start is as quick as the rest.
 # CODECOMPLETE_PRECOMPILE=0 skips it.
 if [ "${CODECOMPLETE_PRECOMPILE:-1}" != 0 ]; then
-  echo "Building the int8 kernel and compiling the decode step for this machine (once; one" \
+  echo "Building the native kernels and compiling the decode step for this machine (once; one" \
        "to two minutes on 2 cores)..." >&2
   .venv/bin/python -m server --precompile --log-level WARNING >> .venv/setup.log 2>&1 \
     || echo "note: the decode step was not precompiled (.venv/setup.log says why); the" \

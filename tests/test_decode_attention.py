@@ -1,6 +1,7 @@
-"""One decoded token's attention by the native kernel (model/kernels/decode_attention.cpp),
-built here: against softmax attention in float64, refusing what it cannot compute, and
-taken by the eager model and the compiled decode step in place of PyTorch's operations."""
+"""Decoded tokens' attention by the native kernels (model/kernels/decode_attention.cpp),
+built here: against softmax attention in float64 (one token, a draft's tokens, rows over
+a shared prefix), refusing what they cannot compute, and taken by the eager model and the
+compiled decode steps in place of PyTorch's operations."""
 
 from __future__ import annotations
 
@@ -43,6 +44,72 @@ def test_it_computes_softmax_attention_over_the_written_positions(native_kernels
     torch.testing.assert_close(got.double(), reference(q, k, v, pos), rtol=1e-5, atol=2e-6)
 
 
+def test_a_drafts_rows_each_see_the_positions_up_to_their_own(native_kernels):
+    """A draft's check: query row r of a K/V head (query head r // W, draft position
+    r % W) sees positions 0..pos[r % W]."""
+    g = torch.Generator().manual_seed(3)
+    heads, groups, width, dim = 4, 2, 5, 32
+    k, v = torch.randn(heads, 256, dim, generator=g), torch.randn(heads, 256, dim, generator=g)
+    q = torch.randn(heads, groups * width, dim, generator=g)
+    positions = torch.arange(100, 100 + width)
+    got = native.decode_attention(q, k, v, positions)
+    for r in range(groups * width):
+        want = reference(q[:, r:r + 1], k, v, 100 + r % width)
+        torch.testing.assert_close(got[:, r:r + 1].double(), want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("rows,heads,groups,width,dim,prefix,own", [
+    (3, 4, 2, 1, 32, 449, 5),       # beams of the shipped model after a prompt
+    (12, 4, 2, 4, 32, 300, 4),      # scored names, 4 tokens each
+    (2, 2, 7, 1, 64, 0, 3),         # nothing shared
+    (2, 2, 2, 3, 16, 40, 3),        # the test models' head size
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_over_a_shared_prefix_see_it_and_their_own_positions(native_kernels, rows, heads,
+                                                                  groups, width, dim, prefix,
+                                                                  own, dtype):
+    """branch_attention: every query sees the whole shared prefix and its row's own
+    positions up to its own (the last `width` are the queries'), one softmax over both;
+    against float64, with the cache's positions past the prefix huge (never read)."""
+    g = torch.Generator().manual_seed(rows * 100 + prefix)
+    k = torch.randn(heads, 512, dim, generator=g).to(dtype)
+    v = torch.randn(heads, 512, dim, generator=g).to(dtype)
+    k[:, prefix:], v[:, prefix:] = 1e30, -1e30
+    own_k = torch.randn(rows, heads, own, dim, generator=g).to(dtype)
+    own_v = torch.randn(rows, heads, own, dim, generator=g).to(dtype)
+    q = torch.randn(rows, heads, groups * width, dim, generator=g) * 2
+    limits = torch.arange(own - width, own)
+    got = native.branch_attention(q, k, v, torch.tensor([prefix]), own_k, own_v, limits)
+    assert got.shape == q.shape and got.dtype == torch.float32
+    for b in range(rows):
+        for r in range(groups * width):
+            seen = own - width + r % width + 1
+            keys = torch.cat([k[:, :prefix], own_k[b, :, :seen]], 1)
+            values = torch.cat([v[:, :prefix], own_v[b, :, :seen]], 1)
+            want = reference(q[b, :, r:r + 1], keys, values, prefix + seen - 1)
+            torch.testing.assert_close(got[b, :, r:r + 1].double(), want, rtol=1e-5, atol=2e-6)
+
+
+def test_eager_scoring_and_beams_attend_with_it(native_kernels, random_model, monkeypatch):
+    """attention.attend_shared (names scored, beams stepped eagerly) calls the kernel and
+    computes what its PyTorch form computes."""
+    from model.attention import attend_shared
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(6, 4, 3, 16, generator=g)
+    prefix_k, prefix_v = torch.randn(1, 2, 50, 16, generator=g), torch.randn(1, 2, 50, 16,
+                                                                           generator=g)
+    k, v = torch.randn(6, 2, 4, 16, generator=g), torch.randn(6, 2, 4, 16, generator=g)
+    calls = []
+    kernel = native.branch_attention
+    monkeypatch.setattr(native, "branch_attention", lambda *a: calls.append(1) or kernel(*a))
+    got = attend_shared(q, prefix_k, prefix_v, k, v)
+    assert calls
+    monkeypatch.setattr(native, "attends", lambda k: False)
+    torch.testing.assert_close(got, attend_shared(q, prefix_k, prefix_v, k, v),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_it_reads_a_cache_buffer_in_place(native_kernels):
     """A layer's cache buffer [1, Hkv, capacity, D] passed as a view of its batch row, and
     a view of fewer positions than the buffer holds: the same as contiguous copies."""
@@ -67,8 +134,16 @@ def test_it_refuses_what_it_cannot_compute(native_kernels):
         native.decode_attention(q, k.half(), k.half(), torch.tensor([3]))
     with pytest.raises(RuntimeError, match="disagree"):
         native.decode_attention(torch.randn(3, 2, 32), k, k, torch.tensor([3]))
-    with pytest.raises(RuntimeError, match="one int64 position"):
+    with pytest.raises(RuntimeError, match="positions must be int64"):
         native.decode_attention(q, k, k, torch.tensor([3.0]))
+    with pytest.raises(RuntimeError, match="one per query row"):
+        native.decode_attention(q, k, k, torch.tensor([1, 2, 3]))
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        native.branch_attention(q[None], k, k, torch.tensor([17]), k[None], k[None],
+                                torch.tensor([0]))
+    with pytest.raises(RuntimeError, match="disagree"):
+        native.branch_attention(q[None], k, k, torch.tensor([4]), k[None].bfloat16(),
+                                k[None].bfloat16(), torch.tensor([0]))
     assert not native.attends(torch.randn(2, 16, 12))       # such caches keep PyTorch's
 
 
@@ -119,3 +194,40 @@ def test_the_compiled_step_calls_it(native_kernels, tiny, monkeypatch):
     monkeypatch.setattr(native, "attends", lambda k: False)
     want = decode(model, ids, [ids[-1]])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(available() is not None, reason=str(available()))
+def test_the_compiled_beam_and_draft_steps_call_them(native_kernels, tiny, monkeypatch):
+    """Compiled with the kernels loaded, a beam step calls branch_attention and a draft's
+    check decode_attention (seen by the profiler), and both compute the eager model's
+    logits with PyTorch's attention."""
+    import copy
+
+    from model.generate import DRAFT_PASS
+    from model.kv_cache import branch_room
+
+    model = copy.deepcopy(tiny.model)
+    prepare_for_inference(model)
+    step = DecodeStep(model, 128, beams=3, room=branch_room(13), verify=DRAFT_PASS)
+    step.compile()
+    assert step._branch_fn is not None and step._verify_fn is not None, step.failed
+    ids = tiny.tokenizer.encode("class Node:\n    def __init__(self, value):\n        self.")
+    rows, draft = torch.tensor([[ids[3]], [ids[4]], [ids[5]]]), torch.tensor([ids[6:10]])
+    base = model.new_cache(1, 128)
+    with torch.inference_mode():
+        model(torch.tensor([ids]), base, last_only=True)
+        with torch.profiler.profile() as prof:
+            beams = step(rows, base.branch(3, 13))
+        assert "codecomplete_native::branch_attention" in {e.name for e in prof.events()}
+        with torch.profiler.profile() as prof:
+            checked = step(draft, base)
+        assert "codecomplete_native::decode_attention" in {e.name for e in prof.events()}
+    model.decode_step = None
+    monkeypatch.setattr(native, "attends", lambda k: False)
+    base = model.new_cache(1, 128)
+    with torch.inference_mode():
+        model(torch.tensor([ids]), base, last_only=True)
+        want_beams = model(rows, base.branch(3, 13))
+        want_checked = model(draft, base)
+    torch.testing.assert_close(beams, want_beams, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(checked, want_checked, rtol=1e-4, atol=1e-4)
