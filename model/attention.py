@@ -35,6 +35,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         out = native.decode_attention(q.reshape(k.shape[1], -1, D).float(), k[0], v[0],
                                       torch.tensor([L - 1]))
         return out.reshape(B, H, T, D).to(q.dtype)
+    if q.device.type == "cpu" and q.dtype != torch.float32 \
+            and (T == 1 or not q.requires_grad):
+        # On CPU PyTorch's bf16/fp16 attention kernel is slower than fp32's, casts
+        # included: ~3x for one query (99 against 29 us over 448 cached tokens, AVX2 AMD
+        # EPYC), 1.1x for a prompt (1.79 against 1.63 ms a layer for 500 tokens, an
+        # AVX-512 AMD EPYC with native bf16); fp32 is also the more exact. Training
+        # (autocast, gradients) keeps bf16.
+        return attend(q.float(), k.float(), v.float()).to(q.dtype)
     gqa = {}
     if k.shape[1] != q.shape[1]:
         if _SDPA_GQA:
@@ -42,12 +50,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         else:
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    if T == 1 and q.device.type == "cpu" and q.dtype != torch.float32:
-        # One query on CPU: PyTorch's bf16/fp16 attention kernel is ~3x slower than
-        # fp32 for it (99 against 29 us over 448 cached tokens, casts included), and
-        # decoding runs it once per layer per token; fp32 is also the more exact.
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
-                                              **gqa).to(q.dtype)
     if T == 1:
         return F.scaled_dot_product_attention(q, k, v, **gqa)
     if L == T:

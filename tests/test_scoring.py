@@ -122,18 +122,29 @@ def test_engine_after_a_module_suggests_only_its_names(tiny):
 
 
 def test_after_a_re_ranked_name_the_line_follows_the_memory(tiny):
-    """Re-ranking picks the name the greedy pass got wrong (here the tiny model's greedy
-    pass writes `zeta_quantit(self):`), and the rest of the line is written with the
-    project memory's blend too (the document repeats it): without the blend after the
-    name, the tiny model writes a line of its own (`uantity_total(self.get_addr, ...`).
-    Not asserted about the greedy pass: what a tiny model learns differs between CPUs."""
+    """Re-ranking replaces a wrong greedy pick (`zeta_quantit(self):`, what the tiny model
+    wrote on one CPU; on another its own pass finds the name, so the pick is set here) by
+    the document's name, and the rest of the line is written with the project memory's
+    blend too (the document repeats it): without the blend, the tiny model writes a line
+    of its own after the name (`uantity_total(self, name):` on the CPUs tried)."""
+    from completion.pipeline import generate_candidates, memory_mixer, prepare
     from completion.settings import EngineSettings
     from server.engine import CompletionEngine
 
     doc = ("zeta_quantity_total = 0\n"
            + "log(zeta_quantity_total, flush=True)\n" * 6 + "log(zeta_q")
-    ranked = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=20))
-    assert ranked.complete(doc, "")[0].text == "uantity_total, flush=True)"
+    engine = CompletionEngine(tiny, EngineSettings(temperature=0, max_tokens=20))
+    p = prepare(tiny, doc, "", engine.settings)
+    engine._cache = tiny.model.new_cache(1, tiny.context)
+    rests = {}
+    for name, mixer in (("on", memory_mixer(tiny, p, engine._document, None,
+                                            engine.settings)), ("off", None)):
+        generated = generate_candidates(tiny, p, engine._cache, None, mixer)
+        generated.candidates[0].text = "uantit(self):"          # a wrong greedy pick
+        rests[name] = engine._rerank(doc, "", p.ids, p.healed, generated, None,
+                                     mixer=mixer)
+    assert rests["on"] == "uantity_total, flush=True)"
+    assert rests["off"] != rests["on"]
 
 
 def test_a_completion_list_offers_names_best_first_without_the_lines_rest(tiny):
