@@ -18,7 +18,12 @@ computed (the same sums, in another order at most), with `--quantize int8`
   Qwen2.5-Coder-0.5B-shaped model, where they are the whole decode step. Another CPU or a
   GPU may rank them otherwise, which is why they are measured rather than assumed. The
   transposed copy costs the weight's size in memory again; only the head may keep one,
-  when it wins and is at most TRANSPOSED_MAX_BYTES.
+  when it wins and is at most TRANSPOSED_MAX_BYTES. oneDNN's packed copy (`pack`) is a
+  form too, for any layer where it wins by a fifth: on an AVX-512 AMD EPYC a bf16 row
+  times a packed 151936 x 896 head read 49 GB/s against `F.linear`'s 30, and a
+  Qwen2.5-Coder-0.5B shape's bf16 decoding took 20-28 ms a token against 46-58, near
+  llama.cpp's bf16 (22 ms), for a second copy of those weights in memory. Inductor cannot
+  lower the packed tensor, so a compiled step multiplies by the plain weight instead.
 
 Training never calls this: a fused model's state dict has other keys.
 """
@@ -40,26 +45,57 @@ TRANSPOSED_MAX_BYTES = 256 * 2**20
 FEW_ROWS = 4            # the "several rows" case measured: beam search's width
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None) -> torch.Tensor:
+class PackedWeight:
+    """oneDNN's blocked copy of a weight, for its own product (`torch.ops.mkldnn`). The
+    copy is an opaque tensor, which cannot be deep-copied: a copied layer shares it."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __deepcopy__(self, memo: dict) -> PackedWeight:
+        return self
+
+
+def pack(weight: torch.Tensor) -> PackedWeight | None:
+    """`weight` packed by oneDNN for products of one row (any number of rows works), or
+    None where this PyTorch or device cannot."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return PackedWeight(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1))
+    except (RuntimeError, AttributeError):
+        return None
+
+
+Copy = torch.Tensor | PackedWeight | None     # the form's own copy of the weight, if any
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
     return F.linear(x, w)
 
 
-def _weight_first(x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None) -> torch.Tensor:
+def _weight_first(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
     return (w @ x.T).T.contiguous()
 
 
-def _transposed(x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None) -> torch.Tensor:
-    return x @ wt
+def _transposed(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
+    return x @ copy                         # W transposed, contiguous
 
 
-def _vector(x: torch.Tensor, w: torch.Tensor, wt: torch.Tensor | None) -> torch.Tensor:
+def _vector(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
     return torch.mv(w, x[0])[None]          # one row only
 
 
-Form = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+def _packed(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, copy.tensor, None, "none", [], "")
+
+
+Form = Callable[[torch.Tensor, torch.Tensor, Copy], torch.Tensor]
 FORMS: dict[str, Form] = {"linear": _linear, "weight_first": _weight_first,
-                          "transposed": _transposed, "vector": _vector}
+                          "transposed": _transposed, "vector": _vector, "packed": _packed}
 ONE_ROW_ONLY = ("vector",)
+COPIED = ("transposed", "packed")     # forms that keep a copy of the weight: chosen only
+#                                       when they win by a fifth
 
 
 class MeasuredLinear(nn.Module):
@@ -70,17 +106,23 @@ class MeasuredLinear(nn.Module):
     are), so nothing is copied unless the transposed form is chosen."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, one: str, few: str,
-                 transposed: torch.Tensor | None, few_max: int):
+                 transposed: torch.Tensor | None, few_max: int,
+                 packed: PackedWeight | None = None):
         super().__init__()
         self.weight, self.bias = weight, bias
         self.one, self.few, self.few_max = one, few, few_max
         self.transposed = transposed
+        self.packed = packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
-        form = FORMS[self.one if n == 1 else self.few if n <= self.few_max else "linear"]
-        y = form(rows, self.weight, self.transposed)
+        name = self.one if n == 1 else self.few if n <= self.few_max else "linear"
+        if name == "packed" and (self.packed is None or torch.compiler.is_compiling()):
+            name = "linear"                 # inductor cannot lower oneDNN's packed tensor
+        copy = self.transposed if name == "transposed" else \
+            self.packed if name == "packed" else None
+        y = FORMS[name](rows, self.weight, copy)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], -1)
@@ -88,46 +130,56 @@ class MeasuredLinear(nn.Module):
 
 @torch.inference_mode()
 def fastest_forms(weight: torch.Tensor, transposed_ok: bool
-                  ) -> tuple[str, str, torch.Tensor | None]:
+                  ) -> tuple[str, str, torch.Tensor | None, PackedWeight | None]:
     """Time each form of a product with `weight` for 1 and FEW_ROWS rows: the fastest of
-    each and the transposed copy when one of them uses it (allowed with `transposed_ok`
-    for a weight small enough to keep, and chosen only if it wins by a fifth)."""
+    each, and the copies the chosen forms use: the transposed one (allowed with
+    `transposed_ok` for a weight small enough to keep) and oneDNN's packed one (where it
+    can be made). A form with a copy is chosen only if it wins by a fifth."""
     w = weight.detach()
-    wt = w.T.contiguous() if transposed_ok \
-        and w.numel() * w.element_size() <= TRANSPOSED_MAX_BYTES else None
+    copies: dict[str, Copy] = {
+        "transposed": w.T.contiguous() if transposed_ok
+        and w.numel() * w.element_size() <= TRANSPOSED_MAX_BYTES else None,
+        "packed": pack(w)}
     choice = {}
     for rows in (1, FEW_ROWS):
         x = torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device)
-        times = {name: best_seconds(lambda f=form, x=x: f(x, w, wt), device=w.device)
+        times = {name: best_seconds(lambda f=form, x=x, n=name: f(x, w, copies.get(n)),
+                                    device=w.device)
                  for name, form in FORMS.items()
-                 if (name != "transposed" or wt is not None)
+                 if (name not in COPIED or copies[name] is not None)
                  and (rows == 1 or name not in ONE_ROW_ONLY)}
-        plain = min((t, n) for n, t in times.items() if n != "transposed")
+        plain = min((t, n) for n, t in times.items() if n not in COPIED)
         best = min((t, n) for n, t in times.items())
-        choice[rows] = best[1] if best[1] != "transposed" or best[0] < 0.8 * plain[0] \
+        choice[rows] = best[1] if best[1] not in COPIED or best[0] < 0.8 * plain[0] \
             else plain[1]
-    keep = wt if "transposed" in choice.values() else None
-    return choice[1], choice[FEW_ROWS], keep
+    kept = {name: copies[name] if name in choice.values() else None for name in COPIED}
+    return choice[1], choice[FEW_ROWS], kept["transposed"], kept["packed"]
 
 
 def measured_head(weight: torch.Tensor) -> MeasuredLinear:
     """The output head (no bias) in its fastest forms, the few-rows one for any number of
     rows above one (scoring's dozens of rows included)."""
-    one, few, keep = fastest_forms(weight, transposed_ok=True)
-    return MeasuredLinear(weight, None, one, few, keep, few_max=sys.maxsize)
+    one, few, transposed, packed = fastest_forms(weight, transposed_ok=True)
+    return MeasuredLinear(weight, None, one, few, transposed, few_max=sys.maxsize,
+                          packed=packed)
 
 
 def measure_layers(model: Transformer) -> int:
     """Replace the blocks' plain linear layers by MeasuredLinear, the forms measured once
-    per weight shape and dtype (layers alike share the choice); returns how many."""
+    per weight shape and dtype (layers alike share the choice; each packs its own weight
+    when the packed form is chosen); returns how many."""
     chosen: dict[tuple, tuple[str, str]] = {}
 
     def measured(linear: nn.Linear) -> MeasuredLinear:
         w = linear.weight
         key = (tuple(w.shape), w.dtype, w.device)
+        packed = None
         if key not in chosen:
-            chosen[key] = fastest_forms(w, transposed_ok=False)[:2]
-        return MeasuredLinear(w, linear.bias, *chosen[key], None, FEW_ROWS)
+            one, few, _, packed = fastest_forms(w, transposed_ok=False)
+            chosen[key] = (one, few)
+        elif "packed" in chosen[key]:
+            packed = pack(w)
+        return MeasuredLinear(w, linear.bias, *chosen[key], None, FEW_ROWS, packed=packed)
     return replace_block_linears(model, measured)
 
 
