@@ -103,7 +103,9 @@ class MeasuredLinear(nn.Module):
     to `few_max` rows (more rows: `F.linear`, the matrix-matrix product prefill is).
 
     `weight` stays the model's own tensor (the head's tied to the embeddings when they
-    are), so nothing is copied unless the transposed form is chosen."""
+    are), so nothing is copied unless a form with a copy (COPIED: the transposed or
+    oneDNN's packed weight) is chosen; a compiled graph multiplies by `weight` instead of
+    the packed copy."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, one: str, few: str,
                  transposed: torch.Tensor | None, few_max: int,
