@@ -37,12 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import native
 from model.device import best_seconds
 from model.quantize import int8_activations_pay, quantize_int8, replace_block_linears
 from model.transformer import Transformer
 
 TRANSPOSED_MAX_BYTES = 256 * 2**20
 FEW_ROWS = 4            # the "several rows" case measured: beam search's width
+NATIVE_MAX_ROWS = 8     # rows the native product takes; more: F.linear. It reads each
+#                         weight row once per 4 rows, so past ~8 a matrix-matrix product wins
+#                         (a 151936 x 896 bf16 head: 6.4 against 11.0 ms for 8 rows, 59
+#                         against 21 for 48; AVX-512 AMD EPYC)
 
 
 class PackedWeight:
@@ -90,9 +95,14 @@ def _packed(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, copy.tensor, None, "none", [], "")
 
 
+def _native(x: torch.Tensor, w: torch.Tensor, copy: Copy) -> torch.Tensor:
+    return native.float_gemv(x, w)          # model/kernels/float_gemv.cpp
+
+
 Form = Callable[[torch.Tensor, torch.Tensor, Copy], torch.Tensor]
 FORMS: dict[str, Form] = {"linear": _linear, "weight_first": _weight_first,
-                          "transposed": _transposed, "vector": _vector, "packed": _packed}
+                          "transposed": _transposed, "vector": _vector, "packed": _packed,
+                          "native": _native}
 ONE_ROW_ONLY = ("vector",)
 COPIED = ("transposed", "packed")     # forms that keep a copy of the weight: chosen only
 #                                       when they win by a fifth
@@ -120,6 +130,8 @@ class MeasuredLinear(nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
         name = self.one if n == 1 else self.few if n <= self.few_max else "linear"
+        if name == "native" and n > NATIVE_MAX_ROWS:
+            name = "linear"
         if name == "packed" and (self.packed is None or torch.compiler.is_compiling()):
             name = "linear"                 # inductor cannot lower oneDNN's packed tensor
         copy = self.transposed if name == "transposed" else \
@@ -149,7 +161,8 @@ def fastest_forms(weight: torch.Tensor, transposed_ok: bool
                                     device=w.device)
                  for name, form in FORMS.items()
                  if (name not in COPIED or copies[name] is not None)
-                 and (rows == 1 or name not in ONE_ROW_ONLY)}
+                 and (rows == 1 or name not in ONE_ROW_ONLY)
+                 and (name != "native" or native.multiplies(w))}
         plain = min((t, n) for n, t in times.items() if n not in COPIED)
         best = min((t, n) for n, t in times.items())
         choice[rows] = best[1] if best[1] not in COPIED or best[0] < 0.8 * plain[0] \
@@ -166,13 +179,14 @@ def measured_head(weight: torch.Tensor) -> MeasuredLinear:
                           packed=packed)
 
 
-def measure_layers(model: Transformer) -> int:
-    """Replace the blocks' plain linear layers by MeasuredLinear, the forms measured once
-    per weight shape and dtype (layers alike share the choice; each packs its own weight
-    when the packed form is chosen); returns how many."""
+def measure_layers(model: Transformer, kind: type[nn.Module] = nn.Linear) -> int:
+    """Replace the blocks' plain linear layers (or layers of another `kind` with a weight
+    and a bias) by MeasuredLinear, the forms measured once per weight shape and dtype
+    (layers alike share the choice; each packs its own weight when the packed form is
+    chosen); returns how many."""
     chosen: dict[tuple, tuple[str, str]] = {}
 
-    def measured(linear: nn.Linear) -> MeasuredLinear:
+    def measured(linear: nn.Module) -> MeasuredLinear:
         w = linear.weight
         key = (tuple(w.shape), w.dtype, w.device)
         packed = None
@@ -182,7 +196,19 @@ def measure_layers(model: Transformer) -> int:
         elif "packed" in chosen[key]:
             packed = pack(w)
         return MeasuredLinear(w, linear.bias, *chosen[key], None, FEW_ROWS, packed=packed)
-    return replace_block_linears(model, measured)
+    return replace_block_linears(model, measured, kind)
+
+
+def measure_again(model: Transformer) -> int:
+    """Measure the float layers' forms anew (MeasuredLinear again), for when the native
+    product (model/native.py) was loaded after they were first measured: a server's
+    first start on a machine builds the kernels after loading the model. Returns how many
+    layers, the head included."""
+    n = measure_layers(model, MeasuredLinear)
+    if isinstance(model.lm_head, MeasuredLinear):
+        model.lm_head = measured_head(model.lm_head.weight)
+        n += 1
+    return n
 
 
 def int8_by_default(device: torch.device) -> bool:
@@ -212,6 +238,7 @@ def prepare_for_inference(model: Transformer, int8: bool = False,
     if int8:
         report["int8 layers"] = str(quantize_int8(model, int8_activations))
     elif model.embed_tokens.weight.device.type == "cpu":
+        native.load()                  # the native product is a form, when built already
         report["measured layers"] = str(measure_layers(model))
     head = model.lm_head
     if isinstance(head, nn.Linear) and head.bias is None \

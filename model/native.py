@@ -1,9 +1,10 @@
 """The native kernels (model/kernels/): built on the user's machine, once.
 
 CPU kernels that PyTorch has no fast form of for decoding's shapes, built into one
-library: `q8_gemv` (int8 x int8 products, q8_gemv.cpp), and `decode_attention` and
-`branch_attention` (decoded tokens' attention over the KV cache, plain and shared by
-beams; decode_attention.cpp, whose header says why).
+library: `q8_gemv` (int8 x int8 products, q8_gemv.cpp), `float_gemv` (bf16 and fp32
+weights times a few rows, read in place as one stream; float_gemv.cpp), and
+`decode_attention` and `branch_attention` (decoded tokens' attention over the KV cache,
+plain and shared by beams; decode_attention.cpp). Each source's header says why.
 
 Why an int8 kernel of our own: decoding multiplies one row (or a few) of activations by every
 weight matrix, and with int8 weights PyTorch's kernel converts each weight to a float
@@ -41,7 +42,7 @@ from model.atomic import make_temp_dir
 from model.paths import cache_dir
 
 SOURCES = tuple(Path(__file__).resolve().parent / "kernels" / name
-                for name in ("q8_gemv.cpp", "decode_attention.cpp"))
+                for name in ("q8_gemv.cpp", "float_gemv.cpp", "decode_attention.cpp"))
 DISABLE_ENV = "CODECOMPLETE_NATIVE"      # "0": never build or load the kernels
 BUILD_TIMEOUT_S = 600
 BLOCK = 32                               # the kernel's inner sizes must be a multiple
@@ -172,6 +173,10 @@ def _register_fake() -> None:
         def _(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
             return x.new_empty(x.shape[0], w.shape[0])
     with contextlib.suppress(RuntimeError):
+        @torch.library.register_fake("codecomplete_native::float_gemv")
+        def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return x.new_empty(x.shape[0], w.shape[0])
+    with contextlib.suppress(RuntimeError):
         @torch.library.register_fake("codecomplete_native::decode_attention")
         def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
               ) -> torch.Tensor:
@@ -187,6 +192,12 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Te
     """x [M, K] float32 times int8 w [N, K] with float32 row scales: [M, N] float32 (the
     kernel must be loaded)."""
     return torch.ops.codecomplete_native.q8_gemv(x, w, w_scale)
+
+
+def float_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [M, K] float32 or bfloat16 times w [N, K] float32 or bfloat16: [M, N] in x's
+    dtype, summed in float32 (the kernels must be loaded)."""
+    return torch.ops.codecomplete_native.float_gemv(x, w)
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
@@ -206,6 +217,12 @@ def branch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: 
     positions of k, v [Hkv, capacity, D] and its row's own positions 0..own[r % P] of
     own_k, own_v [B, Hkv, room, D]; returns [B, Hkv, R, D] float32."""
     return torch.ops.codecomplete_native.branch_attention(q, k, v, prefix, own_k, own_v, own)
+
+
+def multiplies(w: torch.Tensor) -> bool:
+    """Whether `float_gemv` is loaded and takes a weight like `w` [N, K]."""
+    return _loaded and w.device.type == "cpu" and w.dim() == 2 \
+        and w.dtype in (torch.float32, torch.bfloat16)
 
 
 def attends(k: torch.Tensor) -> bool:

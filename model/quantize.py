@@ -201,15 +201,15 @@ def int8_kernel(model: Transformer) -> str | None:
     return f"PyTorch int8 weight-only ({native.why_not() or 'the native kernel is turned off'})"
 
 
-def replace_block_linears(model: Transformer,
-                          make: Callable[[nn.Linear], nn.Module]) -> int:
-    """Replace every nn.Linear inside the model's blocks by `make(linear)`, in place;
-    returns how many (the output head is not in a block)."""
+def replace_block_linears(model: Transformer, make: Callable[[nn.Module], nn.Module],
+                          kind: type[nn.Module] = nn.Linear) -> int:
+    """Replace every `kind` of layer (nn.Linear unless told) inside the model's blocks by
+    `make(layer)`, in place; returns how many (the output head is not in a block)."""
     replaced = 0
     for block in model.layers:
         for parent in block.modules():
             for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
+                if isinstance(child, kind):
                     setattr(parent, name, make(child))
                     replaced += 1
     return replaced

@@ -49,6 +49,7 @@ from model.generate import (
     generate,
     walk_greedy,
 )
+from model.inference import MeasuredLinear, measure_again
 from model.kv_cache import KVCache, branch_room
 from model.quantize import Int8Linear, int8_kernel, use_native
 from model.scoring import Scored, blend, score_histories, word_end_mask
@@ -204,18 +205,25 @@ class CompletionEngine:
     def native_kernel(self) -> str | None:
         """Build and load the native kernels where the model runs on a CPU and they are not
         loaded yet (model/native.py: ~25 s on 2 cores, once per machine; `--precompile`
-        builds them too): one token's attention over the cache, for every model, and the
+        builds them too): one token's attention over the cache, for every model, the
         int8 products, to which the layers of a model with int8 weights are switched
-        under the model lock. Runs before `compile_step`, so that the compiled step calls
+        under the model lock, and the float products, among whose forms a float model's
+        layers are measured again (model/inference.py) when the kernels were not loaded
+        yet as the model was prepared. Runs before `compile_step`, so that the compiled step calls
         them. Returns why they are not in use, or None."""
         model = self.loaded.model
         if model.embed_tokens.weight.device.type != "cpu":
             return None                     # CUDA keeps PyTorch's kernels
+        built_now = not native.loaded()
         why = native.load(build_if_missing=True)
         if why is None and any(isinstance(m, Int8Linear) and m.key is None
                                for m in model.modules()):
             with self._lock:
                 use_native(model)
+        if why is None and built_now and any(isinstance(m, MeasuredLinear)
+                                             for m in model.modules()):
+            with self._lock:                # float layers: the native product is a form
+                measure_again(model)
         return why
 
     @property

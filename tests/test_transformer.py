@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from model import native
 from model.config import ModelConfig
 from model.generate import GenerationConfig, generate
 
@@ -230,7 +231,8 @@ def test_every_form_of_the_output_head_is_the_same_product():
     for rows in (1, 4, 7):
         x = torch.randn(rows, 48)
         for name, form in FORMS.items():
-            if (rows > 1 and name in ONE_ROW_ONLY) or (name in copies and copies[name] is None):
+            if (rows > 1 and name in ONE_ROW_ONLY) or (name in copies and copies[name] is None) \
+                    or (name == "native" and not native.multiplies(w)):   # not built here
                 continue
             torch.testing.assert_close(form(x, w, copies.get(name)), F.linear(x, w),
                                        atol=1e-5, rtol=1e-5, msg=name)
