@@ -20,10 +20,13 @@ computed (the same sums, in another order at most), with `--quantize int8`
   transposed copy costs the weight's size in memory again; only the head may keep one,
   when it wins and is at most TRANSPOSED_MAX_BYTES. oneDNN's packed copy (`pack`) is a
   form too, for any layer where it wins by a fifth: on an AVX-512 AMD EPYC a bf16 row
-  times a packed 151936 x 896 head read 49 GB/s against `F.linear`'s 30, and a
-  Qwen2.5-Coder-0.5B shape's bf16 decoding took 20-28 ms a token against 46-58, near
-  llama.cpp's bf16 (22 ms), for a second copy of those weights in memory. Inductor cannot
-  lower the packed tensor, so a compiled step multiplies by the plain weight instead.
+  times a packed 151936 x 896 head read 49 GB/s against `F.linear`'s 30, for a second
+  copy of those weights in memory; inductor cannot lower the packed tensor, so a
+  compiled step multiplies by the plain weight instead. The native product
+  (model/native.py's `float_gemv`, once the kernels are built) reads the plain weight in
+  place as fast or faster (44-49 GB/s there), costs no copy and enters a compiled step,
+  so where it is measured fastest a Qwen2.5-Coder-0.5B shape's bf16 decoding no longer
+  needs the packed copy (docs/models.md has the numbers).
 
 Training never calls this: a fused model's state dict has other keys.
 """
