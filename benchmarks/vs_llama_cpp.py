@@ -90,9 +90,10 @@ def quantize_q8_0(src: Path, dst: Path) -> Path:
 
 
 @torch.inference_mode()
-def ours(model, prompt: list[int], new: int) -> tuple[list[int], float, float]:
-    """Greedy tokens, prefill seconds, decode seconds."""
-    cache = model.new_cache()
+def ours(model, prompt: list[int], new: int, capacity: int) -> tuple[list[int], float, float]:
+    """Greedy tokens, prefill seconds, decode seconds, over a cache of `capacity` positions
+    (the served context, as the server makes it: the compiled step is for that capacity)."""
+    cache = model.new_cache(1, capacity)
     t0 = time.perf_counter()
     logits = model(torch.tensor([prompt]), cache, last_only=True)
     t1 = time.perf_counter()
@@ -175,7 +176,7 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
     random.Random(0).shuffle(texts)
     prompts = [lm.tokenizer.encode(t)[:args.prompt] for t in texts[:args.prompts]]
     exact = load_model_dir(path, device="cpu", dtype="fp32").model
-    reference = [ours(exact, p, args.new)[0] for p in prompts]
+    reference = [ours(exact, p, args.new, lm.context)[0] for p in prompts]
     del exact
     default_int8 = int8_by_default(lm.device)       # --quantize auto, as the server starts
     compiled = compile_by_default(lm.device)        # --compile auto, after the warm-up
@@ -227,7 +228,7 @@ def compare(args: argparse.Namespace, path: Path, tmp: Path) -> int:
                ) -> Callable[[], Callable[[list[int]], tuple]]:
         def make() -> Callable[[list[int]], tuple]:
             model = make_model()
-            return lambda p: ours(model, p, args.new)
+            return lambda p: ours(model, p, args.new, lm.context)
         return make
 
     runners = {name: engine(make) for name, make in arms.items()}

@@ -42,6 +42,7 @@ from torch import nn
 
 from model import native
 from model.device import best_seconds
+from model.hugepages import move_weights
 from model.quantize import int8_activations_pay, quantize_int8, replace_block_linears
 from model.transformer import Transformer
 
@@ -228,8 +229,8 @@ def prepare_for_inference(model: Transformer, int8: bool = False,
     """Fuse the projections, quantize them when `int8` (`--quantize int8`,
     model/quantize.py; with `int8_activations`, `--quantize int8-dynamic`, their small
     calls' activations too where oneDNN's kernel runs and measured faster) and, on a CPU,
-    pick the float products' forms (see the module's docstring); returns what was chosen,
-    for the log."""
+    pick the float products' forms (see the module's docstring) and move the large
+    weights into huge pages (model/hugepages.py); returns what was chosen, for the log."""
     model.eval()
     qkv = sum(block.self_attn.fuse() for block in model.layers)
     gate_up = sum(block.mlp.fuse() for block in model.layers)
@@ -248,4 +249,6 @@ def prepare_for_inference(model: Transformer, int8: bool = False,
             and head.weight.device.type == "cpu":
         model.lm_head = measured_head(head.weight)
         report["head"] = f"1 row: {model.lm_head.one}, {FEW_ROWS} rows: {model.lm_head.few}"
+    if model.embed_tokens.weight.device.type == "cpu":
+        report["weights in huge pages"] = f"{move_weights(model) / 2**20:.0f} MB"
     return report
