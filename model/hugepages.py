@@ -70,7 +70,7 @@ def move_weights(model: nn.Module, min_bytes: int = HUGE_PAGE) -> int:
         for table in (module._parameters, module._buffers):
             for name, t in table.items():
                 if t is None or t.device.type != "cpu" or not t.is_contiguous() \
-                        or t.numel() * t.element_size() < min_bytes:
+                        or t.numel() == 0 or t.numel() * t.element_size() < min_bytes:
                     continue
                 key = (t.data_ptr(), tuple(t.shape), t.dtype)
                 if key not in moved:
