@@ -34,6 +34,7 @@ Training never calls this: a fused model's state dict has other keys.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -213,6 +214,20 @@ def measure_again(model: Transformer) -> int:
         model.lm_head = measured_head(model.lm_head.weight)
         n += 1
     return n
+
+
+def product_forms(model: Transformer) -> str | None:
+    """Which forms the float layers multiply with, counted, for one row and for a few
+    (the status request's `float_products`); None where no layer was measured (int8, a
+    GPU)."""
+    layers = [m for m in model.modules() if isinstance(m, MeasuredLinear)]
+    if not layers:
+        return None
+
+    def counted(rows: str) -> str:
+        return ", ".join(f"{name} {n}" for name, n in
+                         Counter(getattr(m, rows) for m in layers).most_common())
+    return f"1 row: {counted('one')}; {FEW_ROWS} rows: {counted('few')}"
 
 
 def int8_by_default(device: torch.device) -> bool:

@@ -84,6 +84,8 @@ def precompile(args: argparse.Namespace) -> int:
     if engine.int8_kernel:
         print(f"int8 kernel: {engine.int8_kernel}")
     print(f"attention kernel: {engine.attention_kernel}")
+    if engine.float_products:
+        print(f"float products: {engine.float_products}")
     if engine.compile_step() is None:
         print("decode step: not compiled with these options on this device (--compile)")
         return 0

@@ -49,7 +49,7 @@ from model.generate import (
     generate,
     walk_greedy,
 )
-from model.inference import MeasuredLinear, measure_again
+from model.inference import MeasuredLinear, measure_again, product_forms
 from model.kv_cache import KVCache, branch_room
 from model.quantize import Int8Linear, int8_kernel, use_native
 from model.scoring import Scored, blend, score_histories, word_end_mask
@@ -182,6 +182,7 @@ class CompletionEngine:
             "decode": self.decode,
             "int8_kernel": self.int8_kernel,
             "attention_kernel": self.attention_kernel,
+            "float_products": self.float_products,
             "decode_steps_compiled": getattr(self.loaded.model.decode_step, "steps", 0),
             "memory": self.settings.memory,
             "memory_used_rate": round(self.memory_stats.matched / self.memory_stats.tokens, 3)
@@ -235,6 +236,12 @@ class CompletionEngine:
             return "native (model/native.py)"
         why = "on CUDA" if k.device.type != "cpu" else native.why_not() or "not available"
         return f"PyTorch ({why})"
+
+    @property
+    def float_products(self) -> str | None:
+        """The float layers' product forms, counted (for the status request); None for
+        int8 layers and on a GPU."""
+        return product_forms(self.loaded.model)
 
     @property
     def int8_kernel(self) -> str | None:

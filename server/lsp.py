@@ -206,6 +206,8 @@ def build_server(engine: CompletionEngine | None, load_error: str | None = None,
             if ls.engine.int8_kernel:
                 log.info("int8 kernel: %s", ls.engine.int8_kernel)
             log.info("attention kernel: %s", ls.engine.attention_kernel)
+            if ls.engine.float_products:
+                log.info("float products: %s", ls.engine.float_products)
             seconds = await on_own_thread(ls.engine.compile_step, "codecomplete-compile")
             if seconds is not None:
                 log.info("decode step after %.1f s: %s", seconds, ls.engine.decode)

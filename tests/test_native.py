@@ -164,6 +164,37 @@ def test_the_engine_switches_its_int8_layers_to_the_kernel(kernel, tiny_model_di
     assert none.native_kernel() is None and none.describe()["int8_kernel"] is None
 
 
+def test_a_float_model_measures_its_layers_again_when_the_kernels_load(kernel,
+                                                                      tiny_model_dir,
+                                                                      monkeypatch):
+    """A server of a float model (`--quantize none`) whose kernels load only in its
+    warm-up (a first start builds them) measures its layers' product forms again, the
+    native product among them, and its status counts the forms of every layer."""
+    from model.inference import MeasuredLinear
+    from server.cli import load_engine, parse_args
+
+    engine, error = load_engine(parse_args(["--model", str(tiny_model_dir), "--quantize",
+                                            "none", "--compile", "none"]))
+    assert error is None
+    before = [m for m in engine.loaded.model.modules() if isinstance(m, MeasuredLinear)]
+    assert before
+    monkeypatch.setattr(native, "_loaded", False)          # as before a first build
+    assert engine.native_kernel() is None and native.loaded()
+    after = [m for m in engine.loaded.model.modules() if isinstance(m, MeasuredLinear)]
+    assert len(after) == len(before) and not set(map(id, after)) & set(map(id, before))
+    forms = engine.describe()["float_products"]
+    one, few = forms.split("; ")
+    assert one.startswith("1 row: ") and few.startswith("4 rows: ")
+    assert sum(int(part.split()[-1]) for part in one[len("1 row: "):].split(", ")) \
+        == len(after)
+    assert engine.native_kernel() is None                  # loaded: nothing measured again
+    assert [m for m in engine.loaded.model.modules() if isinstance(m, MeasuredLinear)] \
+        == after
+    int8, _ = load_engine(parse_args(["--model", str(tiny_model_dir), "--quantize", "int8",
+                                      "--compile", "none"]))
+    assert int8.describe()["float_products"] is None
+
+
 def test_an_unwritable_cache_folder_is_a_reason_not_an_error(tmp_path, monkeypatch):
     """The kernel's folder cannot be made (a file is in the way): build says why and
     raises nothing, so the server's warm-up goes on to compile its step."""
