@@ -74,6 +74,19 @@ void row_avx2(const W* w, const float* X, int64_t K, const W* ahead, float* sums
 
 // The same for bf16 weights and bf16 activations on a CPU with AVX-512 BF16: 32 pairs a
 // instruction (vdpbf16ps), products exact and summed in float.
+// Compilers older than these lack AVX-512 BF16's intrinsics or its CPU test: they build
+// the AVX2 path alone rather than fail to build every kernel.
+#ifndef CODECOMPLETE_BF16_DOT
+#if defined(__clang__)
+#define CODECOMPLETE_BF16_DOT (__clang_major__ >= 12)
+#elif defined(__GNUC__)
+#define CODECOMPLETE_BF16_DOT (__GNUC__ >= 11)
+#else
+#define CODECOMPLETE_BF16_DOT 0
+#endif
+#endif
+
+#if CODECOMPLETE_BF16_DOT
 template <int MR>
 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 void row_bf16(const c10::BFloat16* w, const c10::BFloat16* X, int64_t K,
@@ -100,6 +113,8 @@ void row_bf16(const c10::BFloat16* w, const c10::BFloat16* X, int64_t K,
   }
 }
 
+#endif
+
 // One weight row times activation rows X (float, or bf16 where `bf16_dot`), MR_MAX at a time.
 template <typename W, typename A>
 void row(const W* w, const A* X, int64_t M, int64_t K, const W* ahead, float* sums) {
@@ -108,10 +123,12 @@ void row(const W* w, const A* X, int64_t M, int64_t K, const W* ahead, float* su
     const A* x = X + m0 * K;
     float* s = sums + m0 * GROUP;
     if constexpr (std::is_same_v<A, c10::BFloat16>) {
+#if CODECOMPLETE_BF16_DOT
       if (mr == 1) row_bf16<1>(w, x, K, ahead, s);
       else if (mr == 2) row_bf16<2>(w, x, K, ahead, s);
       else if (mr == 3) row_bf16<3>(w, x, K, ahead, s);
       else row_bf16<4>(w, x, K, ahead, s);
+#endif
     } else {
       if (mr == 1) row_avx2<1>(w, x, K, ahead, s);
       else if (mr == 2) row_avx2<2>(w, x, K, ahead, s);
@@ -145,8 +162,12 @@ void gemv(const A* X, const W* Wt, O* out, int64_t M, int64_t K, int64_t N) {
 }
 
 bool has_bf16_dot() {
+#if CODECOMPLETE_BF16_DOT
   static const bool yes = __builtin_cpu_supports("avx512bf16");
   return yes;
+#else
+  return false;
+#endif
 }
 
 at::Tensor float_gemv(const at::Tensor& x, const at::Tensor& w) {
