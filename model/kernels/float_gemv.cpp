@@ -115,7 +115,8 @@ void row_bf16(const c10::BFloat16* w, const c10::BFloat16* X, int64_t K,
 
 #endif
 
-// One weight row times activation rows X (float, or bf16 where `bf16_dot`), MR_MAX at a time.
+// One weight row times activation rows X (float, or bf16 for the AVX-512 BF16 path), MR_MAX
+// at a time.
 template <typename W, typename A>
 void row(const W* w, const A* X, int64_t M, int64_t K, const W* ahead, float* sums) {
   for (int64_t m0 = 0; m0 < M; m0 += MR_MAX) {
@@ -128,6 +129,8 @@ void row(const W* w, const A* X, int64_t M, int64_t K, const W* ahead, float* su
       else if (mr == 2) row_bf16<2>(w, x, K, ahead, s);
       else if (mr == 3) row_bf16<3>(w, x, K, ahead, s);
       else row_bf16<4>(w, x, K, ahead, s);
+#else
+      static_assert(!std::is_same_v<A, A>, "bf16 activations are for the AVX-512 BF16 path");
 #endif
     } else {
       if (mr == 1) row_avx2<1>(w, x, K, ahead, s);
@@ -161,14 +164,12 @@ void gemv(const A* X, const W* Wt, O* out, int64_t M, int64_t K, int64_t N) {
   });
 }
 
-bool has_bf16_dot() {
 #if CODECOMPLETE_BF16_DOT
+bool has_bf16_dot() {
   static const bool yes = __builtin_cpu_supports("avx512bf16");
   return yes;
-#else
-  return false;
-#endif
 }
+#endif
 
 at::Tensor float_gemv(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
@@ -183,12 +184,14 @@ at::Tensor float_gemv(const at::Tensor& x, const at::Tensor& w) {
   if (M == 0 || N == 0) return out;
   if (K == 0) return out.zero_();
   const at::Tensor wc = w.contiguous();
+#if CODECOMPLETE_BF16_DOT
   if (wt == at::kBFloat16 && xt == at::kBFloat16 && has_bf16_dot()) {
     const at::Tensor xc = x.contiguous();
     gemv(xc.data_ptr<c10::BFloat16>(), wc.data_ptr<c10::BFloat16>(),
          out.data_ptr<c10::BFloat16>(), M, K, N);
     return out;
   }
+#endif
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const float* X = xf.data_ptr<float>();
   if (wt == at::kBFloat16) {
