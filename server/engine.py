@@ -210,19 +210,19 @@ class CompletionEngine:
         int8 products, to which the layers of a model with int8 weights are switched
         under the model lock, and the float products, among whose forms a float model's
         layers are measured again (model/inference.py) when the kernels were not loaded
-        yet as the model was prepared. Runs before `compile_step`, so that the compiled step calls
-        them. Returns why they are not in use, or None."""
+        yet as the model was prepared. Runs before `compile_step`, so that the compiled
+        step calls them. Returns why they are not in use, or None."""
         model = self.loaded.model
         if model.embed_tokens.weight.device.type != "cpu":
             return None                     # CUDA keeps PyTorch's kernels
-        built_now = not native.loaded()
+        loaded_before = native.loaded()    # by prepare_for_inference, where built already
         why = native.load(build_if_missing=True)
         if why is None and any(isinstance(m, Int8Linear) and m.key is None
                                for m in model.modules()):
             with self._lock:
                 use_native(model)
-        if why is None and built_now and any(isinstance(m, MeasuredLinear)
-                                             for m in model.modules()):
+        if why is None and not loaded_before and any(isinstance(m, MeasuredLinear)
+                                                     for m in model.modules()):
             with self._lock:                # float layers: the native product is a form
                 measure_again(model)
         return why
